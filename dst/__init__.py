@@ -1,0 +1,22 @@
+"""keras-dst: sparse and dynamic sparse training for Keras 3."""
+
+from dst import callbacks, distributions, layers
+from dst.core import get_masks, set_masks, sparsify, sparsity
+from dst.masking import MaskConstraint
+from dst.strip import strip
+from dst.summary import summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MaskConstraint",
+    "callbacks",
+    "distributions",
+    "get_masks",
+    "layers",
+    "set_masks",
+    "sparsify",
+    "sparsity",
+    "strip",
+    "summary",
+]

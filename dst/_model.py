@@ -1,0 +1,174 @@
+"""Finding sparsifiable weights in a Keras 3 model and where their masks sit.
+
+Everything that walks a model lives here, so the rest of dst works on a list
+of `Target`s: one per sparsifiable weight variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import keras
+
+from dst.masking import MaskConstraint
+
+_NORMALIZATION = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "BatchNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "UnitNormalization",
+        "RMSNormalization",
+        "SpectralNormalization",
+    )
+    if hasattr(keras.layers, name)
+)
+# Parents whose get_config re-serializes these attributes of their cell.
+_RNN = (keras.layers.RNN,)
+
+
+@dataclasses.dataclass
+class Target:
+    """One sparsifiable weight: the variable, its owning layer and path."""
+
+    variable: keras.Variable
+    layer: keras.layers.Layer
+    path: str
+    carrier: str  # layer attribute that holds the MaskConstraint
+    in_config: bool  # True when `keras.models.load_model` rebuilds it
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.variable.shape)
+
+    @property
+    def constraint(self) -> MaskConstraint | None:
+        c = self.variable.constraint
+        return c if isinstance(c, MaskConstraint) else None
+
+
+def check_keras3_model(model, where: str) -> None:
+    """Raises a clear error for anything that is not a built Keras 3 model."""
+    module = type(model).__module__
+    if module.startswith(("tf_keras", "tensorflow.python.keras", "keras.engine")):
+        raise TypeError(
+            f"{where} needs a Keras 3 model, but received a legacy tf_keras "
+            f"model ({type(model).__name__} from `{module}`). dst works with "
+            "Keras 3 only: `pip install 'keras>=3'`, build the model with "
+            "`import keras` (not `tf_keras` or `tf.keras` with "
+            "TF_USE_LEGACY_KERAS=1), and load legacy weights with "
+            "`model.load_weights`."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{where} needs a keras.Model. Received: {type(model).__name__}."
+        )
+    if not model.built or any(not layer.built for layer in _layers(model)):
+        unbuilt = [layer.name for layer in _layers(model) if not layer.built]
+        raise ValueError(
+            f"{where} needs a built model, but model '{model.name}' is not "
+            f"built (unbuilt layers: {unbuilt or [model.name]}). Call the "
+            "model on a batch, or give it an `Input`, or call "
+            "`model.build(input_shape)` first."
+        )
+
+
+def _layers(model) -> list:
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def _carrier(layer, var_name: str) -> tuple[str, bool]:
+    """Which attribute of `layer` should hold the mask of weight `var_name`."""
+    candidates = [f"{var_name}_constraint"]
+    if var_name.endswith("_kernel"):
+        candidates.append(var_name[: -len("_kernel")] + "_constraint")
+    for attr in candidates:
+        if attr in layer.__dict__:
+            try:
+                serialized = attr in layer.get_config()
+            except Exception:  # noqa: BLE001 - layers without get_config
+                serialized = False
+            return attr, serialized
+    return f"_dst_mask_{var_name}", False
+
+
+def find_targets(model) -> list[Target]:
+    """Every trainable weight with ndim >= 2 outside normalization layers."""
+    parents = {}
+    for layer in [model, *_layers(model)]:
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            parents.setdefault(id(child), layer)
+    in_model_list = {
+        id(lay)
+        for m in [model, *_layers(model)]
+        if isinstance(m, keras.Model)
+        for lay in m.layers
+    }
+    seen, targets = set(), []
+    for layer in _layers(model):
+        if isinstance(layer, _NORMALIZATION):
+            continue
+        for var in layer._trainable_variables:
+            if id(var) in seen or len(var.shape) < 2 or not var.trainable:
+                continue
+            seen.add(id(var))
+            carrier, serialized = _carrier(layer, var.name)
+            parent = parents.get(id(layer))
+            rebuilt = id(layer) in in_model_list or isinstance(parent, _RNN)
+            targets.append(
+                Target(var, layer, var.path, carrier, serialized and rebuilt)
+            )
+    return targets
+
+
+def masked_targets(model) -> list[Target]:
+    """Targets that carry a mask (fixed ones included)."""
+    return [t for t in find_targets(model) if t.constraint is not None
+            and t.constraint.mask is not None]
+
+
+def dynamic_targets(model) -> list[Target]:
+    """Masked targets whose connectivity dynamic sparse training may change."""
+    return [t for t in masked_targets(model) if not t.constraint.fixed]
+
+
+def matches(target: Target, entry) -> bool:
+    """Whether an `exclude` / distribution-dict entry names this target."""
+    if callable(entry) and not isinstance(entry, type):
+        return bool(entry(target.variable))
+    if isinstance(entry, type):
+        return isinstance(target.layer, entry)
+    if isinstance(entry, str):
+        return entry in (target.path, target.layer.name) or any(
+            entry == part for part in target.path.split("/")[:-1]
+        )
+    raise TypeError(
+        "`exclude` entries must be layer names, layer classes, weight paths "
+        f"or callables. Received: {entry!r} of type {type(entry).__name__}."
+    )
+
+
+def install(target: Target, constraint: MaskConstraint) -> None:
+    """Sets `constraint` on the variable and on the layer's carrier attribute."""
+    target.variable.constraint = constraint
+    object.__setattr__(target.layer, target.carrier, constraint)
+
+
+def uninstall(target: Target) -> None:
+    """Puts the weight's original constraint back and forgets the mask."""
+    constraint = target.constraint
+    inner = constraint.inner if constraint is not None else None
+    target.variable.constraint = inner
+    if target.carrier.startswith("_dst_mask_"):
+        target.layer.__dict__.pop(target.carrier, None)
+    else:
+        object.__setattr__(target.layer, target.carrier, inner)
+
+
+def iter_paths(targets: Iterable[Target]) -> list[str]:
+    return [t.path for t in targets]
+
+
+Exclude = str | type | Callable[[keras.Variable], bool]

@@ -1,0 +1,1 @@
+"""Callbacks that update masks during model.fit."""

@@ -1,0 +1,264 @@
+"""Attach, read and set masks: `sparsify`, `get_masks`, `set_masks`, `sparsity`."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+
+import keras
+import numpy as np
+
+from dst import distributions as dist_lib
+from dst._model import (
+    Target,
+    check_keras3_model,
+    dynamic_targets,
+    find_targets,
+    install,
+    masked_targets,
+    matches,
+)
+from dst.masking import MaskConstraint
+
+__all__ = ["sparsify", "get_masks", "set_masks", "sparsity", "random_mask"]
+
+
+def random_mask(shape, n_active: int, rng: np.random.Generator) -> np.ndarray:
+    """A bool mask of `shape` with exactly `n_active` True entries at random."""
+    size = int(np.prod(shape))
+    flat = np.zeros(size, dtype=bool)
+    flat[rng.choice(size, size=n_active, replace=False)] = True
+    return flat.reshape(shape)
+
+
+def _select(model, exclude) -> list[Target]:
+    targets = [t for t in find_targets(model) if t.constraint is None
+               or t.constraint.mask is None]
+    if exclude is None:
+        return targets
+    entries = list(exclude) if isinstance(exclude, list | tuple | set) else [exclude]
+    for entry in entries:
+        if not any(matches(t, entry) for t in targets):
+            raise ValueError(
+                f"`exclude` entry {entry!r} matches no sparsifiable weight of "
+                f"model '{model.name}'. Sparsifiable weights: "
+                f"{[t.path for t in targets]}."
+            )
+    return [t for t in targets if not any(matches(t, e) for e in entries)]
+
+
+def _densities(targets, sparsity, distribution, erk_power_scale) -> dict[str, float]:
+    shapes = {t.path: t.shape for t in targets}
+    if isinstance(distribution, Mapping):
+        out = {}
+        used = set()
+        for t in targets:
+            s = sparsity
+            for key, value in distribution.items():
+                if key in (t.path, t.layer.name):
+                    s = value
+                    used.add(key)
+            _check_sparsity(s, f"distribution[{t.path!r}]")
+            out[t.path] = 1.0 - s
+        unused = set(distribution) - used
+        if unused:
+            raise ValueError(
+                f"`distribution` keys {sorted(unused)} match no sparsified "
+                f"weight path or layer name. Weights: {sorted(shapes)}."
+            )
+        return out
+    fn = dist_lib.get(distribution, erk_power_scale=erk_power_scale)
+    densities = fn(shapes, sparsity)
+    for path, d in densities.items():
+        if not 0.0 < d <= 1.0:
+            raise ValueError(
+                f"Distribution {distribution!r} gave density {d} to weight "
+                f"'{path}'; densities must be in (0, 1]."
+            )
+    return densities
+
+
+def _check_sparsity(value, name: str = "sparsity") -> None:
+    if not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            f"`{name}` must be in [0, 1) for dst.sparsify. Received: "
+            f"{name}={value!r}"
+        )
+
+
+def sparsify(
+    model: keras.Model,
+    sparsity: float,
+    distribution: str | Mapping[str, float] | Callable = "erk",
+    *,
+    exclude=None,
+    erk_power_scale: float = 1.0,
+    seed: int | None = None,
+    sparse_init: bool = False,
+) -> keras.Model:
+    """Attaches a random binary mask to every sparsifiable weight of `model`.
+
+    A sparsifiable weight is a trainable weight with ndim >= 2 outside a
+    normalization layer (Dense, EinsumDense, Conv*, DepthwiseConv2D, both
+    kernels of SeparableConv2D, RNN kernels and recurrent kernels, Embedding,
+    custom layers), wherever it sits in the model. Biases stay dense. Masked
+    weights are set to 0.0 now and after every optimizer step; the gradient
+    they receive stays dense.
+
+    Args:
+        model: a built Keras 3 model. It is changed in place and returned.
+        sparsity: fraction of zeros over all sparsified weights, in [0, 1).
+        distribution: "uniform", "er", "erk", a dict
+            {weight path or layer name: sparsity} (weights not named get
+            `sparsity`), or a callable (shapes, sparsity) -> {path: density}.
+            Defaults to "erk".
+        exclude: layer names, layer classes, weight paths or a callable
+            (variable) -> bool, alone or in a list; matches stay dense.
+            Defaults to None.
+        erk_power_scale: exponent on ERK's raw densities. Defaults to 1.0.
+        seed: seed for the random masks. Defaults to None.
+        sparse_init: rescale active weights so each output unit's variance
+            matches its actual fan-in (Evci et al. 2022, "Gradient flow in
+            sparse neural networks"). Defaults to False.
+
+    Returns:
+        The same model object, now sparse.
+
+    Raises:
+        ValueError: bad sparsity, unknown distribution, unbuilt model, nothing
+            left to sparsify, an `exclude` entry that matches nothing, or a
+            model that is already sparsified (dst refuses to re-sparsify; use
+            `dst.set_masks` to change masks or `dst.strip` to start over).
+        TypeError: a legacy tf_keras model.
+
+    Example:
+    >>> import keras, dst
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
+    >>> int(dst.get_masks(model)["sequential/dense/kernel"].sum())
+    8
+    """
+    check_keras3_model(model, "dst.sparsify")
+    _check_sparsity(sparsity)
+    if dynamic_targets(model):
+        raise ValueError(
+            f"Model '{model.name}' is already sparsified. dst.sparsify refuses "
+            "to re-sparsify a model, so that masks are never replaced by "
+            "accident. Use dst.set_masks(model, masks) to change the masks, "
+            "or dst.strip(model) to get a plain model and sparsify that."
+        )
+    targets = _select(model, exclude)
+    if not targets:
+        raise ValueError(
+            f"Model '{model.name}' has no sparsifiable weight left"
+            + (f" after exclude={exclude!r}" if exclude is not None else "")
+            + ". dst sparsifies trainable weights with ndim >= 2 outside "
+            "normalization layers."
+        )
+    densities = _densities(targets, sparsity, distribution, erk_power_scale)
+    counts = dist_lib.active_counts({t.path: t.shape for t in targets}, densities)
+    rng = np.random.default_rng(seed)
+    for t in targets:
+        mask = random_mask(t.shape, counts[t.path], rng)
+        constraint = MaskConstraint(inner=t.variable.constraint)
+        constraint.attach(mask)
+        install(t, constraint)
+        value = keras.ops.convert_to_numpy(t.variable)
+        if sparse_init:
+            value = _sparse_init(value, mask)
+        t.variable.assign(np.where(mask, value, 0).astype(value.dtype))
+    _warn_unsaved(targets)
+    return model
+
+
+def _sparse_init(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Scales each output unit's active weights by sqrt(dense / active fan-in)."""
+    if value.ndim < 2:
+        return value
+    fan_in_dense = value.size // value.shape[-1]
+    active = mask.reshape(-1, value.shape[-1]).sum(axis=0)
+    scale = np.sqrt(fan_in_dense / np.maximum(active, 1))
+    return value * scale
+
+
+def _warn_unsaved(targets: Iterable[Target]) -> None:
+    lost = [t.path for t in targets if not t.in_config]
+    if lost:
+        warnings.warn(
+            "keras.models.load_model cannot restore the masks of "
+            f"{lost}: their layer's config does not carry a constraint for "
+            "them. model.save_weights / load_weights into a model sparsified "
+            "the same way restores them; after load_model call "
+            "dst.set_masks with masks saved by dst.get_masks.",
+            stacklevel=3,
+        )
+
+
+def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
+    """Returns {weight path: bool mask} for every masked weight of `model`.
+
+    Example:
+    >>> import keras, dst
+    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["sequential/dense/kernel"].shape
+    (3, 2)
+    """
+    return {t.path: t.constraint.numpy() for t in masked_targets(model)}
+
+
+def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
+    """Replaces masks; newly masked weights are set to 0.0.
+
+    Every key, shape and value is checked before anything changes.
+
+    Args:
+        model: a sparsified model.
+        masks: {weight path: array of 0/1 or bool}, a subset of
+            `dst.get_masks(model)`'s keys.
+
+    Raises:
+        ValueError: unknown key, wrong shape, or values other than 0/1.
+    """
+    check_keras3_model(model, "dst.set_masks")
+    targets = {t.path: t for t in masked_targets(model)}
+    checked = {}
+    for path, mask in masks.items():
+        if path not in targets:
+            raise ValueError(
+                f"dst.set_masks: no masked weight '{path}' in model "
+                f"'{model.name}'. Masked weights: {sorted(targets)}."
+            )
+        arr = np.asarray(mask)
+        if arr.shape != targets[path].shape:
+            raise ValueError(
+                f"dst.set_masks: mask for '{path}' has shape {arr.shape}, "
+                f"expected {targets[path].shape}."
+            )
+        if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
+            bad = arr[~np.isin(arr, (0, 1))].ravel()[:5]
+            raise ValueError(
+                f"dst.set_masks: mask for '{path}' must hold only 0/1 or "
+                f"booleans. Received values such as {bad.tolist()}."
+            )
+        checked[path] = arr.astype(bool)
+    for path, mask in checked.items():
+        apply_mask(targets[path], mask)
+
+
+def apply_mask(target: Target, mask: np.ndarray) -> None:
+    """Sets a target's mask and zeroes the weights it masks."""
+    target.constraint.attach(mask)
+    value = keras.ops.convert_to_numpy(target.variable)
+    target.variable.assign(np.where(mask, value, 0).astype(value.dtype))
+
+
+def sparsity(model: keras.Model) -> float:
+    """Fraction of zeros in the masks, over all masked weights together.
+
+    Returns 0.0 for a model without masks.
+    """
+    masks = get_masks(model)
+    total = sum(m.size for m in masks.values())
+    if total == 0:
+        return 0.0
+    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total

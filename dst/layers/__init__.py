@@ -1,0 +1,5 @@
+"""Static sparse layers."""
+
+from dst.layers.sparse_dense import SparseDense
+
+__all__ = ["SparseDense"]

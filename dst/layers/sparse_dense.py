@@ -1,0 +1,134 @@
+"""`SparseDense`: a Dense layer whose connectivity is fixed."""
+
+from __future__ import annotations
+
+import base64
+
+import keras
+import numpy as np
+
+from dst.masking import MaskConstraint
+
+__all__ = ["SparseDense"]
+
+
+def _pack(mask: np.ndarray) -> dict:
+    bits = np.packbits(mask.astype(bool).ravel()).tobytes()
+    return {"shape": list(mask.shape), "bits": base64.b64encode(bits).decode()}
+
+
+def _unpack(config: dict) -> np.ndarray:
+    shape = tuple(config["shape"])
+    bits = np.frombuffer(base64.b64decode(config["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits)[: int(np.prod(shape))].reshape(shape).astype(bool)
+
+
+@keras.saving.register_keras_serializable(package="dst")
+class SparseDense(keras.layers.Dense):
+    """A densely-shaped layer where only chosen input-output pairs connect.
+
+    Output unit j sees input i only where `connectivity[i, j]` is 1. The
+    masked kernel entries are 0.0 at build and after every optimizer step;
+    dynamic sparse training callbacks never change this layer's connectivity.
+
+    Args:
+        units: number of output units.
+        density: fraction of connections drawn at random (per layer, exactly
+            round(density × input_dim × units), at least one input per unit)
+            when `connectivity` is not given. Defaults to None.
+        connectivity: 0/1 array of shape (input_dim, units). Defaults to None.
+        seed: seed for the random connectivity. Defaults to None.
+        activation, use_bias, **dense_kwargs: as for `keras.layers.Dense`.
+
+    Example:
+    >>> import numpy as np, keras, dst
+    >>> band = np.abs(np.subtract.outer(np.arange(6), np.arange(3) * 2)) <= 1
+    >>> layer = dst.layers.SparseDense(3, connectivity=band)
+    >>> y = layer(np.ones((1, 6), "float32"))
+    >>> int((keras.ops.convert_to_numpy(layer.kernel) != 0).sum()) == band.sum()
+    True
+    """
+
+    def __init__(self, units, *, density=None, connectivity=None, seed=None,
+                 activation=None, use_bias=True, **dense_kwargs):
+        if (density is None) == (connectivity is None):
+            raise ValueError(
+                "SparseDense needs exactly one of `density` or `connectivity`. "
+                f"Received: density={density!r}, connectivity="
+                f"{'None' if connectivity is None else 'an array'}."
+            )
+        if density is not None and not 0.0 < density <= 1.0:
+            raise ValueError(
+                f"`density` must be in (0, 1] for SparseDense. Received: "
+                f"density={density!r}"
+            )
+        if isinstance(connectivity, dict):
+            connectivity = _unpack(connectivity)
+        if connectivity is not None:
+            connectivity = np.asarray(connectivity)
+            if connectivity.ndim != 2 or connectivity.shape[1] != units:
+                raise ValueError(
+                    "`connectivity` must have shape (input_dim, units) = "
+                    f"(input_dim, {units}). Received shape: {connectivity.shape}."
+                )
+            if not np.isin(connectivity, (0, 1)).all():
+                raise ValueError("`connectivity` must hold only 0/1 or booleans.")
+            connectivity = connectivity.astype(bool)
+            empty = np.flatnonzero(~connectivity.any(axis=0))
+            if empty.size:
+                raise ValueError(
+                    f"`connectivity` leaves output units {empty.tolist()} with "
+                    "no input. Give every unit at least one input."
+                )
+        self.density = density
+        self.connectivity = connectivity
+        self.seed = seed
+        inner = dense_kwargs.pop("kernel_constraint", None)
+        super().__init__(units, activation=activation, use_bias=use_bias,
+                         kernel_constraint=MaskConstraint(inner, fixed=True),
+                         **dense_kwargs)
+
+    def build(self, input_shape):
+        input_dim = int(input_shape[-1])
+        if self.connectivity is None:
+            self.connectivity = _random_connectivity(
+                input_dim, self.units, self.density, self.seed)
+        elif self.connectivity.shape[0] != input_dim:
+            raise ValueError(
+                f"SparseDense '{self.name}': `connectivity` has "
+                f"{self.connectivity.shape[0]} rows but the input has "
+                f"{input_dim} features."
+            )
+        super().build(input_shape)
+        self.kernel_constraint.attach(self.connectivity)
+        self.kernel.assign(self.kernel_constraint(self.kernel))
+
+    def get_config(self):
+        config = super().get_config()
+        inner = self.kernel_constraint
+        if isinstance(inner, MaskConstraint):  # not after dst.strip(inplace=True)
+            inner = inner.inner
+        config["kernel_constraint"] = (
+            keras.constraints.serialize(inner) if inner is not None else None
+        )
+        config.update(
+            density=self.density,
+            seed=self.seed,
+            connectivity=None if self.connectivity is None else _pack(self.connectivity),
+        )
+        if self.connectivity is not None:
+            config["density"] = None
+        return config
+
+
+def _random_connectivity(n_in, units, density, seed) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    size = n_in * units
+    n_active = int(min(size, max(units, round(density * size))))
+    mask = np.zeros(size, dtype=bool)
+    # One guaranteed input per unit, the rest uniformly at random.
+    first = rng.integers(0, n_in, size=units) * units + np.arange(units)
+    mask[first] = True
+    rest = np.flatnonzero(~mask)
+    mask[rng.choice(rest, size=n_active - units, replace=False)] = True
+    return mask.reshape(n_in, units)

@@ -1,0 +1,106 @@
+"""Where a mask lives: `MaskConstraint`, the one home of dst's mask state.
+
+A mask is a boolean Keras variable owned by a `MaskConstraint` that is set as
+the weight variable's `constraint`. Keras optimizers apply
+`variable.constraint` after every update, so masked entries are 0.0 after every
+optimizer step, whatever the optimizer, while the forward pass uses the stored
+kernel unchanged. Because the mask is never multiplied into the forward pass,
+the gradient that reaches a masked entry is the *dense* gradient, which RigL
+grows from.
+
+The constraint is also a Keras saveable: Keras' saving code walks layer
+attributes and calls `save_own_variables` / `load_own_variables` on it, so the
+mask (bit-packed) and the record of which connections were ever active travel
+in `.keras` and `.weights.h5` files.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras.src.saving.keras_saveable import KerasSaveable
+
+__all__ = ["MaskConstraint"]
+
+
+@keras.saving.register_keras_serializable(package="dst")
+class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
+    """Keeps masked entries of one weight at exactly 0.0 after each update.
+
+    Args:
+        inner: the constraint the weight had before it was masked, applied to
+            the masked weight and masked again. Defaults to `None`.
+        fixed: `True` for connectivity that dynamic sparse training must not
+            change (e.g. `dst.layers.SparseDense`). Defaults to `False`.
+
+    Users normally never build one: `dst.sparsify` and `SparseDense` do.
+    """
+
+    def __init__(self, inner=None, fixed: bool = False):
+        self.inner = keras.constraints.get(inner)
+        self.fixed = bool(fixed)
+        self.mask = None  # keras.Variable(bool), created by `attach`/loading
+        self.ever_active = None  # numpy bool array: the ITOP record
+
+    # -- state ---------------------------------------------------------------
+    def attach(self, mask: np.ndarray) -> None:
+        """Creates (or overwrites) the mask variable from a numpy bool array."""
+        mask = np.asarray(mask, dtype=bool)
+        if self.mask is None or tuple(self.mask.shape) != mask.shape:
+            self.mask = keras.Variable(
+                mask, dtype="bool", trainable=False, name="dst_mask"
+            )
+            self.ever_active = mask.copy()
+        else:
+            self.mask.assign(mask)
+            self.ever_active |= mask
+
+    def numpy(self) -> np.ndarray:
+        """The mask as a numpy bool array."""
+        return np.asarray(keras.ops.convert_to_numpy(self.mask), dtype=bool)
+
+    # -- Constraint ----------------------------------------------------------
+    def __call__(self, w):
+        if self.mask is None:
+            return self.inner(w) if self.inner is not None else w
+        m = keras.ops.cast(self.mask, w.dtype)
+        if self.inner is None:
+            return w * m
+        return self.inner(w * m) * m
+
+    def get_config(self):
+        return {
+            "inner": keras.constraints.serialize(self.inner)
+            if self.inner is not None
+            else None,
+            "fixed": self.fixed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # -- KerasSaveable -------------------------------------------------------
+    def _obj_type(self):
+        # Keras only uses this to pick which attributes to skip when it walks
+        # children; a MaskConstraint has no saveable children, and "Loss" is
+        # an accepted type whose skip list fits a plain object.
+        return "Loss"
+
+    def save_own_variables(self, store):
+        if self.mask is None:
+            return
+        mask = self.numpy()
+        store["shape"] = np.asarray(mask.shape, dtype="int64")
+        store["mask"] = np.packbits(mask.ravel())
+        store["ever_active"] = np.packbits(self.ever_active.ravel())
+
+    def load_own_variables(self, store):
+        if "mask" not in store.keys():
+            return  # a file without masks for this weight (e.g. a dense one)
+        shape = tuple(int(d) for d in np.asarray(store["shape"]))
+        size = int(np.prod(shape))
+        mask = np.unpackbits(np.asarray(store["mask"]))[:size].astype(bool)
+        ever = np.unpackbits(np.asarray(store["ever_active"]))[:size]
+        self.attach(mask.reshape(shape))
+        self.ever_active = ever.astype(bool).reshape(shape) | self.numpy()

@@ -1,0 +1,64 @@
+"""`dst.strip`: a plain Keras model with the zeros baked in."""
+
+from __future__ import annotations
+
+import keras
+
+from dst._model import check_keras3_model, find_targets, install, uninstall
+from dst.layers import SparseDense
+
+__all__ = ["strip"]
+
+
+def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
+    """Returns a plain Keras model without any dst object, weights masked.
+
+    The result saves to `.keras` and loads in a Python process that never
+    imports dst, with the same predictions as the sparse model. The original
+    constraints users set (e.g. `kernel_constraint=MaxNorm(2)`) are kept.
+
+    Args:
+        model: a (sparsified) Keras 3 model.
+        inplace: `False` (default) clones the model with
+            `keras.models.clone_model` and leaves `model` sparse. `True`
+            removes the masks from `model` itself and returns it: use it for
+            subclassed models that cannot be cloned.
+
+    Returns:
+        A Keras model whose weights equal the masked weights of `model`.
+
+    Raises:
+        ValueError: when the model cannot be cloned (use `inplace=True`).
+    """
+    check_keras3_model(model, "dst.strip")
+    targets = [t for t in find_targets(model) if t.constraint is not None]
+    constraints = [t.constraint for t in targets]
+    weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    for t in targets:
+        uninstall(t)
+    if inplace:
+        return model
+    try:
+        clone = keras.models.clone_model(
+            model, clone_function=_plain_layer, recursive=True
+        )
+    except Exception as err:  # noqa: BLE001 - re-raised with advice
+        raise ValueError(
+            f"dst.strip could not clone model '{model.name}' "
+            f"({type(err).__name__}: {err}). For a subclassed model, use "
+            "dst.strip(model, inplace=True)."
+        ) from err
+    finally:
+        for t, c in zip(targets, constraints):
+            install(t, c)
+    clone.set_weights(weights)
+    return clone
+
+
+def _plain_layer(layer):
+    config = layer.get_config()
+    if isinstance(layer, SparseDense):
+        for key in ("density", "connectivity", "seed"):
+            config.pop(key)
+        return keras.layers.Dense.from_config(config)
+    return layer.__class__.from_config(config)

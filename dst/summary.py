@@ -1,0 +1,136 @@
+"""`dst.summary`: per-weight sparsity and inference FLOPs, Keras-style table."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+from dst._model import check_keras3_model, find_targets
+
+__all__ = ["summary"]
+
+_CONV = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+)
+
+
+def _output_shape(layer):
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):
+        return None
+    return tuple(shape) if all(d is not None for d in shape[1:]) else None
+
+
+def _repeats(layer, target_shape) -> int:
+    """How many times per example each connection is used in a forward pass.
+
+    Conv: output positions; Conv transpose: input positions; Dense and
+    EinsumDense: output elements / kernel output elements; RNN cells:
+    time steps; Embedding: 0 (a lookup has no multiply-adds); other layers
+    and layers that were never called symbolically: 1.
+    """
+    if isinstance(layer, keras.layers.Embedding):
+        return 0
+    if isinstance(layer, keras.layers.Conv2DTranspose | keras.layers.Conv1DTranspose):
+        try:
+            shape = tuple(layer.input.shape)
+            return math.prod(shape[1:-1])
+        except (AttributeError, ValueError, TypeError):
+            return 1
+    out = _output_shape(layer)
+    if out is None:
+        return 1
+    if isinstance(layer, _CONV):
+        return math.prod(out[1:-1])
+    if isinstance(layer, keras.layers.Dense | keras.layers.EinsumDense):
+        kernel_out = target_shape[-1] if isinstance(layer, keras.layers.Dense) else 1
+        if isinstance(layer, keras.layers.EinsumDense):
+            kernel_out = math.prod(target_shape) // _in_dims(layer, target_shape)
+        return max(1, math.prod(out[1:]) // kernel_out)
+    return 1
+
+
+def _in_dims(layer, shape) -> int:
+    # EinsumDense "abc,cde->abde": kernel dims also in the input are inputs.
+    lhs, rest = layer.equation.split(",")
+    kernel, _ = rest.split("->")
+    return math.prod(d for ch, d in zip(kernel, shape) if ch in lhs) or 1
+
+
+def summary(model: keras.Model, print_fn=print) -> list[dict]:
+    """Prints a table of masked weights and returns its rows.
+
+    Each row: `path`, `shape`, `size`, `active`, `density`, `dense_flops` and
+    `sparse_flops` (inference FLOPs per example, counting a multiply-add as 2
+    FLOPs, and only active connections for the sparse count, as in the RigL
+    paper's appendix). The last row, with path "total", sums them. Biases,
+    activations and normalization are not counted.
+
+    Args:
+        model: a Keras 3 model, sparsified or not (unmasked weights count as
+            dense).
+        print_fn: called with each line. Defaults to `print`; pass
+            `lambda *_: None` to only get the rows.
+
+    Returns:
+        A list of dicts, one per sparsifiable weight, then the total.
+    """
+    check_keras3_model(model, "dst.summary")
+    rows = []
+    for t in find_targets(model):
+        size = math.prod(t.shape)
+        c = t.constraint
+        active = int(c.numpy().sum()) if c is not None and c.mask is not None else size
+        reps = _repeats(t.layer, t.shape)
+        rows.append(
+            dict(path=t.path, shape=t.shape, size=size, active=active,
+                 density=active / size, dense_flops=2 * size * reps,
+                 sparse_flops=2 * active * reps)
+        )
+    size = sum(r["size"] for r in rows)
+    active = sum(r["active"] for r in rows)
+    rows.append(
+        dict(path="total", shape=(), size=size, active=active,
+             density=active / size if size else 1.0,
+             dense_flops=sum(r["dense_flops"] for r in rows),
+             sparse_flops=sum(r["sparse_flops"] for r in rows))
+    )
+    _print_table(model, rows, print_fn)
+    return rows
+
+
+def _print_table(model, rows, print_fn) -> None:
+    head = ("Weight (path)", "Shape", "Size", "Active", "Density",
+            "Dense FLOPs", "Sparse FLOPs")
+    body = [
+        (r["path"], "" if r["path"] == "total" else str(r["shape"]),
+         f"{r['size']:,}", f"{r['active']:,}", f"{r['density']:.4f}",
+         f"{r['dense_flops']:,}", f"{r['sparse_flops']:,}")
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    line = "  ".join(w * "─" for w in widths)
+
+    def fmt(cells):
+        return "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    print_fn(f'dst summary: "{model.name}"')
+    print_fn(line)
+    print_fn(fmt(head))
+    print_fn(line)
+    for cells in body[:-1]:
+        print_fn(fmt(cells))
+    print_fn(line)
+    print_fn(fmt(body[-1]))
+    total = rows[-1]
+    ratio = total["sparse_flops"] / total["dense_flops"] if total["dense_flops"] else 1.0
+    print_fn(f"Sparsity: {1 - total['density']:.4f}   "
+             f"Sparse/dense inference FLOPs: {ratio:.4f}")
