@@ -19,4 +19,5 @@ __all__ = [
     "sparsity",
     "strip",
     "summary",
+    "updaters",
 ]

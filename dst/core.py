@@ -168,6 +168,8 @@ def sparsify(
             value = _sparse_init(value, mask)
         t.variable.assign(np.where(mask, value, 0).astype(value.dtype))
     _warn_unsaved(targets)
+    if getattr(model, "train_function", None) is not None:
+        model.train_function = None  # retrace so the optimizer applies the masks
     return model
 
 

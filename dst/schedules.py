@@ -1,0 +1,65 @@
+"""Schedules: small frozen objects that map an optimizer step to a value."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = ["UpdateSteps", "PolynomialSparsity", "DropFraction", "DROP_FRACTION_SCHEDULES"]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSteps:
+    """Which steps update masks: begin, begin + freq, ... while <= end."""
+
+    begin: int
+    end: int
+    freq: int
+
+    def __call__(self, step: int) -> bool:
+        return self.begin <= step <= self.end and (step - self.begin) % self.freq == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PolynomialSparsity:
+    """Zhu & Gupta 2017: s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t_end − t0))^power.
+
+    The same values as TF-MOT's `PolynomialDecay` for the same arguments;
+    before `begin` it is s_i, after `end` it is s_f.
+    """
+
+    initial: float
+    final: float
+    begin: int
+    end: int
+    power: float = 3
+
+    def __call__(self, step: int) -> float:
+        span = max(self.end - self.begin, 1)
+        p = min(1.0, max(0.0, (step - self.begin) / span))
+        return self.final + (self.initial - self.final) * (1.0 - p) ** self.power
+
+
+@dataclasses.dataclass(frozen=True)
+class DropFraction:
+    """The fraction of active connections SET and RigL replace at a step.
+
+    kind "cosine" (RigL): α/2 · (1 + cos(π (t − begin)/(end − begin)));
+    "linear": α · (1 − (t − begin)/(end − begin)); "constant": α.
+    """
+
+    alpha: float
+    begin: int
+    end: int
+    kind: str = "cosine"
+
+    def __call__(self, step: int) -> float:
+        p = min(1.0, max(0.0, (step - self.begin) / max(self.end - self.begin, 1)))
+        if self.kind == "cosine":
+            return self.alpha / 2 * (1 + math.cos(math.pi * p))
+        if self.kind == "linear":
+            return self.alpha * (1 - p)
+        return self.alpha
+
+
+DROP_FRACTION_SCHEDULES = ("cosine", "linear", "constant")

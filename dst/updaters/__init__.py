@@ -1,0 +1,22 @@
+"""Mask-update algorithms as plain objects, for custom training loops.
+
+Example loop::
+
+    updater = dst.updaters.RigL(update_freq=100, end_step=3000, seed=0)
+    updater.bind(model)
+    for step, (x, y) in enumerate(dataset):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        updater.update(step, grads)   # grads only needed by RigL
+
+The callbacks in `dst.callbacks` wrap these for `model.fit`.
+"""
+
+from dst.updaters.base import Updater
+from dst.updaters.magnitude import MagnitudePruning
+from dst.updaters.rigl import RigL
+from dst.updaters.set import SET
+
+__all__ = ["MagnitudePruning", "RigL", "SET", "Updater"]

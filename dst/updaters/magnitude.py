@@ -1,0 +1,81 @@
+"""Gradual magnitude pruning (Zhu & Gupta 2017)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dst import distributions as dist_lib
+from dst.core import sparsify
+from dst.schedules import PolynomialSparsity
+from dst.updaters.base import Updater, lowest
+
+__all__ = ["MagnitudePruning"]
+
+
+class MagnitudePruning(Updater):
+    """Prunes to `final_sparsity` along s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t_end − t0))^power.
+
+    "To prune or not to prune" (Zhu & Gupta 2017); the same schedule as
+    TF-MOT's `PolynomialDecay`. At each update step each weight keeps exactly
+    round(size × density_t) of its largest-magnitude active entries, where
+    density_t comes from `distribution` at overall sparsity s_t (TF-MOT keeps
+    every entry tied with the threshold; dst keeps exactly that many, ties
+    broken by a seeded random order). Pruned connections never come back.
+    A model without masks gets all-ones masks at `bind`.
+
+    Args:
+        final_sparsity: s_f, in [0, 1).
+        initial_sparsity: s_i, in [0, 1). Defaults to 0.0.
+        begin_step: t0. Defaults to 0.
+        end_step: t_end: an int, a float in (0, 1] (fraction of the fit's
+            steps), or None for the last step of the fit. Defaults to None.
+        update_freq: steps between updates. Defaults to 100.
+        power: exponent of the schedule. Defaults to 3.
+        distribution: how s_t is spread over weights ("uniform", "er",
+            "erk" or a callable). Defaults to "uniform".
+        seed: seed for tie-breaking. Defaults to None.
+    """
+
+    def __init__(self, final_sparsity, *, initial_sparsity=0.0, begin_step=0,
+                 end_step=None, update_freq=100, power=3, distribution="uniform",
+                 seed=None):
+        for name, value in (("final_sparsity", final_sparsity),
+                            ("initial_sparsity", initial_sparsity)):
+            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
+        super().__init__(update_freq=update_freq, begin_step=begin_step,
+                         end_step=end_step, seed=seed)
+        self.final_sparsity = float(final_sparsity)
+        self.initial_sparsity = float(initial_sparsity)
+        self.power = power
+        self.distribution = distribution
+        self._fn = dist_lib.get(distribution)
+
+    def _targets(self, model):
+        from dst._model import dynamic_targets
+
+        if not dynamic_targets(model):
+            sparsify(model, 0.0, "uniform")
+        return super()._targets(model)
+
+    def bind(self, model, total_steps=None, first_step=0, optimizer=None) -> None:
+        super().bind(model, total_steps, first_step, optimizer)
+        self.sparsity_schedule = PolynomialSparsity(
+            self.initial_sparsity, self.final_sparsity, self.begin_step, self.end, self.power)
+        self._shapes = {t.path: t.shape for t in self.targets}
+
+    def target_counts(self, step: int) -> dict[str, int]:
+        """Active connections each weight keeps at `step`."""
+        s = self.sparsity_schedule(step)
+        return dist_lib.active_counts(self._shapes, self._fn(self._shapes, s))
+
+    def expected_active(self, index, old, step) -> int:
+        want = self.target_counts(step)[self.targets[index].path]
+        return min(want, int(old.sum()))
+
+    def new_mask(self, weight, mask, grad, step, index, rng) -> np.ndarray:
+        keep = self.expected_active(index, mask, step)
+        prune = int(mask.sum()) - keep
+        new = mask.copy().ravel()
+        new[lowest(np.abs(weight), mask, prune, rng)] = False
+        return new.reshape(mask.shape)

@@ -1,0 +1,29 @@
+"""RigL: SET, but grow where the dense gradient is largest."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dst.updaters.set import SET
+
+__all__ = ["RigL"]
+
+
+class RigL(SET):
+    """Rigging the Lottery (Evci et al. 2020).
+
+    Exactly SET's update, except that the k connections grown are the
+    inactive ones with the largest |∂L/∂W| of the dense gradient of the
+    current batch. Arguments are SET's.
+
+    Choice: the optimizer step of an update iteration is applied (as the SET
+    reference does); the RigL reference skips it. The gradient used is the one
+    of that batch, taken before the step.
+    """
+
+    needs_gradients = True
+
+    def grow_scores(self, weight, mask, grad, rng) -> np.ndarray:
+        if grad is None:
+            raise ValueError("RigL needs the dense gradient of every sparse weight.")
+        return np.abs(np.asarray(grad, dtype=np.float64)).reshape(weight.shape)

@@ -1,0 +1,75 @@
+"""SET: drop the weakest connections, regrow as many at random."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
+from dst.updaters.base import Updater, lowest
+
+__all__ = ["SET"]
+
+
+class SET(Updater):
+    """Sparse Evolutionary Training (Mocanu et al. 2018, Nature Communications).
+
+    At each update step t, for each weight: drop the k = floor(f(t) · active)
+    active connections of smallest magnitude, then grow k connections among
+    those that were inactive before this update (so drop and grow are
+    disjoint), chosen by `grow_scores` (uniformly at random for SET). Grown
+    weights start at 0.0 with their optimizer state reset to 0. Each weight's
+    active count is unchanged, and asserted.
+
+    Magnitude is the common modern form of SET's drop rule (the paper drops
+    the smallest positive and the largest negative weights).
+
+    Args:
+        update_freq: steps between updates. Defaults to 100.
+        drop_fraction: α, the fraction replaced at `begin_step`, in (0, 1).
+            Defaults to 0.3.
+        drop_fraction_schedule: "cosine" (α/2 · (1 + cos(π (t − begin)/
+            (end − begin))), "linear" or "constant". Defaults to "cosine".
+        begin_step: first update step. Defaults to 0.
+        end_step: last step that may update: an int, or a float in (0, 1]
+            meaning that fraction of the fit's total steps. Defaults to 0.75.
+        seed: seed for the random draws. Defaults to None.
+    """
+
+    def __init__(self, *, update_freq=100, drop_fraction=0.3,
+                 drop_fraction_schedule="cosine", begin_step=0, end_step=0.75,
+                 seed=None):
+        if not isinstance(drop_fraction, int | float) or not 0.0 < drop_fraction < 1.0:
+            raise ValueError(
+                "`drop_fraction` must be in (0, 1). Received: "
+                f"drop_fraction={drop_fraction!r}"
+            )
+        if drop_fraction_schedule not in DROP_FRACTION_SCHEDULES:
+            raise ValueError(
+                f"`drop_fraction_schedule` must be one of {list(DROP_FRACTION_SCHEDULES)}. "
+                f"Received: drop_fraction_schedule={drop_fraction_schedule!r}"
+            )
+        super().__init__(update_freq=update_freq, begin_step=begin_step,
+                         end_step=end_step, seed=seed)
+        self.drop_fraction = float(drop_fraction)
+        self.drop_fraction_schedule = drop_fraction_schedule
+
+    def drop_fraction_at(self, step: int) -> float:
+        """f(t), the drop fraction at `step`."""
+        return DropFraction(self.drop_fraction, self.begin_step, self.end,
+                            self.drop_fraction_schedule)(step)
+
+    def new_mask(self, weight, mask, grad, step, index, rng) -> np.ndarray:
+        k = math.floor(self.drop_fraction_at(step) * int(mask.sum()))
+        k = min(k, int((~mask).sum()))  # can't grow more than there is room for
+        dropped = lowest(np.abs(weight), mask, k, rng)
+        grown = lowest(-self.grow_scores(weight, mask, grad, rng), ~mask, k, rng)
+        new = mask.copy().ravel()
+        new[dropped] = False
+        new[grown] = True
+        return new.reshape(mask.shape)
+
+    def grow_scores(self, weight, mask, grad, rng) -> np.ndarray:
+        """Higher scores grow first. SET: uniform random."""
+        return rng.random(weight.shape)
