@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 import keras
+from keras.src.models.functional import Functional
 
 from dst.masking import MaskConstraint
 
@@ -25,8 +26,14 @@ _NORMALIZATION = tuple(
     )
     if hasattr(keras.layers, name)
 )
-# Parents whose get_config re-serializes these attributes of their cell.
-_RNN = (keras.layers.RNN,)
+# Parents whose get_config re-serializes their child layers (RNN cells,
+# wrapped layers), so that a child of a rebuilt parent is rebuilt from config.
+_SERIALIZES_CHILDREN = (keras.layers.RNN, keras.layers.Wrapper, keras.layers.Bidirectional)
+# Weights whose constraint attribute is not named after the weight.
+_CARRIER_OVERRIDES = {
+    (keras.layers.DepthwiseConv1D, "kernel"): "depthwise_constraint",
+    (keras.layers.DepthwiseConv2D, "kernel"): "depthwise_constraint",
+}
 
 
 @dataclasses.dataclass
@@ -81,7 +88,11 @@ def _layers(model) -> list:
 
 def _carrier(layer, var_name: str) -> tuple[str, bool]:
     """Which attribute of `layer` should hold the mask of weight `var_name`."""
-    candidates = [f"{var_name}_constraint"]
+    candidates = [
+        attr for (cls, name), attr in _CARRIER_OVERRIDES.items()
+        if name == var_name and isinstance(layer, cls)
+    ]
+    candidates.append(f"{var_name}_constraint")
     if var_name.endswith("_kernel"):
         candidates.append(var_name[: -len("_kernel")] + "_constraint")
     for attr in candidates:
@@ -94,31 +105,47 @@ def _carrier(layer, var_name: str) -> tuple[str, bool]:
     return f"_dst_mask_{var_name}", False
 
 
+def _is_bias(var) -> bool:
+    # Keras names biases "bias"; GRU (reset_after) and EinsumDense biases have
+    # ndim 2 but are still biases, which stay dense.
+    return var.name == "bias" or var.name.endswith("_bias")
+
+
 def find_targets(model) -> list[Target]:
-    """Every trainable weight with ndim >= 2 outside normalization layers."""
+    """Every trainable non-bias weight with ndim >= 2 outside normalization layers."""
+    layers = [model, *_layers(model)]
     parents = {}
-    for layer in [model, *_layers(model)]:
+    for layer in layers:
         for child in layer._flatten_layers(include_self=False, recursive=False):
             parents.setdefault(id(child), layer)
-    in_model_list = {
+    # Layers that keras.models.load_model rebuilds from their config: those
+    # listed by a Functional or Sequential model (a subclassed model rebuilds
+    # its layers in its own __init__), and children of rebuilt wrappers/RNNs.
+    from_config = {
         id(lay)
-        for m in [model, *_layers(model)]
-        if isinstance(m, keras.Model)
+        for m in layers
+        if isinstance(m, Functional | keras.Sequential)
         for lay in m.layers
     }
+
+    def rebuilt(layer) -> bool:
+        if id(layer) in from_config:
+            return True
+        parent = parents.get(id(layer))
+        return isinstance(parent, _SERIALIZES_CHILDREN) and rebuilt(parent)
+
     seen, targets = set(), []
-    for layer in _layers(model):
+    for layer in layers:
         if isinstance(layer, _NORMALIZATION):
             continue
         for var in layer._trainable_variables:
-            if id(var) in seen or len(var.shape) < 2 or not var.trainable:
+            if (id(var) in seen or len(var.shape) < 2 or not var.trainable
+                    or _is_bias(var)):
                 continue
             seen.add(id(var))
             carrier, serialized = _carrier(layer, var.name)
-            parent = parents.get(id(layer))
-            rebuilt = id(layer) in in_model_list or isinstance(parent, _RNN)
             targets.append(
-                Target(var, layer, var.path, carrier, serialized and rebuilt)
+                Target(var, layer, var.path, carrier, serialized and rebuilt(layer))
             )
     return targets
 

@@ -98,8 +98,8 @@ def sparsify(
 ) -> keras.Model:
     """Attaches a random binary mask to every sparsifiable weight of `model`.
 
-    A sparsifiable weight is a trainable weight with ndim >= 2 outside a
-    normalization layer (Dense, EinsumDense, Conv*, DepthwiseConv2D, both
+    A sparsifiable weight is a trainable weight with ndim >= 2, other than a
+    bias, outside a normalization layer (Dense, EinsumDense, Conv*, DepthwiseConv2D, both
     kernels of SeparableConv2D, RNN kernels and recurrent kernels, Embedding,
     custom layers), wherever it sits in the model. Biases stay dense. Masked
     weights are set to 0.0 now and after every optimizer step; the gradient
@@ -133,9 +133,10 @@ def sparsify(
 
     Example:
     >>> import keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> model = keras.Sequential(
+    ...     [keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="mlp")
     >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
-    >>> int(dst.get_masks(model)["sequential/dense/kernel"].sum())
+    >>> int(dst.get_masks(model)["mlp/fc/kernel"].sum())
     8
     """
     check_keras3_model(model, "dst.sparsify")
@@ -153,7 +154,7 @@ def sparsify(
             f"Model '{model.name}' has no sparsifiable weight left"
             + (f" after exclude={exclude!r}" if exclude is not None else "")
             + ". dst sparsifies trainable weights with ndim >= 2 outside "
-            "normalization layers."
+            "normalization layers, biases excepted."
         )
     densities = _densities(targets, sparsity, distribution, erk_power_scale)
     counts = dist_lib.active_counts({t.path: t.shape for t in targets}, densities)
@@ -163,9 +164,9 @@ def sparsify(
         constraint = MaskConstraint(inner=t.variable.constraint)
         constraint.attach(mask)
         install(t, constraint)
-        value = keras.ops.convert_to_numpy(t.variable)
+        value = t.variable.numpy()
         if sparse_init:
-            value = _sparse_init(value, mask)
+            value = _sparse_init(value, mask, _n_out_axes(t))
         t.variable.assign(np.where(mask, value, 0).astype(value.dtype))
     _warn_unsaved(targets)
     if getattr(model, "train_function", None) is not None:
@@ -173,14 +174,21 @@ def sparsify(
     return model
 
 
-def _sparse_init(value: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _n_out_axes(target: Target) -> int:
+    """How many trailing kernel axes index output units (2 for depthwise)."""
+    depthwise = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+    if isinstance(target.layer, depthwise) or target.variable.name == "depthwise_kernel":
+        return 2  # (..., in_channels, multiplier): one unit per pair
+    return 1
+
+
+def _sparse_init(value: np.ndarray, mask: np.ndarray, n_out: int = 1) -> np.ndarray:
     """Scales each output unit's active weights by sqrt(dense / active fan-in)."""
-    if value.ndim < 2:
-        return value
-    fan_in_dense = value.size // value.shape[-1]
-    active = mask.reshape(-1, value.shape[-1]).sum(axis=0)
+    units = value.shape[-n_out:]
+    fan_in_dense = value.size // int(np.prod(units))
+    active = mask.reshape(-1, *units).sum(axis=0)
     scale = np.sqrt(fan_in_dense / np.maximum(active, 1))
-    return value * scale
+    return (value * scale).astype(value.dtype)
 
 
 def _warn_unsaved(targets: Iterable[Target]) -> None:
@@ -201,8 +209,9 @@ def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
 
     Example:
     >>> import keras, dst
-    >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["sequential/dense/kernel"].shape
+    >>> m = keras.Sequential(
+    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
+    >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["mlp/fc/kernel"].shape
     (3, 2)
     """
     return {t.path: t.constraint.numpy() for t in masked_targets(model)}
@@ -250,7 +259,7 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
 def apply_mask(target: Target, mask: np.ndarray) -> None:
     """Sets a target's mask and zeroes the weights it masks."""
     target.constraint.attach(mask)
-    value = keras.ops.convert_to_numpy(target.variable)
+    value = target.variable.numpy()
     target.variable.assign(np.where(mask, value, 0).astype(value.dtype))
 
 

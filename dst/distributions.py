@@ -64,9 +64,12 @@ def er(shapes: Mapping[str, tuple], sparsity: float) -> dict[str, float]:
     n_in and n_out are the last two dimensions of the weight.
 
     Example:
+    Raw densities are 0.2 for "a" and 0.6 for "b"; eps = 60 / 32 would give
+    "b" 1.125 > 1, so "b" becomes dense and "a" gets the 40 weights left:
+
     >>> d = er({"a": (10, 10), "b": (10, 2)}, 0.5)
     >>> round(d["a"], 4), round(d["b"], 4)
-    (0.4167, 1.0)
+    (0.4, 1.0)
     """
     raw = {p: (s[-2] + s[-1]) / (s[-2] * s[-1]) for p, s in shapes.items()}
     return _solve(raw, shapes, sparsity)

@@ -57,7 +57,7 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
 
     def numpy(self) -> np.ndarray:
         """The mask as a numpy bool array."""
-        return np.asarray(keras.ops.convert_to_numpy(self.mask), dtype=bool)
+        return np.asarray(self.mask.numpy(), dtype=bool)
 
     # -- Constraint ----------------------------------------------------------
     def __call__(self, w):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from dst._model import check_keras3_model, find_targets, install, uninstall
 from dst.layers import SparseDense
@@ -33,10 +34,21 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
     check_keras3_model(model, "dst.strip")
     targets = [t for t in find_targets(model) if t.constraint is not None]
     constraints = [t.constraint for t in targets]
-    weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    # Bake the zeros in, even where a weight was assigned after its last step.
+    masked = {
+        id(t.variable): np.where(t.constraint.numpy(), t.variable.numpy(), 0).astype(
+            t.variable.dtype
+        )
+        for t in targets
+        if t.constraint.mask is not None
+    }
+    weights = [masked[id(w)] if id(w) in masked else w.numpy() for w in model.weights]
     for t in targets:
         uninstall(t)
     if inplace:
+        for t in targets:
+            if id(t.variable) in masked:
+                t.variable.assign(masked[id(t.variable)])
         return model
     try:
         clone = keras.models.clone_model(

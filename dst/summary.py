@@ -5,18 +5,17 @@ from __future__ import annotations
 import math
 
 import keras
+from keras.src.layers.convolutional.base_conv import BaseConv
+from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
+from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 
 from dst._model import check_keras3_model, find_targets
 
 __all__ = ["summary"]
 
-_CONV = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv2D,
-)
+# Conv layers whose kernel is applied once per output position.
+_CONV = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
 
 
 def _output_shape(layer):
@@ -25,6 +24,20 @@ def _output_shape(layer):
     except (AttributeError, ValueError):
         return None
     return tuple(shape) if all(d is not None for d in shape[1:]) else None
+
+
+def _time_steps(model) -> dict[int, int]:
+    """{id(cell): time steps} for the cells of RNN layers with a known length."""
+    steps = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.RNN):
+            try:
+                n = tuple(layer.input.shape)[1]
+            except (AttributeError, ValueError, TypeError, IndexError):
+                continue
+            if n is not None:
+                steps[id(layer.cell)] = int(n)
+    return steps
 
 
 def _repeats(layer, target_shape) -> int:
@@ -37,23 +50,29 @@ def _repeats(layer, target_shape) -> int:
     """
     if isinstance(layer, keras.layers.Embedding):
         return 0
-    if isinstance(layer, keras.layers.Conv2DTranspose | keras.layers.Conv1DTranspose):
+    if isinstance(layer, BaseConvTranspose):
         try:
-            shape = tuple(layer.input.shape)
-            return math.prod(shape[1:-1])
+            return math.prod(_spatial(layer, tuple(layer.input.shape)))
         except (AttributeError, ValueError, TypeError):
             return 1
     out = _output_shape(layer)
     if out is None:
         return 1
     if isinstance(layer, _CONV):
-        return math.prod(out[1:-1])
+        return math.prod(_spatial(layer, out))
     if isinstance(layer, keras.layers.Dense | keras.layers.EinsumDense):
         kernel_out = target_shape[-1] if isinstance(layer, keras.layers.Dense) else 1
         if isinstance(layer, keras.layers.EinsumDense):
             kernel_out = math.prod(target_shape) // _in_dims(layer, target_shape)
         return max(1, math.prod(out[1:]) // kernel_out)
     return 1
+
+
+def _spatial(layer, shape) -> tuple:
+    """The spatial dims of a conv layer's (batch, ...) input or output shape."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return shape[2:]
+    return shape[1:-1]
 
 
 def _in_dims(layer, shape) -> int:
@@ -83,11 +102,12 @@ def summary(model: keras.Model, print_fn=print) -> list[dict]:
     """
     check_keras3_model(model, "dst.summary")
     rows = []
+    steps = _time_steps(model)
     for t in find_targets(model):
         size = math.prod(t.shape)
         c = t.constraint
         active = int(c.numpy().sum()) if c is not None and c.mask is not None else size
-        reps = _repeats(t.layer, t.shape)
+        reps = steps.get(id(t.layer)) or _repeats(t.layer, t.shape)
         rows.append(
             dict(path=t.path, shape=t.shape, size=size, active=active,
                  density=active / size, dense_flops=2 * size * reps,
