@@ -1,0 +1,339 @@
+"""Shared invariants of every dst mask-update algorithm, and each one's specifics."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dst
+from dst.schedules import DropFraction, PolynomialSparsity
+
+ALGOS = {
+    "set": lambda **kw: dst.callbacks.SET(**kw),
+    "rigl": lambda **kw: dst.callbacks.RigL(**kw),
+}
+
+
+def mlp(seed=0, sparsity=0.8, distribution="uniform"):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((12,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3),
+    ])
+    if sparsity is not None:
+        dst.sparsify(model, sparsity, distribution, seed=seed)
+    return model
+
+
+def data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12)).astype("float32")
+    return x, (x[:, :3] @ rng.normal(size=(3, 3))).astype("float32")
+
+
+class Spy(keras.callbacks.Callback):
+    """Records masks, weights and optimizer slots right after each batch."""
+
+    def __init__(self, dst_cb):
+        super().__init__()
+        self.dst_cb = dst_cb
+        self.records = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt = self.model.optimizer
+        slots = {v.path: [keras.ops.convert_to_numpy(s) for s in ss]
+                 for v, ss in ((t.variable, dst.updaters.slots.slot_variables(opt, [t.variable])[id(t.variable)])
+                               for t in self.dst_cb.updater.targets)}
+        self.records.append(dict(
+            step=int(opt.iterations.numpy()) - 1,
+            masks=dst.get_masks(self.model),
+            weights={v.path: keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables},
+            slots=slots,
+        ))
+
+
+@pytest.mark.parametrize("name", sorted(ALGOS))
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam", "adamw", "rmsprop"])
+def test_shared_invariants(name, optimizer):
+    opt = {
+        "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+        "adam": lambda: keras.optimizers.Adam(0.01),
+        "adamw": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+        "rmsprop": lambda: keras.optimizers.RMSprop(0.01, momentum=0.5),
+    }[optimizer]()
+    model = mlp()
+    counts = {k: int(m.sum()) for k, m in dst.get_masks(model).items()}
+    model.compile(opt, "mse")
+    cb = ALGOS[name](update_freq=2, drop_fraction=0.5, end_step=1.0, seed=1)
+    spy = Spy(cb)
+    x, y = data()
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb, spy])
+    updates = 0
+    prev = None
+    for rec in spy.records:
+        for path, mask in rec["masks"].items():
+            assert int(mask.sum()) == counts[path]  # active count constant
+            assert np.all(rec["weights"][path][~mask] == 0.0)  # masked exactly 0
+            if prev is not None:
+                grown = mask & ~prev[path]
+                if grown.any():
+                    # regrown read exactly 0.0 and their optimizer state is 0
+                    assert np.all(rec["weights"][path][grown] == 0.0)
+                    for slot in rec["slots"][path]:
+                        assert np.all(slot[grown] == 0.0)
+                    updates += 1
+                    assert rec["step"] % 2 == 0
+        prev = rec["masks"]
+    assert updates > 0
+    assert len(spy.records[0]["slots"][next(iter(counts))]) >= 1
+
+
+@pytest.mark.parametrize("name", sorted(ALGOS))
+def test_drop_and_grow_are_disjoint_and_exact(name):
+    model = mlp()
+    model.compile("adam", "mse")
+    x, y = data()
+    model.fit(x, y, verbose=0)  # builds the optimizer
+    up = {"set": dst.updaters.SET, "rigl": dst.updaters.RigL}[name](
+        update_freq=1, drop_fraction=0.4, end_step=10, seed=3)
+    up.bind(model)
+    before = dst.get_masks(model)
+    grads = [np.random.default_rng(0).normal(size=v.shape) for v in model.trainable_variables]
+    assert up.update(0, grads)
+    after = dst.get_masks(model)
+    for path, old in before.items():
+        new = after[path]
+        k = int(np.floor(up.drop_fraction_at(0) * old.sum()))
+        dropped, grown = old & ~new, new & ~old
+        assert dropped.sum() == grown.sum() == k
+        assert not (dropped & grown).any()
+
+
+def test_rigl_grows_exactly_where_gradient_is_largest():
+    model = mlp(sparsity=0.5)
+    model.compile("sgd", "mse")
+    model.fit(*data(), verbose=0)
+    up = dst.updaters.RigL(update_freq=1, drop_fraction=0.25, drop_fraction_schedule="constant",
+                           end_step=10, seed=0)
+    up.bind(model)
+    before = dst.get_masks(model)
+    rng = np.random.default_rng(1)
+    grads = {p: rng.permutation(m.size).reshape(m.shape).astype("float32") for p, m in before.items()}
+    up.update(0, grads)
+    for path, old in before.items():
+        new = dst.get_masks(model)[path]
+        k = int(np.floor(0.25 * old.sum()))
+        g = np.where(old, -np.inf, grads[path])
+        expected = np.zeros(old.size, bool)
+        expected[np.argsort(g.ravel())[::-1][:k]] = True
+        assert np.array_equal((new & ~old).ravel(), expected)
+
+
+def test_set_drops_exactly_the_smallest_magnitudes():
+    model = mlp(sparsity=0.5)
+    model.compile("sgd", "mse")
+    model.fit(*data(), verbose=0)
+    up = dst.updaters.SET(update_freq=1, drop_fraction=0.3, drop_fraction_schedule="constant",
+                          end_step=10, seed=0)
+    up.bind(model)
+    before = dst.get_masks(model)
+    weights = {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+    up.update(0)
+    for path, old in before.items():
+        new = dst.get_masks(model)[path]
+        dropped = old & ~new
+        kept = old & new
+        assert np.abs(weights[path][dropped]).max() <= np.abs(weights[path][kept]).min()
+
+
+def test_rigl_works_with_dataset_and_generator():
+    x, y = data(64)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    def gen():
+        while True:
+            for i in range(0, 64, 8):
+                yield x[i:i + 8], y[i:i + 8]
+
+    for source, kw in ((ds, {}), (gen(), {"steps_per_epoch": 8})):
+        model = mlp()
+        model.compile("adam", "mse")
+        before = dst.get_masks(model)
+        cb = dst.callbacks.RigL(update_freq=4, drop_fraction=0.3, end_step=1.0, seed=0)
+        hist = model.fit(source, epochs=2, verbose=0, shuffle=False, callbacks=[cb], **kw)
+        after = dst.get_masks(model)
+        assert any(not np.array_equal(before[p], after[p]) for p in before)
+        assert hist.history["mask_churn"][0] > 0
+
+
+def test_no_update_after_end_step_and_schedule_formula():
+    model = mlp()
+    model.compile("adam", "mse")
+    cb = dst.callbacks.SET(update_freq=3, end_step=7, seed=0)
+    spy = Spy(cb)
+    model.fit(*data(), batch_size=8, epochs=3, verbose=0, callbacks=[cb, spy])
+    changed = [r["step"] for a, r in zip(spy.records, spy.records[1:])
+               if any(not np.array_equal(a["masks"][p], r["masks"][p]) for p in a["masks"])]
+    assert changed and set(changed) <= {3, 6}
+    f = DropFraction(0.3, 0, 100, "cosine")
+    assert f(0) == pytest.approx(0.3)
+    assert f(50) == pytest.approx(0.15)
+    assert f(100) == pytest.approx(0.0)
+    assert DropFraction(0.3, 0, 100, "linear")(25) == pytest.approx(0.225)
+    assert DropFraction(0.3, 0, 100, "constant")(99) == pytest.approx(0.3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0, 0.9), st.floats(0, 0.95), st.integers(0, 300), st.integers(1, 2000),
+       st.integers(1, 200), st.sampled_from([1, 2, 3]))
+def test_polynomial_schedule_matches_tfmot(s_i, s_f, begin, length, freq, power):
+    import tensorflow_model_optimization as tfmot
+
+    end = begin + length
+    ours = PolynomialSparsity(s_i, s_f, begin, end, power)
+    theirs = tfmot.sparsity.keras.PolynomialDecay(s_i, s_f, begin, end, power=power, frequency=freq)
+    steps = dst.schedules.UpdateSteps(begin, end, freq)
+    for step in sorted({begin, begin + freq, (begin + end) // 2, end, end + freq}):
+        should, value = theirs(tf.constant(step, tf.int64))
+        assert bool(should) == steps(step)
+        if bool(should):
+            assert ours(step) == pytest.approx(float(value), abs=1e-6)
+
+
+def test_magnitude_pruning_exact_counts_from_dense():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16), keras.layers.Dense(3)])
+    model.compile("adam", "mse")
+    cb = dst.callbacks.MagnitudePruning(0.9, update_freq=2, end_step=10, seed=0)
+    spy = Spy(cb)
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[cb, spy])
+    sched = cb.updater.sparsity_schedule
+    for r in spy.records:
+        if r["step"] % 2 or r["step"] > 10:
+            continue
+        s = sched(r["step"])
+        for path, mask in r["masks"].items():
+            assert int(mask.sum()) == max(1, round(mask.size * (1 - s)))
+    assert dst.sparsity(model) == pytest.approx(0.9, abs=0.01)
+
+
+def test_teacher_student_rigl_recovers_more_than_set():
+    rng = np.random.default_rng(0)
+    teacher_mask = np.zeros((20, 1), bool)
+    teacher_mask[rng.choice(20, 4, replace=False)] = True
+    w_true = np.where(teacher_mask, rng.normal(size=(20, 1)) * 2, 0).astype("float32")
+    x = rng.normal(size=(512, 20)).astype("float32")
+    y = x @ w_true
+    recovered = {}
+    for name in ("set", "rigl"):
+        hits = 0
+        for seed in range(3):
+            keras.utils.set_random_seed(seed)
+            model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(1, use_bias=False)])
+            dst.sparsify(model, 0.8, "uniform", seed=seed)
+            model.compile(keras.optimizers.SGD(0.05), "mse")
+            cb = ALGOS[name](update_freq=8, drop_fraction=0.5, end_step=0.8, seed=seed)
+            model.fit(x, y, batch_size=32, epochs=6, verbose=0, callbacks=[cb])
+            mask = next(iter(dst.get_masks(model).values()))
+            hits += int((mask & teacher_mask).sum())
+        recovered[name] = hits
+    assert recovered["rigl"] > recovered["set"]
+    assert recovered["rigl"] >= 10, recovered  # of 12: 4 teacher connections x 3 seeds
+
+
+def test_seeded_run_is_reproducible_and_survives_backup_and_restore(tmp_path):
+    x, y = data(64)
+
+    def run(callbacks_extra=(), epochs=4, model=None):
+        model = model or mlp(seed=0)
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        cb = dst.callbacks.RigL(update_freq=3, end_step=1.0, seed=5)
+        model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, shuffle=False,
+                  callbacks=[cb, *callbacks_extra])
+        return model
+
+    def masks(model):  # paths differ between model instances; order does not
+        return list(dst.get_masks(model).values())
+
+    a, b = masks(run()), masks(run())
+    assert all(np.array_equal(m, n) for m, n in zip(a, b, strict=True))
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("interrupted")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([backup, Interrupt()])
+    resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))], model=mlp(seed=0))
+    c = masks(resumed)
+    assert all(np.array_equal(m, n) for m, n in zip(a, c, strict=True))
+
+
+def test_logs_have_sparsity_churn_itop_and_instance_is_reusable():
+    model = mlp()
+    model.compile("adam", "mse")
+    cb = dst.callbacks.SET(update_freq=2, end_step=1.0, seed=0)
+    for _ in range(2):
+        hist = model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[cb])
+        assert hist.history["sparsity"] == pytest.approx([0.8, 0.8], abs=0.01)
+        assert all(0 < c <= 0.3 for c in hist.history["mask_churn"])
+        assert hist.history["itop"][1] >= hist.history["itop"][0] > 0.2
+
+
+def test_custom_training_loop_with_updater():
+    model = mlp()
+    opt = keras.optimizers.Adam(0.01)
+    up = dst.updaters.RigL(update_freq=2, end_step=20, seed=0)
+    up.bind(model, optimizer=opt)
+    x, y = data()
+    counts = {p: int(m.sum()) for p, m in dst.get_masks(model).items()}
+    updated = 0
+    for step in range(8):
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean((model(x[step * 8:(step + 1) * 8]) - y[step * 8:(step + 1) * 8]) ** 2)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply(grads, model.trainable_variables)
+        updated += up.update(step, grads)
+    assert updated == 4
+    assert {p: int(m.sum()) for p, m in dst.get_masks(model).items()} == counts
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(drop_fraction=1.0), r"`drop_fraction` must be in \(0, 1\). Received: drop_fraction=1.0"),
+    (dict(drop_fraction=0), r"drop_fraction=0"),
+    (dict(update_freq=0), r"`update_freq` must be an int >= 1. Received: update_freq=0"),
+    (dict(begin_step=10, end_step=5), r"`end_step` must not be before `begin_step`.*end_step=5"),
+    (dict(drop_fraction_schedule="exp"), r"drop_fraction_schedule='exp'"),
+])
+def test_bad_arguments(kwargs, match):
+    for cls in (dst.callbacks.SET, dst.callbacks.RigL):
+        with pytest.raises(ValueError, match=match):
+            cls(**kwargs)
+
+
+def test_bad_final_sparsity_and_unsparsified_model():
+    with pytest.raises(ValueError, match=r"`final_sparsity` must be in \[0, 1\). Received: final_sparsity=1.0"):
+        dst.callbacks.MagnitudePruning(1.0)
+    model = mlp(sparsity=None)
+    model.compile("adam", "mse")
+    with pytest.raises(ValueError, match=r"has no masks. Call dst.sparsify"):
+        model.fit(*data(), verbose=0, callbacks=[dst.callbacks.RigL()])
+
+
+def test_registry():
+    assert dst.callbacks.get("rigl") is dst.callbacks.RigL
+    assert dst.callbacks.get("SET") is dst.callbacks.SET
+    assert dst.callbacks.get("magnitude") is dst.callbacks.MagnitudePruning
+    cb = dst.callbacks.get({"class_name": "set", "config": {"drop_fraction": 0.2}})
+    assert cb.updater.drop_fraction == 0.2
+    with pytest.raises(ValueError, match=r"Known callbacks: \['magnitude', 'rigl', 'set'\]"):
+        dst.callbacks.get("snip")
