@@ -169,9 +169,13 @@ def sparsify(
             value = _sparse_init(value, mask, _n_out_axes(t))
         t.variable.assign(np.where(mask, value, 0).astype(value.dtype))
     _warn_unsaved(targets)
+    _reset_train_function(model)
+    return model
+
+
+def _reset_train_function(model) -> None:
     if getattr(model, "train_function", None) is not None:
         model.train_function = None  # retrace so the optimizer applies the masks
-    return model
 
 
 def _n_out_axes(target: Target) -> int:
@@ -198,8 +202,8 @@ def _warn_unsaved(targets: Iterable[Target]) -> None:
             "keras.models.load_model cannot restore the masks of "
             f"{lost}: their layer's config does not carry a constraint for "
             "them. model.save_weights / load_weights into a model sparsified "
-            "the same way restores them; after load_model call "
-            "dst.set_masks with masks saved by dst.get_masks.",
+            "the same way restores them; after load_model, call "
+            "dst.set_masks(model, masks) with masks saved from dst.get_masks.",
             stacklevel=3,
         )
 
@@ -220,24 +224,35 @@ def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
 def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
     """Replaces masks; newly masked weights are set to 0.0.
 
-    Every key, shape and value is checked before anything changes.
+    Every key, shape and value is checked before anything changes. A key may
+    also name a sparsifiable weight that has no mask yet: it gets one. This
+    restores masks that `keras.models.load_model` cannot (see the warning of
+    `dst.sparsify`), from `dst.get_masks` output saved beside the model.
 
     Args:
-        model: a sparsified model.
-        masks: {weight path: array of 0/1 or bool}, a subset of
-            `dst.get_masks(model)`'s keys.
+        model: a Keras 3 model.
+        masks: {weight path: array of 0/1 or bool}, keyed like
+            `dst.get_masks(model)`.
 
     Raises:
         ValueError: unknown key, wrong shape, or values other than 0/1.
+
+    Example:
+    >>> import keras, numpy as np, dst
+    >>> m = keras.Sequential(
+    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
+    >>> dst.set_masks(m, {"mlp/fc/kernel": np.eye(3, 2)})
+    >>> dst.sparsity(m)
+    0.6666666666666667
     """
     check_keras3_model(model, "dst.set_masks")
-    targets = {t.path: t for t in masked_targets(model)}
+    targets = {t.path: t for t in find_targets(model)}
     checked = {}
     for path, mask in masks.items():
         if path not in targets:
             raise ValueError(
-                f"dst.set_masks: no masked weight '{path}' in model "
-                f"'{model.name}'. Masked weights: {sorted(targets)}."
+                f"dst.set_masks: no sparsifiable weight '{path}' in model "
+                f"'{model.name}'. Sparsifiable weights: {sorted(targets)}."
             )
         arr = np.asarray(mask)
         if arr.shape != targets[path].shape:
@@ -252,15 +267,22 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
                 f"booleans. Received values such as {bad.tolist()}."
             )
         checked[path] = arr.astype(bool)
+    installed = False
     for path, mask in checked.items():
-        apply_mask(targets[path], mask)
+        t = targets[path]
+        if t.constraint is None:
+            install(t, MaskConstraint(inner=t.variable.constraint))
+            installed = True
+        apply_mask(t, mask)
+    if installed:
+        _reset_train_function(model)
 
 
 def apply_mask(target: Target, mask: np.ndarray) -> None:
     """Sets a target's mask and zeroes the weights it masks."""
     target.constraint.attach(mask)
-    value = target.variable.numpy()
-    target.variable.assign(np.where(mask, value, 0).astype(value.dtype))
+    v = target.variable
+    v.assign(keras.ops.where(target.constraint.mask, v, keras.ops.zeros_like(v)))
 
 
 def sparsity(model: keras.Model) -> float:

@@ -1,0 +1,212 @@
+"""Masks travel through .keras files (in a new process) and .weights.h5 files."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import run_python
+from keras import layers
+
+import dst
+
+
+def rich_model():
+    """Every weight kind whose layer config carries its constraint."""
+    image = keras.Input((6, 6, 2), name="image")
+    x = layers.Conv2D(4, 3, name="conv", kernel_constraint=keras.constraints.NonNeg())(image)
+    x = layers.DepthwiseConv2D(3, name="dw")(x)
+    x = layers.SeparableConv2D(4, 1, name="sep")(x)
+    x = layers.Conv2DTranspose(3, 2, name="convt")(x)
+    x = layers.Flatten()(x)
+    tokens = keras.Input((5,), dtype="int32", name="tokens")
+    t = layers.Embedding(20, 4, name="emb")(tokens)
+    t = layers.LSTM(4, return_sequences=True, name="lstm")(t)
+    t = layers.GRU(4, return_sequences=True, name="gru")(t)
+    t = layers.EinsumDense("abc,cd->abd", (5, 3), name="einsum")(t)
+    t = layers.Conv1D(2, 2, name="conv1d")(t)
+    t = layers.Flatten()(t)
+    inner = keras.Sequential([keras.Input((8,)), layers.Dense(4, name="in_d")], name="inner")
+    shared = layers.Dense(8, name="shared")
+    y = layers.Concatenate()([x, t])
+    y = inner(shared(layers.Dense(8, name="proj")(y)))
+    y = layers.Dense(2, name="head")(shared(layers.Dense(8, name="proj2")(y)))
+    return keras.Model([image, tokens], y, name="rich")
+
+
+def rich_data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        [rng.normal(size=(n, 6, 6, 2)).astype("float32"), rng.integers(0, 20, (n, 5))],
+        rng.normal(size=(n, 2)).astype("float32"),
+    )
+
+
+LOAD_AND_CHECK = r"""
+import json, sys
+import numpy as np
+import keras
+import dst
+
+path, ref, out = sys.argv[1:]
+ref = np.load(ref)
+model = keras.models.load_model(path)
+masks = dst.get_masks(model)
+records = [
+    t.constraint.ever_active for t in dst._model.masked_targets(model)
+]
+inner = type(model.get_layer("conv").kernel.constraint.inner).__name__
+rng = np.random.default_rng(1)
+x = [rng.normal(size=(16, 6, 6, 2)).astype("float32"), rng.integers(0, 20, (16, 5))]
+y = rng.normal(size=(16, 2)).astype("float32")
+pred = model.predict(x, verbose=0)
+model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+values = {w.path: w.numpy() for w in model.weights}
+json.dump(
+    dict(
+        paths=list(masks),
+        masks_equal=[
+            bool(np.array_equal(m, ref[f"mask{i}"])) for i, m in enumerate(masks.values())
+        ],
+        records_equal=[
+            bool(np.array_equal(r, ref[f"ever{i}"])) for i, r in enumerate(records)
+        ],
+        mask_dtypes=sorted({str(t.constraint.mask.dtype) for t in dst._model.masked_targets(model)}),
+        pred_equal=bool(np.array_equal(pred, ref["pred"])),
+        inner=inner,
+        masked_nonzero=int(sum(np.count_nonzero(values[p][~m]) for p, m in masks.items())),
+        sparsity=dst.sparsity(model),
+        optimizer_iterations=int(model.optimizer.iterations.numpy()),
+    ),
+    open(out, "w"),
+)
+"""
+
+
+def test_keras_file_restores_masks_exactly_in_a_new_process(tmp_path):
+    model = rich_model()
+    dst.sparsify(model, 0.7, seed=0)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model.fit(*rich_data(), batch_size=8, epochs=1, verbose=0)
+    # Move one mask, so that the ITOP record differs from the mask.
+    masks = dst.get_masks(model)
+    new = masks["conv/kernel"].copy()
+    new.ravel()[np.flatnonzero(new)[0]] = False
+    new.ravel()[np.flatnonzero(~new)[0]] = True
+    dst.set_masks(model, {"conv/kernel": new})
+    masks = dst.get_masks(model)
+    records = [t.constraint.ever_active for t in dst._model.masked_targets(model)]
+    assert len(masks) == 17
+    assert not np.array_equal(records[0], masks["conv/kernel"])
+
+    x, _ = rich_data(seed=1)
+    ref = {f"mask{i}": m for i, m in enumerate(masks.values())}
+    ref.update({f"ever{i}": r for i, r in enumerate(records)})
+    ref["pred"] = model.predict(x, verbose=0)
+    np.savez(tmp_path / "ref.npz", **ref)
+    model.save(tmp_path / "m.keras")
+
+    run_python(LOAD_AND_CHECK, str(tmp_path / "m.keras"), str(tmp_path / "ref.npz"),
+               str(tmp_path / "out.json"))
+    got = json.loads((tmp_path / "out.json").read_text())
+    # Paths lose the outer model name of nested/top-level Functional models,
+    # so masks are compared in order.
+    assert len(got["paths"]) == len(masks)
+    assert got["masks_equal"] == [True] * len(masks)
+    assert got["records_equal"] == [True] * len(masks)
+    assert got["mask_dtypes"] == ["bool"]
+    assert got["pred_equal"] is True
+    assert got["inner"] == "NonNeg"
+    assert got["optimizer_iterations"] == 4  # 2 steps before saving, 2 after
+    assert got["masked_nonzero"] == 0  # training continued sparse
+    assert got["sparsity"] == pytest.approx(dst.sparsity(model))
+
+
+def test_mask_is_stored_packed(tmp_path):
+    model = keras.Sequential([keras.Input((64,)), layers.Dense(64, name="d")], name="m")
+    dst.sparsify(model, 0.5, seed=0)
+    model.save_weights(tmp_path / "m.weights.h5")
+    import h5py
+
+    found = {}
+
+    def collect(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj[()]
+
+    with h5py.File(tmp_path / "m.weights.h5") as f:
+        f.visititems(collect)
+    assert sorted(found) == [
+        "layers/dense/kernel_constraint/vars/ever_active",
+        "layers/dense/kernel_constraint/vars/mask",
+        "layers/dense/kernel_constraint/vars/shape",
+        "layers/dense/vars/0",
+        "layers/dense/vars/1",
+    ]
+    found = {name.split("/")[-1]: value for name, value in found.items()}
+    assert found["mask"].dtype == np.uint8 and found["mask"].shape == (512,)  # 4096 bits
+    assert found["ever_active"].shape == (512,)
+    np.testing.assert_array_equal(found["shape"], [64, 64])
+    np.testing.assert_array_equal(
+        np.unpackbits(found["mask"]).reshape(64, 64).astype(bool),
+        dst.get_masks(model)["m/d/kernel"],
+    )
+
+
+def mha_model(name):
+    x = keras.Input((5, 6))
+    y = layers.MultiHeadAttention(2, 4, name="att")(x, x)
+    return keras.Model(x, layers.Dense(2, name="head")(layers.Flatten()(y)), name=name)
+
+
+def test_save_weights_round_trip_into_a_model_with_other_masks(tmp_path):
+    model = mha_model("a")
+    with pytest.warns(UserWarning, match=r"\['att/attention_output/kernel'"):
+        dst.sparsify(model, 0.6, seed=0)
+    dst.set_masks(model, {"head/kernel": np.eye(30, 2, dtype=bool)})
+    masks = dst.get_masks(model)
+    records = [t.constraint.ever_active for t in dst._model.masked_targets(model)]
+    model.save_weights(tmp_path / "a.weights.h5")
+
+    other = mha_model("b")
+    with pytest.warns(UserWarning, match="load_model cannot restore"):
+        dst.sparsify(other, 0.6, seed=123)
+    assert not all(np.array_equal(a, b) for a, b in zip(
+        masks.values(), dst.get_masks(other).values()))
+    other.load_weights(tmp_path / "a.weights.h5")
+    got = dst.get_masks(other)
+    assert list(got) == list(masks)  # same paths: both are Functional
+    for path in masks:
+        np.testing.assert_array_equal(got[path], masks[path])
+    got_records = [t.constraint.ever_active for t in dst._model.masked_targets(other)]
+    for a, b in zip(records, got_records):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other.compile(keras.optimizers.SGD(0.1), "mse")
+    other.fit(np.ones((8, 5, 6), "float32"), np.ones((8, 2), "float32"), verbose=0)
+    values = {w.path: w.numpy() for w in other.weights}
+    assert all(np.all(values[p][~m] == 0) for p, m in masks.items())
+
+
+def test_load_model_loses_mha_masks_and_set_masks_restores_them(tmp_path):
+    model = mha_model("m")
+    with pytest.warns(UserWarning, match="att/query/kernel"):
+        dst.sparsify(model, 0.6, seed=0)
+    masks = dst.get_masks(model)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    # The head's mask is restored; the attention projections come back
+    # unmasked (their zeros are still in the weights).
+    assert list(dst.get_masks(loaded)) == ["head/kernel"]
+    np.testing.assert_array_equal(dst.get_masks(loaded)["head/kernel"], masks["head/kernel"])
+    # As the warning says: set_masks with the saved masks puts them back.
+    dst.set_masks(loaded, masks)
+    got = dst.get_masks(loaded)
+    assert sorted(got) == sorted(masks)
+    for p in masks:
+        np.testing.assert_array_equal(got[p], masks[p])
+    loaded.compile(keras.optimizers.Adam(0.05), "mse")
+    loaded.fit(np.ones((8, 5, 6), "float32"), np.ones((8, 2), "float32"), verbose=0)
+    values = {w.path: w.numpy() for w in loaded.weights}
+    assert all(np.all(values[p][~m] == 0) for p, m in masks.items())
