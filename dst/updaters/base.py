@@ -135,7 +135,7 @@ class Updater:
             )
         slots = slot_variables(self.optimizer, [t.variable for t in self.targets])
         for index, t in enumerate(self.targets):
-            weight = keras.ops.convert_to_numpy(t.variable)
+            weight = t.variable.numpy()
             old = t.constraint.numpy()
             rng = np.random.default_rng([self.seed, int(step), index])
             new = self.new_mask(weight, old, grads.get(t.path), int(step), index, rng)
@@ -198,5 +198,13 @@ def lowest(scores: np.ndarray, candidates: np.ndarray, k: int,
     idx = np.flatnonzero(candidates.ravel())
     if k <= 0 or idx.size == 0:
         return idx[:0]
-    order = np.lexsort((rng.permutation(idx.size), scores.ravel()[idx]))
-    return idx[order[:k]]
+    if k >= idx.size:
+        return idx
+    values = scores.ravel()[idx]
+    # Everything strictly below the k-th smallest value, then as many of the
+    # entries tied with it as needed, drawn with the seeded generator.
+    kth = np.partition(values, k - 1)[k - 1]
+    below = idx[values < kth]
+    ties = idx[values == kth]
+    picked = rng.choice(ties.size, size=k - below.size, replace=False)
+    return np.concatenate([below, ties[np.sort(picked)]])

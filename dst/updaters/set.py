@@ -71,5 +71,6 @@ class SET(Updater):
         return new.reshape(mask.shape)
 
     def grow_scores(self, weight, mask, grad, rng) -> np.ndarray:
-        """Higher scores grow first. SET: uniform random."""
-        return rng.random(weight.shape)
+        """Higher scores grow first. SET: all equal, so the seeded random
+        tie-break of `lowest` picks uniformly among the inactive entries."""
+        return np.zeros(weight.shape, dtype=np.float32)

@@ -63,9 +63,8 @@ def slot_variables(optimizer, variables) -> dict[int, list]:
 
 def reset_slots(slots, grown: np.ndarray) -> None:
     """Sets the entries `grown` (a bool array) of each slot variable to 0."""
-    if not grown.any():
+    if not grown.any() or not slots:
         return
+    keep = keras.ops.convert_to_tensor(~grown)
     for slot in slots:
-        value = keras.ops.convert_to_numpy(slot)
-        value[grown] = 0
-        slot.assign(value)
+        slot.assign(keras.ops.where(keep, slot, keras.ops.zeros_like(slot)))

@@ -1,0 +1,110 @@
+"""Overhead of dst in `model.fit`: dense vs fixed masks vs SET vs RigL.
+
+In one process, alternating the variants round by round, times each epoch
+(after the first, which traces) of an MLP 784-1000-1000-10 and a small CNN on
+synthetic data, batch 128, and prints the median seconds per epoch and the
+ratio to dense Keras 3. Target: every dst ratio <= 1.05.
+
+    python -m experiments.bench_overhead [--rounds 5] [--steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+import dst  # noqa: E402
+import keras  # noqa: E402
+
+
+def mlp():
+    return keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(1000, activation="relu"),
+        keras.layers.Dense(1000, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+
+
+def cnn():
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(64, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(),
+        keras.layers.Dense(128, activation="relu"),
+        keras.layers.Dense(10),
+    ])
+
+
+VARIANTS = {
+    "dense": None,
+    "dst fixed masks": lambda: None,
+    "dst SET": lambda: dst.callbacks.SET(update_freq=100, end_step=1.0, seed=0),
+    "dst RigL": lambda: dst.callbacks.RigL(update_freq=100, end_step=1.0, seed=0),
+}
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def bench(name, build, x, y, rounds, epochs):
+    models = {}
+    for variant in VARIANTS:
+        keras.utils.set_random_seed(0)
+        model = build()
+        if variant != "dense":
+            dst.sparsify(model, 0.9, "erk", seed=0)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        models[variant] = model
+    times = {v: [] for v in VARIANTS}
+    for r in range(rounds):
+        order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
+        for variant in order:
+            timer = EpochTimer()
+            make = VARIANTS[variant]
+            extra = make() if make else None
+            cbs = [timer] + ([extra] if extra is not None else [])
+            models[variant].fit(x, y, batch_size=128, epochs=epochs, verbose=0, callbacks=cbs)
+            times[variant].extend(timer.times[1:])  # the first epoch traces
+    dense = statistics.median(times["dense"])
+    print(f"\n{name}: median seconds per epoch over {len(times['dense'])} epochs")
+    print(f"{'variant':<18}{'s/epoch':>10}{'ratio':>8}")
+    for variant, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{variant:<18}{med:>10.3f}{med / dense:>8.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit; first is dropped")
+    parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    n = 128 * args.steps
+    y = rng.integers(0, 10, n)
+    bench("MLP 784-1000-1000-10", mlp, rng.normal(size=(n, 784)).astype("float32"), y,
+          args.rounds, args.epochs)
+    bench("CNN (2 conv + 2 dense)", cnn, rng.normal(size=(n, 28, 28, 1)).astype("float32"), y,
+          args.rounds, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
