@@ -17,10 +17,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import dst  # noqa: E402
-import keras  # noqa: E402
 
 
 def mlp():
