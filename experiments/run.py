@@ -1,0 +1,234 @@
+"""Runs a comparison: every method × sparsity × seed of a YAML config.
+
+    python -m experiments.run experiments/configs/digits.yaml --out runs/digits
+
+Writes DIR/runs.csv (one row per run), DIR/histories.json (per-epoch logs),
+DIR/summary.md (mean ± std over seeds, also printed) and PNG plots:
+accuracy_vs_sparsity.png, training_curves.png, layer_density.png.
+
+Fields can be overridden after the config, sweep style:
+`--method rigl --sparsity 0.9 --seed 0`, `--update_freq=50`,
+`--optimizer.learning_rate 0.01`, `--wandb.mode disabled`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python experiments/run.py` (e.g. from a W&B agent)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from experiments import config as config_lib  # noqa: E402
+from experiments import data as data_lib  # noqa: E402
+from experiments import report  # noqa: E402
+from experiments.train import Reference, RunSpec, train_run  # noqa: E402
+
+# Overrides that do not make a run a different variant: what the run id or
+# the logs already show.
+SWEEP_KEYS = {"method", "methods", "sparsity", "sparsities", "seed", "seeds",
+              "distribution", "distributions", "magnitude_distribution", "verbose",
+              "name", "wandb"}
+
+
+def variant_tag(overrides: Mapping) -> str:
+    """`k=v,...` of the overrides that change a run (e.g. update_freq=50)."""
+    return ",".join(f"{k}={v}" for k, v in overrides.items()
+                    if k.split(".")[0] not in SWEEP_KEYS)
+
+
+@dataclasses.dataclass
+class Job:
+    """One run to train: its config, what varies, and a tag for sweep variants."""
+
+    cfg: dict
+    spec: RunSpec
+    tag: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id + (f"-{self.tag}" if self.tag else "")
+
+
+def plan(cfg: Mapping, tag: str = "") -> list[Job]:
+    """The runs of one config: dense once per seed, the others per sparsity.
+
+    Seed-major, so that a partial runs.csv already holds whole tables.
+    """
+    jobs = []
+    for seed, method in itertools.product(cfg["seeds"], cfg["methods"]):
+        if method == "dense":
+            variants = [("none", 0.0)]
+        elif method in config_lib.DISTRIBUTED:
+            variants = [(d, s) for d in cfg["distribution"] for s in cfg["sparsities"]]
+        elif method == "magnitude":
+            variants = [(d, s) for d in cfg["magnitude_distribution"]
+                        for s in cfg["sparsities"]]
+        else:  # tfmot prunes every layer to the same sparsity
+            variants = [("uniform", s) for s in cfg["sparsities"]]
+        for dist, s in variants:
+            jobs.append(Job(dict(cfg), RunSpec(method, dist, s, seed), tag))
+    return jobs
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict]:
+    """Trains `jobs` and writes runs.csv, histories.json, summary.md and plots.
+
+    With `resume`, rows already in DIR/runs.csv are kept and their runs skipped.
+    Data is loaded, and every schedule checked, before the first run trains.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = list({job.run_id: job for job in jobs}.values())
+    rows, histories = _previous(out) if resume else ({}, {})
+    datasets, references, schedules = {}, {}, []
+    for job in jobs:  # load everything and check every schedule first
+        key = _data_key(job.cfg)
+        if key not in datasets:
+            datasets[key] = _prepare(job.cfg)
+        data, _ = datasets[key]
+        steps = -(-len(data.x_train) // job.cfg["batch_size"])
+        schedules.append(config_lib.schedule_steps(job.cfg, steps))
+        ref_key = (key, json.dumps(job.cfg["model"], sort_keys=True))
+        if ref_key not in references:
+            references[ref_key] = Reference.build(job.cfg["model"], data.input_shape,
+                                                  data.num_classes)
+    (out / "config.json").write_text(json.dumps(
+        [{"run_id": j.run_id, **j.cfg} for j in jobs], indent=1, default=str))
+    for i, (job, schedule) in enumerate(zip(jobs, schedules), start=1):
+        s = job.spec
+        print_fn(f"run {i}/{len(jobs)}: method={s.method}, distribution={s.distribution}, "
+                 f"sparsity={s.sparsity:g}, seed={s.seed}"
+                 + (f", {job.tag}" if job.tag else ""))
+        if job.run_id in rows:
+            print_fn("  already in runs.csv; skipped (--resume)")
+            continue
+        key = _data_key(job.cfg)
+        data, val_data = datasets[key]
+        ref = references[(key, json.dumps(job.cfg["model"], sort_keys=True))]
+        start = time.perf_counter()
+        row, history = train_run(s, job.cfg, data, val_data, ref, schedule=schedule,
+                                 out_dir=out)
+        row["run_id"], row["variant"] = job.run_id, job.tag
+        rows[job.run_id], histories[job.run_id] = row, history
+        report.write_csv(list(rows.values()), out / "runs.csv")
+        report.write_histories(histories, out / "histories.json")
+        print_fn(f"  -> test_accuracy={row['test_accuracy']:.4f}, "
+                 f"achieved_sparsity={row['achieved_sparsity']:.4f}, "
+                 f"epoch_seconds={row['epoch_seconds']:.3f}, "
+                 f"flops_ratio={row['flops_ratio']:.3f} "
+                 f"({time.perf_counter() - start:.1f} s)")
+    all_rows = list(rows.values())
+    title = f"{jobs[0].cfg['name']}: {jobs[0].cfg['dataset']}, {jobs[0].cfg['model']['name']}"
+    text = report.summary_markdown(all_rows, title=title)
+    (out / "summary.md").write_text(text)
+    print_fn("")
+    print_fn(text)
+    report.plot_accuracy(all_rows, out / "accuracy_vs_sparsity.png")
+    report.plot_training(all_rows, histories, out / "training_curves.png")
+    first = jobs[0].cfg
+    data, _ = datasets[_data_key(first)]
+    report.plot_layer_density(
+        layer_densities(first, data, sorted({j.spec.sparsity for j in jobs} - {0.0})
+                        or first["sparsities"]),
+        out / "layer_density.png")
+    print_fn(f"Wrote {out / 'runs.csv'}, {out / 'summary.md'} and plots "
+             "accuracy_vs_sparsity.png, training_curves.png, layer_density.png "
+             f"in {out}.")
+    return all_rows
+
+
+def layer_densities(cfg: Mapping, data, sparsities: Sequence[float]) -> dict:
+    """{sparsity: {distribution: {layer: density}}} of fresh dst.sparsify masks."""
+    import dst
+    from experiments import models
+
+    dists = list(dict.fromkeys(["uniform", "erk", *cfg["distribution"]]))
+    out = {}
+    for s in sparsities:
+        out[s] = {}
+        for dist in dists:
+            model = models.build(cfg["model"], data.input_shape, data.num_classes)
+            dst.sparsify(model, s, dist, seed=0)
+            rows = dst.summary(model, print_fn=lambda *_: None)[:-1]
+            out[s][dist] = {r["path"].rsplit("/", 1)[0]: r["density"] for r in rows}
+    return out
+
+
+def _data_key(cfg) -> tuple:
+    return tuple(cfg[k] for k in ("dataset", "data_dir", "max_train_samples",
+                                  "max_test_samples", "val_split"))
+
+
+def _prepare(cfg):
+    """Loads the data; holds out `val_split` of it, else validates on the test set."""
+    data = data_lib.load(cfg["dataset"], data_dir=cfg["data_dir"],
+                         max_train_samples=cfg["max_train_samples"],
+                         max_test_samples=cfg["max_test_samples"])
+    if cfg["val_split"] > 0:
+        n_val = max(1, int(round(cfg["val_split"] * len(data.x_train))))
+        val = (data.x_train[-n_val:], data.y_train[-n_val:])
+        data = dataclasses.replace(data, x_train=data.x_train[:-n_val],
+                                   y_train=data.y_train[:-n_val])
+        return data, val
+    return data, (data.x_test, data.y_test)
+
+
+def _previous(out: Path):
+    rows = {r["run_id"]: r for r in report.read_csv(out / "runs.csv")} \
+        if (out / "runs.csv").is_file() else {}
+    histories = json.loads((out / "histories.json").read_text()) \
+        if (out / "histories.json").is_file() else {}
+    return rows, histories
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.run",
+        description="Compare dense, static, magnitude, SET, RigL and TF-MOT training.",
+        epilog="Any other --field value (or --field=value) overrides a config field; "
+               "--method/--sparsity/--seed set one value (W&B sweep style).",
+    )
+    p.add_argument("config", help="YAML config, e.g. experiments/configs/digits.yaml")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep rows already in OUT/runs.csv and skip their runs")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config and list the runs without training")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, rest = parser().parse_known_args(argv)
+    try:
+        overrides = config_lib.parse_overrides(rest)
+        cfg = config_lib.load(args.config, overrides)
+        tag = variant_tag(overrides)
+        jobs = plan(cfg, tag)
+        if args.dry_run:
+            for i, job in enumerate(jobs, start=1):
+                print(f"run {i}/{len(jobs)}: {job.run_id}")
+            return 0
+        run_jobs(jobs, args.out or Path("runs") / cfg["name"], resume=args.resume)
+    except (config_lib.ConfigError, data_lib.DatasetUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""One training run: build, sparsify or prune, fit, measure.
+
+Every method trains `models.build(cfg["model"], ...)` with the same optimizer,
+batch size, epochs and data order; the dst methods use Keras 3, `tfmot` the
+same architecture in tf_keras with TF-MOT's `prune_low_magnitude`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiments import config as config_lib
+from experiments import models, wandb_log
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What varies between runs of one experiment."""
+
+    method: str
+    distribution: str  # "none" for dense, "uniform" for tfmot
+    sparsity: float  # target sparsity; 0.0 for dense
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.method}-{self.distribution}-s{self.sparsity:g}-seed{self.seed}"
+
+
+@dataclasses.dataclass
+class Reference:
+    """Per-architecture facts shared by all runs: kernel names, FLOPs, dense size."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    repeats: list[int]  # uses of each connection per example (dst.summary)
+    dense_gzip_bytes: int
+
+    @classmethod
+    def build(cls, model_spec: Mapping, input_shape, num_classes: int) -> Reference:
+        import dst
+
+        model = models.build(model_spec, input_shape, num_classes)
+        rows = dst.summary(model, print_fn=lambda *_: None)[:-1]
+        shapes = [tuple(r["shape"]) for r in rows]
+        if shapes != [tuple(v.shape) for v in kernels(model)]:
+            raise RuntimeError("dst.summary rows do not match the model's kernels.")
+        return cls(
+            names=[r["path"].rsplit("/", 1)[0] for r in rows],
+            shapes=shapes,
+            repeats=[r["dense_flops"] // (2 * r["size"]) for r in rows],
+            dense_gzip_bytes=gzip_size(model),
+        )
+
+
+def kernels(model) -> list:
+    """The sparsifiable weights: trainable weights with ndim >= 2, in layer order."""
+    return [v for v in model.trainable_weights if len(v.shape) >= 2]
+
+
+def nonzeros(model) -> list[tuple[int, int]]:
+    """(nonzero count, size) of every kernel, read from the weights themselves."""
+    out = []
+    for v in kernels(model):
+        w = np.asarray(v.numpy())
+        out.append((int(np.count_nonzero(w)), int(w.size)))
+    return out
+
+
+def gzip_size(model) -> int:
+    """Bytes of the model saved as `.keras` and gzipped (level 9).
+
+    Negative zeros (TF-MOT's masking leaves -0.0 wherever a pruned weight was
+    negative; dst.strip writes +0.0) are first set to +0.0, so that the size
+    measures the zeros and not their sign bits.
+    """
+    model.set_weights([np.where(w == 0, np.zeros_like(w), w) for w in model.get_weights()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        model.save(path)
+        return len(gzip.compress(path.read_bytes(), compresslevel=9))
+
+
+class _Monitor:
+    """Times epochs (without validation) and adds weight sparsity to the logs.
+
+    Mixed into `keras.callbacks.Callback` or `tf_keras.callbacks.Callback` by
+    `_monitor`, so TF-MOT runs are measured the same way.
+    """
+
+    def __init__(self, names, wandb_run=None):
+        super().__init__()
+        self.names = names
+        self.wandb_run = wandb_run
+
+    def on_train_begin(self, logs=None):
+        self.epoch_seconds = []
+        self._start = None
+        self._test_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._test_start = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None and self._test_start is None:
+            self._test_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = self._test_start or time.perf_counter()
+        self.epoch_seconds.append(end - self._start)
+        self._start = None
+        counts = nonzeros(self.model)
+        densities = {n: nz / size for n, (nz, size) in zip(self.names, counts)}
+        logs = logs if logs is not None else {}
+        logs.setdefault("sparsity", 1.0 - sum(c[0] for c in counts) / sum(c[1] for c in counts))
+        logs["epoch_seconds"] = self.epoch_seconds[-1]
+        wandb_log.log_epoch(self.wandb_run, epoch, logs, densities)
+
+
+def _monitor(base, names, wandb_run):
+    cls = type("RunMonitor", (_Monitor, base), {})
+    return cls(names, wandb_run)
+
+
+def train_run(
+    spec: RunSpec,
+    cfg: Mapping[str, Any],
+    data,
+    val_data,
+    reference: Reference,
+    *,
+    schedule: tuple[int, int],
+    out_dir: str | Path,
+) -> tuple[dict, dict]:
+    """Trains one run and returns (results row, per-epoch history)."""
+    steps = int(np.ceil(len(data.x_train) / cfg["batch_size"]))
+    row = {
+        "run_id": spec.run_id, "name": cfg["name"], "dataset": cfg["dataset"],
+        "model": cfg["model"]["name"], "method": spec.method,
+        "distribution": spec.distribution, "target_sparsity": spec.sparsity,
+        "seed": spec.seed, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
+        "steps_per_epoch": steps, "optimizer": cfg["optimizer"]["name"],
+        "update_freq": cfg["update_freq"], "drop_fraction": cfg["drop_fraction"],
+        "begin_step": schedule[0], "end_step": schedule[1],
+    }
+    run_config = {**{k: v for k, v in cfg.items() if k != "wandb"}, **row}
+    run = wandb_log.start(cfg["wandb"], run_config, spec.run_id, out_dir)
+    try:
+        fit = _fit_tfmot if spec.method == "tfmot" else _fit_dst
+        start = time.perf_counter()
+        final, history, monitor = fit(spec, cfg, data, val_data, reference, schedule, run)
+        row["train_seconds"] = time.perf_counter() - start
+        row.update(_measure(final, data, reference, cfg))
+        row["epoch_seconds"] = statistics.median(monitor.epoch_seconds)
+        row["itop"] = history["itop"][-1] if "itop" in history else None
+        if "val_accuracy" in history and cfg["val_split"] > 0:
+            row["val_accuracy"] = history["val_accuracy"][-1]
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)
+        raise
+    wandb_log.finish(run, row)
+    return row, history
+
+
+def _history(h) -> dict:
+    return {k: [float(x) for x in v] for k, v in h.history.items()}
+
+
+def _optimizer(k, spec):
+    cls = config_lib.optimizer_classes()[spec["name"]]
+    return getattr(k.optimizers, cls)(**{a: v for a, v in spec.items() if a != "name"})
+
+
+def _fit_args(cfg, data, val_data):
+    return dict(
+        x=data.x_train, y=data.y_train, batch_size=cfg["batch_size"],
+        epochs=cfg["epochs"], verbose=cfg["verbose"], shuffle=True,
+        validation_data=val_data,
+    )
+
+
+def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
+    import keras
+
+    import dst
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(spec.seed)
+    model = models.build(cfg["model"], data.input_shape, data.num_classes, keras)
+    callbacks = []
+    if spec.method in ("static", "set", "rigl"):
+        dst.sparsify(model, spec.sparsity, spec.distribution, seed=spec.seed,
+                     sparse_init=cfg["sparse_init"])
+    if spec.method in ("magnitude", "set", "rigl"):
+        kwargs = config_lib.callback_kwargs(cfg, spec.method, spec.sparsity, spec.seed,
+                                            *schedule, distribution=spec.distribution)
+        callbacks.append(dst.callbacks.get(spec.method)(**kwargs))
+    monitor = _monitor(keras.callbacks.Callback, reference.names, run)
+    model.compile(
+        optimizer=_optimizer(keras, cfg["optimizer"]),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    h = model.fit(**_fit_args(cfg, data, val_data), callbacks=[*callbacks, monitor])
+    final = dst.strip(model)
+    final.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return final, _history(h), monitor
+
+
+def _fit_tfmot(spec, cfg, data, val_data, reference, schedule, run):
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    except ImportError as err:
+        raise RuntimeError(
+            "Method 'tfmot' needs TF-MOT and tf_keras: pip install "
+            "'keras-dst[tfmot]', or drop 'tfmot' from `methods`."
+        ) from err
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(spec.seed)
+    base = models.build(cfg["model"], data.input_shape, data.num_classes, tf_keras)
+    begin, end = schedule
+    pruning = tfmot.sparsity.keras
+    model = pruning.prune_low_magnitude(
+        base,
+        pruning_schedule=pruning.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=spec.sparsity, begin_step=begin,
+            end_step=end, power=3, frequency=cfg["update_freq"],
+        ),
+    )
+    monitor = _monitor(tf_keras.callbacks.Callback, reference.names, run)
+    loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=_optimizer(tf_keras, cfg["optimizer"]), loss=loss,
+                  metrics=["accuracy"])
+    h = model.fit(**_fit_args(cfg, data, val_data),
+                  callbacks=[pruning.UpdatePruningStep(), monitor])
+    final = pruning.strip_pruning(model)
+    final.compile(loss=loss, metrics=["accuracy"])
+    return final, _history(h), monitor
+
+
+def _measure(final, data, reference: Reference, cfg) -> dict:
+    """Test metrics, sparsity, FLOPs and saved size of the final (stripped) model."""
+    loss, acc = final.evaluate(data.x_test, data.y_test, batch_size=1024, verbose=0)
+    counts = nonzeros(final)
+    shapes = [tuple(v.shape) for v in kernels(final)]
+    if shapes != reference.shapes:
+        raise RuntimeError(f"Kernel shapes {shapes} differ from the reference {reference.shapes}.")
+    active = sum(nz for nz, _ in counts)
+    size = sum(s for _, s in counts)
+    dense_flops = sum(2 * s * r for (_, s), r in zip(counts, reference.repeats))
+    sparse_flops = sum(2 * nz * r for (nz, _), r in zip(counts, reference.repeats))
+    gz = gzip_size(final)
+    return {
+        "test_accuracy": float(acc), "test_loss": float(loss),
+        "achieved_sparsity": 1.0 - active / size, "active_weights": active,
+        "total_weights": size, "dense_flops": dense_flops, "sparse_flops": sparse_flops,
+        "flops_ratio": sparse_flops / dense_flops, "gzip_bytes": gz,
+        "dense_gzip_bytes": reference.dense_gzip_bytes,
+        "gzip_ratio": gz / reference.dense_gzip_bytes,
+    }
