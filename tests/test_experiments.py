@@ -1,0 +1,235 @@
+"""Tests for the experiments runner (experiments/): configs, data, runs, W&B, sweeps."""
+
+import os
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+os.environ["WANDB_MODE"] = "disabled"
+
+import gzip  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from experiments import config as config_lib  # noqa: E402
+from experiments import data as data_lib  # noqa: E402
+from experiments import report, run, sweep, wandb_log  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
+GRID = ROOT / "experiments" / "sweeps" / "grid.yaml"
+
+
+def tiny(**overrides) -> dict:
+    return config_lib.load(TINY, overrides)
+
+
+# -- end to end ------------------------------------------------------------------
+def test_tiny_config_runs_every_method(tmp_path):
+    cfg = tiny()
+    lines = []
+    rows = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lines.append)
+
+    assert sorted(r["method"] for r in rows) == sorted(config_lib.METHODS)
+    assert any(line.startswith("run 6/6: method=") for line in lines)
+    csv_rows = report.read_csv(tmp_path / "runs.csv")
+    assert len(csv_rows) == 6
+    for column in ("method", "distribution", "target_sparsity", "seed",
+                   "test_accuracy", "achieved_sparsity", "epoch_seconds"):
+        assert all(r[column] is not None for r in csv_rows), column
+    for r in csv_rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["epoch_seconds"] > 0
+        if r["method"] == "dense":
+            assert r["achieved_sparsity"] < 0.01
+            assert r["flops_ratio"] == 1.0
+        else:
+            # Counted from the final weights. Rounding per layer, plus SET's
+            # regrown weights that start at 0 and never get a gradient (digits
+            # has pixels that are 0 in every image), stay within 0.005.
+            assert abs(r["achieved_sparsity"] - 0.9) <= 0.005, r
+            assert abs(r["flops_ratio"] - 0.1) <= 0.005, r
+            assert r["gzip_bytes"] < 0.5 * r["dense_gzip_bytes"], r
+    text = (tmp_path / "summary.md").read_text()
+    assert "| rigl | erk |" in text and "| tfmot | uniform |" in text
+    assert text in "\n".join(lines)  # printed too
+    for png in ("accuracy_vs_sparsity.png", "training_curves.png", "layer_density.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_wandb_offline_run_logs_history(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = tiny(methods=["rigl"], wandb={"mode": "auto"})
+    run.run_jobs(run.plan(cfg), tmp_path / "out", print_fn=lambda *_: None)
+
+    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    history = wandb_log.offline_history(run_dir)
+    assert len(history) == cfg["epochs"]
+    for key in ("sparsity", "accuracy", "val_accuracy", "mask_churn", "itop",
+                "density/fc1", "density/logits"):
+        assert key in history[-1], key
+    assert history[-1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    summary = wandb_log.offline_summary(run_dir)
+    assert summary["method"] == "rigl"
+    assert summary["test_accuracy"] == pytest.approx(
+        report.read_csv(tmp_path / "out" / "runs.csv")[0]["test_accuracy"])
+
+
+def test_wandb_mode_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert wandb_log.resolve_mode("auto") == "offline"
+    assert wandb_log.resolve_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_log.resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_log.resolve_mode("online") == "disabled"
+
+
+def test_runs_without_wandb_installed(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.warns(UserWarning, match="wandb is not installed"):
+        assert wandb_log.start({"mode": "offline"}, {}, "x", tmp_path) is None
+
+
+# -- data -------------------------------------------------------------------------
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_idx_folder(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for key, stem in data_lib.IDX_FILES.items():
+        n = 50 if "train" in key else 20
+        shape = (n, 28, 28) if key.startswith("x") else (n,)
+        _write_idx(tmp_path / f"{stem}.gz", rng.integers(0, 256 if key[0] == "x" else 10, shape))
+    monkeypatch.setenv(data_lib.DATA_DIR_ENV, str(tmp_path))
+    ds = data_lib.load("fashion_mnist")
+    assert ds.x_train.shape == (50, 28, 28, 1) and ds.x_test.shape == (20, 28, 28, 1)
+    assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() <= ds.x_train.max() <= 1.0
+    assert ds.y_train.dtype == np.int32 and set(ds.y_train) <= set(range(10))
+
+
+@pytest.mark.skipif(not Path(data_lib.FASHION_MNIST_DIR).is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_package(monkeypatch):
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+    ds = data_lib.load("fashion_mnist")
+    assert ds.x_train.shape == (60000, 28, 28, 1) and ds.y_train.shape == (60000,)
+    assert ds.x_test.shape == (10000, 28, 28, 1) and ds.y_test.shape == (10000,)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert np.bincount(ds.y_test).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "cifar10"])
+def test_failed_download_names_offline_choices(name, monkeypatch, tmp_path):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(data_lib, "FASHION_MNIST_DIR", str(tmp_path / "none"))
+    monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(getattr(keras.datasets, name), "load_data", offline)
+    with pytest.raises(data_lib.DatasetUnavailableError,
+                       match=rf"(?s){name}.*failed to download.*name resolution.*"
+                             r"dataset: digits.*dataset: teacher.*dataset: fashion_mnist"):
+        data_lib.load(name)
+
+
+def test_missing_idx_files_are_named(tmp_path):
+    with pytest.raises(data_lib.DatasetUnavailableError, match="train-images-idx3-ubyte.gz"):
+        data_lib.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+# -- bad configs --------------------------------------------------------------------
+BAD = [
+    ({"methods": ["dense", "lottery"]}, r"`methods` must be one of 'dense', 'static', "
+     r"'magnitude', 'set', 'rigl', 'tfmot'\. Received: methods='lottery'"),
+    ({"dataset": "imagenet"}, r"`dataset` must be one of 'digits', 'teacher', "
+     r"'fashion_mnist', 'mnist', 'cifar10'\. Received: dataset='imagenet'"),
+    ({"sparsities": [0.9, 1.0]}, r"`sparsities` must hold numbers in \(0, 1\).*1\.0"),
+    ({"sparsities": [1.5]}, r"`sparsities` must hold numbers in \(0, 1\).*1\.5"),
+    ({"seeds": None}, r"Missing config field\(s\) \['seeds'\]"),
+    ({"model": "transformer"}, r"`model` must be one of 'mlp', 'cnn', 'resnet'"),
+    ({"distribution": "random"}, r"`distribution` must be one of 'uniform', 'erk', 'er'"),
+    ({"optimizer": "adamx"}, r"`optimizer` must be one of .*'adam'.*'sgd'"),
+    ({"epochs": 0}, r"`epochs` must be an integer >= 1"),
+    ({"batch_size": "big"}, r"`batch_size` must be an integer >= 1"),
+    ({"lr": 0.1}, r"Unknown config field\(s\) \['lr'\]\. Allowed fields: "),
+    ({"dataset": "teacher", "model": "cnn"}, r"`model` 'cnn' needs image data"),
+    ({"wandb": "sometimes"}, r"`wandb.mode` must be one of 'auto', 'online'"),
+    ({"drop_fraction": 0.0}, r"`drop_fraction` must be a number in \(0.0, 1.0\]"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD, ids=[str(b[0]) for b in BAD])
+def test_bad_config_is_rejected(override, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        tiny(**override)
+
+
+def test_missing_field_in_file_is_rejected(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    del raw["dataset"]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(config_lib.ConfigError, match=r"Missing config field\(s\) \['dataset'\]"):
+        config_lib.load(path)
+
+
+def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained despite a bad config")
+
+    monkeypatch.setattr(run, "train_run", no_training)
+    code = run.main([str(TINY), "--out", str(tmp_path), "--sparsity", "1.0"])
+    assert code == 2
+    assert "`sparsities` must hold numbers in (0, 1)" in capsys.readouterr().err
+    # An update schedule that cannot fit is found after loading data, before training.
+    code = run.main([str(TINY), "--out", str(tmp_path), "--update_freq", "1000"])
+    assert code == 2
+    assert "Lower `update_freq`" in capsys.readouterr().err
+    assert not (tmp_path / "runs.csv").exists()
+
+
+# -- overrides and sweeps -----------------------------------------------------------------
+def test_sweep_style_overrides():
+    args = ["--method", "rigl", "--sparsity=0.95", "--seed", "3",
+            "--optimizer.learning_rate=0.01", "--update_freq=4", "--wandb.mode", "disabled"]
+    overrides = config_lib.parse_overrides(args)
+    cfg = tiny(**overrides)
+    assert cfg["methods"] == ["rigl"] and cfg["sparsities"] == [0.95] and cfg["seeds"] == [3]
+    assert cfg["optimizer"] == {"name": "adam", "learning_rate": 0.01}
+    assert cfg["wandb"]["mode"] == "disabled"
+    (job,) = run.plan(cfg, run.variant_tag(overrides))
+    assert job.run_id == "rigl-erk-s0.95-seed3-optimizer.learning_rate=0.01,update_freq=4"
+
+
+def test_local_sweep_executor_expands_the_grid(capsys):
+    points = sweep.grid_points(yaml.safe_load(GRID.read_text()))
+    assert len(points) == 6 * 2 * 2
+    assert sweep.main([str(GRID), "--out", "unused", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 + 5 * 2 * 2  # dense once per seed
+    assert out[-1].startswith("run 22/22: ")
+    bayes = yaml.safe_load((GRID.parent / "bayes.yaml").read_text())
+    with pytest.raises(config_lib.ConfigError, match="grid sweeps only"):
+        sweep.grid_points(bayes)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = config_lib.load(path)
+    assert run.plan(cfg)
