@@ -157,12 +157,12 @@ def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
 
 
 def plot_training(rows: Sequence[Mapping], histories: Mapping[str, Mapping],
-                  path: str | Path) -> None:
+                  path: str | Path, val_name: str = "validation") -> None:
     """Sparsity and accuracy per epoch, one row of panels per target sparsity.
 
     Accuracy is the validation accuracy when the runs had validation data
-    (`val_split`, else the test set), the training accuracy otherwise; the
-    curves are means over seeds.
+    (`val_name` says which: the held-out `val_split` or the test set), the
+    training accuracy otherwise; the curves are means over seeds.
     """
     plt = _plt()
     groups = group(rows)
@@ -185,7 +185,8 @@ def plot_training(rows: Sequence[Mapping], histories: Mapping[str, Mapping],
                     axes[i][j].plot(range(1, n + 1), mean, marker=".",
                                     label=_label(m, d),
                                     linestyle="--" if m == "dense" else "-")
-            axes[i][1].set_ylabel(acc_key.replace("_", " "))
+            axes[i][1].set_ylabel(f"accuracy ({val_name})" if acc_key == "val_accuracy"
+                                  else "training accuracy")
         axes[i][0].set_ylabel("sparsity")
         axes[i][0].set_title(f"target sparsity {s:g}", fontsize=9)
         for ax in axes[i]:

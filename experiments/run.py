@@ -139,7 +139,8 @@ def run_jobs(
     print_fn("")
     print_fn(text)
     report.plot_accuracy(all_rows, out / "accuracy_vs_sparsity.png")
-    report.plot_training(all_rows, histories, out / "training_curves.png")
+    report.plot_training(all_rows, histories, out / "training_curves.png",
+                         "held-out val_split" if jobs[0].cfg["val_split"] else "test set")
     first = jobs[0].cfg
     data, _ = datasets[_data_key(first)]
     report.plot_layer_density(

@@ -60,6 +60,16 @@ def test_tiny_config_runs_every_method(tmp_path):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("model", ["cnn", "resnet"])
+def test_conv_models_train_with_dst_and_tfmot(model, tmp_path):
+    cfg = tiny(model=model, methods=["magnitude", "tfmot"], max_train_samples=64,
+               update_freq=1, end_step=1)
+    rows = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lambda *_: None)
+    for r in rows:
+        assert abs(r["achieved_sparsity"] - 0.9) <= 0.005, r
+        assert r["sparse_flops"] < r["dense_flops"]
+
+
 def test_wandb_offline_run_logs_history(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
