@@ -439,11 +439,24 @@ def test_set_masks_zeroes_newly_masked_weights():
     np.testing.assert_array_equal(record, old | new.astype(bool))
 
 
+def test_set_masks_can_mask_an_unmasked_weight():
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "mse")
+    model.fit(*data(model), batch_size=8, epochs=1, verbose=0)  # traced without masks
+    mask = np.random.default_rng(0).random((16, 3)) < 0.5
+    dst.set_masks(model, {"mlp/out/kernel": mask})
+    assert list(dst.get_masks(model)) == ["mlp/out/kernel"]
+    assert isinstance(model.get_layer("out").kernel.constraint, dst.MaskConstraint)
+    assert dst.sparsity(model) == 1 - mask.sum() / 48
+    model.fit(*data(model), batch_size=8, epochs=1, verbose=0)
+    assert_masked_zero(model)
+
+
 @pytest.mark.parametrize(
     ("masks", "match"),
     [
         ({"mlp/h/kernel": np.ones((12, 16)), "mlp/nope": np.ones((2, 2))},
-         r"no masked weight 'mlp/nope' in model 'mlp'"),
+         r"no sparsifiable weight 'mlp/nope' in model 'mlp'"),
         ({"mlp/h/kernel": np.ones((12, 16)), "mlp/out/kernel": np.ones((3, 16))},
          r"'mlp/out/kernel' has shape \(3, 16\), expected \(16, 3\)"),
         ({"mlp/h/kernel": np.ones((12, 16)), "mlp/out/kernel": np.full((16, 3), 2)},
