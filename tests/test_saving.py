@@ -23,6 +23,8 @@ def rich_model():
     t = layers.Embedding(20, 4, name="emb")(tokens)
     t = layers.LSTM(4, return_sequences=True, name="lstm")(t)
     t = layers.GRU(4, return_sequences=True, name="gru")(t)
+    t = layers.TimeDistributed(layers.Dense(4, name="td_dense"), name="td")(t)
+    t = layers.Bidirectional(layers.SimpleRNN(2, return_sequences=True), name="bi")(t)
     t = layers.EinsumDense("abc,cd->abd", (5, 3), name="einsum")(t)
     t = layers.Conv1D(2, 2, name="conv1d")(t)
     t = layers.Flatten()(t)
@@ -96,7 +98,7 @@ def test_keras_file_restores_masks_exactly_in_a_new_process(tmp_path):
     dst.set_masks(model, {"conv/kernel": new})
     masks = dst.get_masks(model)
     records = [t.constraint.ever_active for t in dst._model.masked_targets(model)]
-    assert len(masks) == 17
+    assert len(masks) == 22
     assert not np.array_equal(records[0], masks["conv/kernel"])
 
     x, _ = rich_data(seed=1)
