@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 
@@ -79,7 +80,8 @@ def _densities(targets, sparsity, distribution, erk_power_scale) -> dict[str, fl
 
 
 def _check_sparsity(value, name: str = "sparsity") -> None:
-    if not isinstance(value, (int, float, np.floating)) or not 0.0 <= value < 1.0:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not 0.0 <= value < 1.0:
         raise ValueError(
             f"`{name}` must be in [0, 1) for dst.sparsify. Received: "
             f"{name}={value!r}"
@@ -236,6 +238,7 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
 
     Raises:
         ValueError: unknown key, wrong shape, or values other than 0/1.
+        TypeError: `masks` is not a mapping.
 
     Example:
     >>> import keras, numpy as np, dst
@@ -246,6 +249,11 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
     0.6666666666666667
     """
     check_keras3_model(model, "dst.set_masks")
+    if not isinstance(masks, Mapping):
+        raise TypeError(
+            "dst.set_masks needs a dict {weight path: mask}, like the one "
+            f"dst.get_masks returns. Received: {type(masks).__name__}."
+        )
     targets = {t.path: t for t in find_targets(model)}
     checked = {}
     for path, mask in masks.items():

@@ -346,6 +346,8 @@ def test_exclude_by_class():
         (dict(sparsity=-0.1), r"sparsity=-0\.1"),
         (dict(sparsity=1.2), r"sparsity=1\.2"),
         (dict(sparsity="0.5"), r"sparsity='0\.5'"),
+        (dict(sparsity=True), r"sparsity=True"),
+        (dict(sparsity=float("nan")), r"sparsity=nan"),
         (dict(sparsity=0.5, distribution="foo"),
          r"distribution='foo'.*Known distributions: \['er', 'erk', 'uniform'\]"),
         (dict(sparsity=0.5, exclude=["h", "out"]), r"no sparsifiable weight left after exclude"),
@@ -364,6 +366,13 @@ def test_bad_sparsify_arguments_leave_the_model_untouched(kwargs, match):
         dst.sparsify(model, **kwargs)
     assert_unchanged(model, before)
     assert model.get_layer("h").kernel.constraint is None
+
+
+def test_numpy_sparsity_is_accepted():
+    model = dst.sparsify(mlp(), np.float32(0.5), "uniform", seed=0)
+    assert dst.sparsity(model) == 0.5
+    model = dst.sparsify(mlp("m2"), np.int64(0), "uniform", seed=0)
+    assert dst.sparsity(model) == 0.0
 
 
 def test_bad_exclude_type_is_a_type_error():
@@ -471,6 +480,14 @@ def test_bad_set_masks_leave_the_model_untouched(masks, match):
     before = state(model)
     with pytest.raises(ValueError, match=match):
         dst.set_masks(model, masks)
+    assert_unchanged(model, before)
+
+
+def test_set_masks_needs_a_mapping():
+    model = dst.sparsify(mlp(), 0.5, seed=0)
+    before = state(model)
+    with pytest.raises(TypeError, match=r"needs a dict \{weight path: mask\}.*Received: list"):
+        dst.set_masks(model, [np.ones((12, 16))])
     assert_unchanged(model, before)
 
 
