@@ -1,14 +1,16 @@
 """Tests for the experiments runner (experiments/): configs, data, runs, W&B, sweeps."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-os.environ["WANDB_MODE"] = "disabled"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # experiments/ is not installed; `pytest` may not add the root
+    sys.path.insert(0, str(ROOT))
 
 import gzip  # noqa: E402
 import struct  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -18,9 +20,14 @@ from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
 from experiments import report, run, sweep, wandb_log  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
 GRID = ROOT / "experiments" / "sweeps" / "grid.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb(monkeypatch):
+    """W&B off unless a test turns it on (WANDB_MODE wins over configs)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def tiny(**overrides) -> dict:
