@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import keras
 from keras.src.models.functional import Functional
 
-from dst.masking import MaskConstraint
+from dst.masking import MaskConstraint, MaskGroup
 
 _NORMALIZATION = tuple(
     getattr(keras.layers, name)
@@ -29,6 +29,13 @@ _NORMALIZATION = tuple(
 # Parents whose get_config re-serializes their child layers (RNN cells,
 # wrapped layers), so that a child of a rebuilt parent is rebuilt from config.
 _SERIALIZES_CHILDREN = (keras.layers.RNN, keras.layers.Wrapper, keras.layers.Bidirectional)
+# Parents that hand one constraint attribute to several child weights and
+# rebuild those children from their own config: (class, attribute, weight).
+_SHARED_CARRIERS = tuple(
+    (getattr(keras.layers, cls), "_kernel_constraint", "kernel")
+    for cls in ("MultiHeadAttention", "GroupedQueryAttention")
+    if hasattr(keras.layers, cls)
+)
 # Weights whose constraint attribute is not named after the weight.
 _CARRIER_OVERRIDES = {
     (keras.layers.DepthwiseConv1D, "kernel"): "depthwise_constraint",
@@ -45,6 +52,7 @@ class Target:
     path: str
     carrier: str  # layer attribute that holds the MaskConstraint
     in_config: bool  # True when `keras.models.load_model` rebuilds it
+    group: tuple | None = None  # (parent layer, attribute, key) for a MaskGroup
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,11 +151,25 @@ def find_targets(model) -> list[Target]:
                     or _is_bias(var)):
                 continue
             seen.add(id(var))
+            if isinstance(var.constraint, MaskGroup):  # as loaded: use the member
+                group = var.constraint
+                var.constraint = group.member_for(var.path) or group.inner
             carrier, serialized = _carrier(layer, var.name)
-            targets.append(
-                Target(var, layer, var.path, carrier, serialized and rebuilt(layer))
-            )
+            group = _group(parents.get(id(layer)), layer, var)
+            if group is not None:
+                serialized, layer_for_config = True, group[0]
+            else:
+                layer_for_config = layer
+            targets.append(Target(var, layer, var.path, carrier,
+                                  serialized and rebuilt(layer_for_config), group))
     return targets
+
+
+def _group(parent, layer, var) -> tuple | None:
+    for cls, attr, name in _SHARED_CARRIERS:
+        if isinstance(parent, cls) and var.name == name:
+            return parent, attr, f"{layer.name}/{var.name}"
+    return None
 
 
 def masked_targets(model) -> list[Target]:
@@ -178,9 +200,20 @@ def matches(target: Target, entry) -> bool:
 
 
 def install(target: Target, constraint: MaskConstraint) -> None:
-    """Sets `constraint` on the variable and on the layer's carrier attribute."""
+    """Sets `constraint` on the variable and where the layer's config sees it."""
     target.variable.constraint = constraint
-    object.__setattr__(target.layer, target.carrier, constraint)
+    if target.group is None:
+        object.__setattr__(target.layer, target.carrier, constraint)
+        return
+    parent, attr, key = target.group
+    group = getattr(parent, attr)
+    if not isinstance(group, MaskGroup):
+        group = MaskGroup(inner=group)
+        object.__setattr__(parent, attr, group)
+    group.members[key] = constraint
+    # The children hold the same object, so saving finds it at the same
+    # place whichever attribute Keras' walk reaches first.
+    object.__setattr__(target.layer, target.carrier, group)
 
 
 def uninstall(target: Target) -> None:
@@ -188,6 +221,14 @@ def uninstall(target: Target) -> None:
     constraint = target.constraint
     inner = constraint.inner if constraint is not None else None
     target.variable.constraint = inner
+    if target.group is not None:
+        parent, attr, key = target.group
+        group = getattr(parent, attr)
+        if isinstance(group, MaskGroup):
+            group.members.pop(key, None)
+            inner = group.inner
+            if not group.members:
+                object.__setattr__(parent, attr, inner)
     if target.carrier.startswith("_dst_mask_"):
         target.layer.__dict__.pop(target.carrier, None)
     else:

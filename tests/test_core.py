@@ -156,7 +156,7 @@ LAYERS = {
     "BatchNorm+Dense": (lambda: seq((6,), layers.BatchNormalization(name="bn"), layers.Dense(4, name="l")),
                         ["l/kernel"]),
 }
-NOT_RESTORED_BY_LOAD_MODEL = {"MultiHeadAttention", "Custom"}
+NOT_RESTORED_BY_LOAD_MODEL = {"Custom"}
 
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
