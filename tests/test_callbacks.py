@@ -337,3 +337,29 @@ def test_registry():
     assert cb.updater.drop_fraction == 0.2
     with pytest.raises(ValueError, match=r"Known callbacks: \['magnitude', 'rigl', 'set'\]"):
         dst.callbacks.get("snip")
+
+
+class StashSGD(keras.optimizers.SGD):
+    """An optimizer keeping weight-shaped state outside per-variable lists."""
+
+    def build(self, variables):
+        super().build(variables)
+        self.stash = {id(v): self.add_variable_from_reference(v, "stash") for v in variables}
+
+
+def test_optimizer_with_unattributable_state_raises():
+    model = mlp()
+    model.compile(StashSGD(0.1), "mse")
+    with pytest.raises(ValueError, match=r"cannot reset the state of optimizer StashSGD"):
+        model.fit(*data(), batch_size=8, verbose=0,
+                  callbacks=[dst.callbacks.SET(update_freq=2, end_step=1.0, seed=0)])
+
+
+def test_end_step_fraction_is_of_this_fits_steps():
+    model = mlp()
+    model.compile("adam", "mse")
+    cb = dst.callbacks.SET(update_freq=1, end_step=0.5, seed=0)
+    model.fit(*data(64), batch_size=8, epochs=2, verbose=0, callbacks=[cb])
+    assert cb.updater.end == 7  # 16 steps; the last update step is step 7
+    model.fit(*data(64), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert cb.updater.end == 16 + 3  # second fit begins at step 16 and has 8 steps
