@@ -127,15 +127,20 @@ def _plt():
 
 
 def _label(method, distribution):
-    return method if distribution in ("none", "uniform") and method in (
-        "dense", "magnitude", "tfmot") else f"{method} ({distribution})"
+    return method if method in ("dense", "tfmot") else f"{method} ({distribution})"
 
 
 def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
-    """Test accuracy vs target sparsity, one line per method, ±1 std bars."""
+    """Test accuracy vs target sparsity, one line per method, ±1 std bars.
+
+    Sparsities are evenly spaced on the x axis (0.9, 0.95, 0.98, 0.99 would
+    crowd together on a linear one).
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     groups = group(rows)
+    sparsities = sorted({k[2] for k in groups if k[0] != "dense"})
+    position = {s: i for i, s in enumerate(sparsities)}
     for m, d in dict.fromkeys((m, d) for m, d, _ in groups):
         if m == "dense":
             mean, std = _stats([r["test_accuracy"] for r in groups[(m, d, 0.0)]])
@@ -144,9 +149,11 @@ def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
             continue
         keys = sorted(k for k in groups if k[:2] == (m, d))
         stats = [_stats([r["test_accuracy"] for r in groups[k]]) for k in keys]
-        ax.errorbar([k[2] for k in keys], [100 * s[0] for s in stats],
+        ax.errorbar([position[k[2]] for k in keys], [100 * s[0] for s in stats],
                     yerr=[100 * s[1] for s in stats], marker="o", capsize=3,
                     label=_label(m, d))
+    ax.set_xticks(range(len(sparsities)))
+    ax.set_xticklabels([f"{s:g}" for s in sparsities])
     ax.set_xlabel("target sparsity")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
