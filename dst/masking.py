@@ -65,10 +65,12 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
     def __call__(self, w):
         if self.mask is None:
             return self.inner(w) if self.inner is not None else w
-        m = keras.ops.cast(self.mask, w.dtype)
+        # `where`, not `w * mask`: masked entries become +0.0, never -0.0.
+        w = keras.ops.where(self.mask, w, keras.ops.zeros_like(w))
         if self.inner is None:
-            return w * m
-        return self.inner(w * m) * m
+            return w
+        w = self.inner(w)
+        return keras.ops.where(self.mask, w, keras.ops.zeros_like(w))
 
     def get_config(self):
         return {

@@ -6,8 +6,6 @@ from pathlib import Path
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # experiments/ is not installed; `pytest` may not add the root
-    sys.path.insert(0, str(ROOT))
 
 import gzip  # noqa: E402
 import struct  # noqa: E402

@@ -188,19 +188,24 @@ def _check(target, new, want: int, who: str) -> None:
         )
 
 
-def lowest(scores: np.ndarray, candidates: np.ndarray, k: int,
-           rng: np.random.Generator) -> np.ndarray:
-    """Flat indices of the k candidates with the lowest scores.
+def lowest(scores: np.ndarray | None, candidates: np.ndarray, k: int,
+           rng: np.random.Generator, *, largest: bool = False) -> np.ndarray:
+    """Flat indices of the k candidates with the lowest (or largest) scores.
 
-    Exact ties are broken by a seeded random order, so the choice is
+    Exact ties are broken by a seeded random draw, so the choice is
     deterministic for a given generator and never biased by position.
+    `scores=None` means all candidates tie: k of them uniformly at random.
     """
     idx = np.flatnonzero(candidates.ravel())
     if k <= 0 or idx.size == 0:
         return idx[:0]
     if k >= idx.size:
         return idx
+    if scores is None:
+        return np.sort(idx[rng.choice(idx.size, size=k, replace=False)])
     values = scores.ravel()[idx]
+    if largest:
+        np.negative(values, out=values)
     # Everything strictly below the k-th smallest value, then as many of the
     # entries tied with it as needed, drawn with the seeded generator.
     kth = np.partition(values, k - 1)[k - 1]

@@ -23,7 +23,7 @@ class RigL(SET):
 
     needs_gradients = True
 
-    def grow_scores(self, weight, mask, grad, rng) -> np.ndarray:
+    def grow_scores(self, weight, mask, grad) -> np.ndarray:
         if grad is None:
             raise ValueError("RigL needs the dense gradient of every sparse weight.")
-        return np.abs(np.asarray(grad, dtype=np.float64)).reshape(weight.shape)
+        return np.abs(np.asarray(grad)).reshape(weight.shape)

@@ -64,13 +64,13 @@ class SET(Updater):
         k = math.floor(self.drop_fraction_at(step) * int(mask.sum()))
         k = min(k, int((~mask).sum()))  # can't grow more than there is room for
         dropped = lowest(np.abs(weight), mask, k, rng)
-        grown = lowest(-self.grow_scores(weight, mask, grad, rng), ~mask, k, rng)
+        scores = self.grow_scores(weight, mask, grad)
+        grown = lowest(scores, ~mask, k, rng, largest=True)
         new = mask.copy().ravel()
         new[dropped] = False
         new[grown] = True
         return new.reshape(mask.shape)
 
-    def grow_scores(self, weight, mask, grad, rng) -> np.ndarray:
-        """Higher scores grow first. SET: all equal, so the seeded random
-        tie-break of `lowest` picks uniformly among the inactive entries."""
-        return np.zeros(weight.shape, dtype=np.float32)
+    def grow_scores(self, weight, mask, grad) -> np.ndarray | None:
+        """Higher scores grow first; None means uniformly at random (SET)."""
+        return None
