@@ -34,6 +34,10 @@ class DSTCallback(keras.callbacks.Callback):
     (seed, step, weight), so `keras.callbacks.BackupAndRestore` resumes a
     seeded run exactly. `on_train_begin` resets per-fit state.
 
+    With `compile(steps_per_execution=k)`, Keras calls batch hooks once per
+    k steps, so only the first step of each group can be an update step:
+    choose `update_freq` and `begin_step` as multiples of k.
+
     Args:
         updater: a `dst.updaters.Updater`.
         verbose: 1 prints a line at each mask update. Defaults to 0.
