@@ -3,9 +3,11 @@
 In one process, alternating the variants round by round, times each epoch
 (after the first, which traces) of an MLP 784-1000-1000-10 and a small CNN on
 synthetic data, batch 128, and prints the median seconds per epoch and the
-ratio to dense Keras 3. Target: every dst ratio <= 1.05.
+ratio to dense Keras 3: the median over rounds of (variant / dense of the same
+round), with its min and max, so that slow drifts of a shared machine cancel.
+Target: every dst ratio <= 1.05.
 
-    python -m experiments.bench_overhead [--rounds 5] [--steps 100]
+    python -m experiments.bench_overhead [--rounds 8] [--epochs 2] [--steps 100]
 """
 
 from __future__ import annotations
@@ -74,27 +76,55 @@ def bench(name, build, x, y, rounds, epochs):
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         models[variant] = model
     times = {v: [] for v in VARIANTS}
+    update_ms = {v: [] for v in VARIANTS}
+    ratios = {v: [] for v in VARIANTS}  # per round, against dense of the same round
     for r in range(rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
+        this_round = {}
         for variant in order:
             timer = EpochTimer()
             make = VARIANTS[variant]
             extra = make() if make else None
+            if extra is not None:
+                _time_updates(extra.updater, update_ms[variant])
             cbs = [timer] + ([extra] if extra is not None else [])
             models[variant].fit(x, y, batch_size=128, epochs=epochs, verbose=0, callbacks=cbs)
-            times[variant].extend(timer.times[1:])  # the first epoch traces
-    dense = statistics.median(times["dense"])
-    print(f"\n{name}: median seconds per epoch over {len(times['dense'])} epochs")
-    print(f"{'variant':<18}{'s/epoch':>10}{'ratio':>8}")
-    for variant, ts in times.items():
-        med = statistics.median(ts)
-        print(f"{variant:<18}{med:>10.3f}{med / dense:>8.3f}")
+            this_round[variant] = statistics.median(timer.times[1:])  # the first epoch traces
+            times[variant].extend(timer.times[1:])
+        for variant in VARIANTS:
+            ratios[variant].append(this_round[variant] / this_round["dense"])
+    print(f"\n{name}: {rounds} rounds, median seconds per epoch, median of per-round ratios")
+    print(f"{'variant':<18}{'s/epoch':>10}{'ratio':>8}{'min':>8}{'max':>8}")
+    for variant in VARIANTS:
+        rs = ratios[variant]
+        print(f"{variant:<18}{statistics.median(times[variant]):>10.3f}"
+              f"{statistics.median(rs):>8.3f}{min(rs):>8.3f}{max(rs):>8.3f}")
+    step = statistics.median(times["dense"]) / (len(y) // 128)
+    for variant, ms in update_ms.items():
+        if ms:
+            cost = statistics.median(ms) / 1000 / (100 * step)
+            print(f"{variant}: one mask update takes {statistics.median(ms):.1f} ms (median of "
+                  f"{len(ms)}) = {cost:.3f} of 100 dense steps")
+
+
+def _time_updates(updater, out):
+    """Records the wall time of each `update` call that changed masks."""
+    update = updater.update
+
+    def timed(step, grads=None):
+        t = time.perf_counter()
+        changed = update(step, grads)
+        if changed:
+            out.append(1000 * (time.perf_counter() - t))
+        return changed
+
+    updater.update = timed
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit; first is dropped")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per fit; first is dropped")
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
