@@ -7,7 +7,6 @@ of `Target`s: one per sparsifiable weight variable.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
 
 import keras
 from keras.src.models.functional import Functional
@@ -233,10 +232,3 @@ def uninstall(target: Target) -> None:
         target.layer.__dict__.pop(target.carrier, None)
     else:
         object.__setattr__(target.layer, target.carrier, inner)
-
-
-def iter_paths(targets: Iterable[Target]) -> list[str]:
-    return [t.path for t in targets]
-
-
-Exclude = str | type | Callable[[keras.Variable], bool]

@@ -363,3 +363,12 @@ def test_end_step_fraction_is_of_this_fits_steps():
     assert cb.updater.end == 7  # 16 steps; the last update step is step 7
     model.fit(*data(64), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
     assert cb.updater.end == 16 + 3  # second fit begins at step 16 and has 8 steps
+
+
+def test_rigl_leaves_the_optimizer_as_it_was_after_fit():
+    model = mlp()
+    model.compile("adam", "mse")
+    model.fit(*data(), batch_size=8, verbose=0,
+              callbacks=[dst.callbacks.RigL(update_freq=2, end_step=1.0, seed=0)])
+    assert "apply" not in vars(model.optimizer)
+    assert model.train_function is None  # retraced without the gradient copy next time

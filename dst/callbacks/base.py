@@ -146,6 +146,7 @@ class _GradientCapture:
                             tf.no_op)
             return original(grads, trainable_variables)
 
+        self._had_own = "apply" in vars(self.optimizer)
         self.optimizer.apply = apply
         self._original = original
 
@@ -158,5 +159,8 @@ class _GradientCapture:
         return {self.paths[k]: np.asarray(b.numpy()) for k, b in self.buffers.items()}
 
     def remove(self) -> None:
-        self.optimizer.apply = self._original
+        if self._had_own:
+            self.optimizer.apply = self._original
+        else:
+            del self.optimizer.apply  # back to the class's method
         self.buffers.clear()
