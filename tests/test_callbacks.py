@@ -372,3 +372,26 @@ def test_rigl_leaves_the_optimizer_as_it_was_after_fit():
               callbacks=[dst.callbacks.RigL(update_freq=2, end_step=1.0, seed=0)])
     assert "apply" not in vars(model.optimizer)
     assert model.train_function is None  # retraced without the gradient copy next time
+
+
+def test_rigl_in_fit_sees_the_dense_gradient_of_the_current_batch():
+    class Recording(dst.callbacks.RigL):
+        def on_train_batch_end(self, batch, logs=None):
+            if self._pending is not None:
+                self.seen = self._capture.read()
+            super().on_train_batch_end(batch, logs)
+
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.0), "mse")  # lr 0: weights stay put
+    x, y = data(16)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(y, model(x, training=True))
+    expected = dict(zip([v.path for v in model.trainable_variables],
+                        tape.gradient(loss, model.trainable_variables)))
+    before = dst.get_masks(model)
+    cb = Recording(update_freq=1, end_step=0, seed=0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+    assert set(cb.seen) == set(before)
+    for path, grad in cb.seen.items():
+        np.testing.assert_allclose(grad, expected[path].numpy(), rtol=1e-5, atol=1e-7)
+        assert np.abs(grad[~before[path]]).max() > 0  # dense: masked entries get a gradient
