@@ -18,6 +18,26 @@ __all__ = ["summary"]
 _CONV = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
 
 
+def _attention_positions(target) -> int | None:
+    """Positions at which an attention projection runs, from its parent's build."""
+    if target.group is None:
+        return None
+    shapes = getattr(target.group[0], "_build_shapes_dict", None) or {}
+    source = {"key": "key_shape", "value": "value_shape"}.get(target.layer.name, "query_shape")
+    shape = shapes.get(source) or shapes.get("value_shape")
+    if shape is None or not all(isinstance(d, int) for d in shape[1:-1]):
+        return None
+    return math.prod(shape[1:-1])
+
+
+def _build_input_shape(layer):
+    shape = getattr(layer, "_build_shapes_dict", None) or {}
+    shape = shape.get("input_shape")
+    if shape is None or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return tuple(shape)
+
+
 def _output_shape(layer):
     try:
         shape = layer.output.shape
@@ -44,7 +64,8 @@ def _repeats(layer, target_shape) -> int:
     """How many times per example each connection is used in a forward pass.
 
     Conv: output positions; Conv transpose: input positions; Dense and
-    EinsumDense: output elements / kernel output elements; RNN cells:
+    EinsumDense (attention projections included): input elements / kernel
+    input elements, from the shape the layer was built with; RNN cells:
     time steps; Embedding: 0 (a lookup has no multiply-adds); other layers
     and layers that were never called symbolically: 1.
     """
@@ -56,15 +77,19 @@ def _repeats(layer, target_shape) -> int:
         except (AttributeError, ValueError, TypeError):
             return 1
     out = _output_shape(layer)
+    if isinstance(layer, keras.layers.Dense | keras.layers.EinsumDense):
+        kernel_in = (target_shape[0] if isinstance(layer, keras.layers.Dense)
+                     else _in_dims(layer, target_shape))
+        built = _build_input_shape(layer)
+        if built is not None:  # also known for sublayers, e.g. attention projections
+            return max(1, math.prod(built[1:]) // kernel_in)
+        if out is None:
+            return 1
+        return max(1, math.prod(out[1:]) * kernel_in // math.prod(target_shape))
     if out is None:
         return 1
     if isinstance(layer, _CONV):
         return math.prod(_spatial(layer, out))
-    if isinstance(layer, keras.layers.Dense | keras.layers.EinsumDense):
-        kernel_out = target_shape[-1] if isinstance(layer, keras.layers.Dense) else 1
-        if isinstance(layer, keras.layers.EinsumDense):
-            kernel_out = math.prod(target_shape) // _in_dims(layer, target_shape)
-        return max(1, math.prod(out[1:]) // kernel_out)
     return 1
 
 
@@ -107,7 +132,8 @@ def summary(model: keras.Model, print_fn=print) -> list[dict]:
         size = math.prod(t.shape)
         c = t.constraint
         active = int(c.numpy().sum()) if c is not None and c.mask is not None else size
-        reps = steps.get(id(t.layer)) or _repeats(t.layer, t.shape)
+        reps = (steps.get(id(t.layer)) or _attention_positions(t)
+                or _repeats(t.layer, t.shape))
         rows.append(
             dict(path=t.path, shape=t.shape, size=size, active=active,
                  density=active / size, dense_flops=2 * size * reps,

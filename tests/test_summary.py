@@ -93,3 +93,15 @@ def test_channels_first_conv_counts_spatial_positions():
 def test_summary_refuses_an_unbuilt_model():
     with pytest.raises(ValueError, match=r"dst.summary needs a built model"):
         dst.summary(keras.Sequential([layers.Dense(2)], name="lazy"))
+
+
+def test_attention_projections_are_counted_per_position():
+    q, v = keras.Input((5, 8)), keras.Input((7, 8))
+    y = keras.layers.MultiHeadAttention(2, 4, name="att")(q, v)
+    model = keras.Model([q, v], y, name="m")
+    rows = {r["path"]: r for r in dst.summary(model, print_fn=lambda *_: None)}
+    # query/key/value kernels (8, 2, 4) and output kernel (2, 4, 8): 64 weights
+    # each; query and output run at the 5 query positions, key and value at 7.
+    positions = {"query": 5, "attention_output": 5, "key": 7, "value": 7}
+    for name, n in positions.items():
+        assert rows[f"att/{name}/kernel"]["dense_flops"] == 2 * 64 * n, name
