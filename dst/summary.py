@@ -114,7 +114,9 @@ def summary(model: keras.Model, print_fn=print) -> list[dict]:
     `sparse_flops` (inference FLOPs per example, counting a multiply-add as 2
     FLOPs, and only active connections for the sparse count, as in the RigL
     paper's appendix). The last row, with path "total", sums them. Biases,
-    activations and normalization are not counted.
+    activations, normalization and the weight-free attention products
+    (QK^T, scores·V) are not counted; a layer shared between call sites is
+    counted once.
 
     Args:
         model: a Keras 3 model, sparsified or not (unmasked weights count as
