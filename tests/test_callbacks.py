@@ -395,3 +395,14 @@ def test_rigl_in_fit_sees_the_dense_gradient_of_the_current_batch():
     for path, grad in cb.seen.items():
         np.testing.assert_allclose(grad, expected[path].numpy(), rtol=1e-5, atol=1e-7)
         assert np.abs(grad[~before[path]]).max() > 0  # dense: masked entries get a gradient
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (dst.callbacks.SET, dict(update_freq=7, drop_fraction=0.2, seed=3)),
+    (dst.callbacks.RigL, dict(drop_fraction_schedule="linear", end_step=50)),
+    (dst.callbacks.MagnitudePruning, dict(final_sparsity=0.7, power=2, distribution="erk")),
+])
+def test_get_config_round_trip(cls, kwargs):
+    config = cls(**kwargs).get_config()
+    assert {k: config[k] for k in kwargs} == kwargs
+    assert cls.from_config(config).get_config() == config

@@ -113,7 +113,12 @@ class DSTCallback(keras.callbacks.Callback):
         self._bound = True
 
     def get_config(self):
-        return {"verbose": self.verbose}
+        """The constructor arguments of the named subclass (SET, RigL, ...)."""
+        return {**getattr(self, "_args", {}), "verbose": self.verbose}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 def _has_masks(model) -> bool:

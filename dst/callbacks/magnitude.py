@@ -44,10 +44,3 @@ class MagnitudePruning(DSTCallback):
                           begin_step=begin_step, end_step=end_step, update_freq=update_freq,
                           power=power, distribution=distribution, seed=seed)
         super().__init__(updaters.MagnitudePruning(**self._args), verbose=verbose)
-
-    def get_config(self):
-        return {**self._args, "verbose": self.verbose}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

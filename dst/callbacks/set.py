@@ -47,10 +47,3 @@ class SET(DSTCallback):
                           drop_fraction_schedule=drop_fraction_schedule,
                           begin_step=begin_step, end_step=end_step, seed=seed)
         super().__init__(self.updater_class(**self._args), verbose=verbose)
-
-    def get_config(self):
-        return {**self._args, "verbose": self.verbose}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
