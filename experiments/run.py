@@ -213,22 +213,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, rest = parser().parse_known_args(argv)
+def execute(make_jobs: Callable[[], tuple[list, Path]], *, dry_run: bool, resume: bool) -> int:
+    """Plans with `make_jobs() -> (jobs, out)`, then lists or runs the jobs.
+
+    The command-line tail shared by this runner and `experiments.sweep`:
+    a bad config or an unavailable dataset becomes a one-line error and
+    exit status 2, before any training.
+    """
     try:
-        overrides = config_lib.parse_overrides(rest)
-        cfg = config_lib.load(args.config, overrides)
-        tag = variant_tag(overrides)
-        jobs = plan(cfg, tag)
-        if args.dry_run:
+        jobs, out = make_jobs()
+        if dry_run:
             for i, job in enumerate(jobs, start=1):
                 print(f"run {i}/{len(jobs)}: {job.run_id}")
             return 0
-        run_jobs(jobs, args.out or Path("runs") / cfg["name"], resume=args.resume)
+        run_jobs(jobs, out, resume=resume)
     except (config_lib.ConfigError, data_lib.DatasetUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, rest = parser().parse_known_args(argv)
+
+    def make_jobs():
+        overrides = config_lib.parse_overrides(rest)
+        cfg = config_lib.load(args.config, overrides)
+        return plan(cfg, variant_tag(overrides)), args.out or Path("runs") / cfg["name"]
+
+    return execute(make_jobs, dry_run=args.dry_run, resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ import yaml
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from experiments import config as config_lib  # noqa: E402
-from experiments import data as data_lib  # noqa: E402
-from experiments.run import plan, run_jobs, variant_tag  # noqa: E402
+from experiments.run import execute, plan, variant_tag  # noqa: E402
 
 
 def grid_points(sweep: Mapping) -> list[dict]:
@@ -68,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="keep rows already in OUT/runs.csv and skip their runs")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     args, rest = p.parse_known_args(argv)
-    try:
+
+    def make_jobs():
         sweep = yaml.safe_load(Path(args.sweep).read_text())
         base = args.config or base_config(sweep)
         extra = config_lib.parse_overrides(rest)
@@ -78,18 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sweep.get("name"):
                 overrides.setdefault("wandb.group", sweep["name"])
             cfg = config_lib.load(base, overrides)
-            tag = variant_tag(point)
-            jobs += plan(cfg, tag)
-        jobs = list({job.run_id: job for job in jobs}.values())
-        if args.dry_run:
-            for i, job in enumerate(jobs, start=1):
-                print(f"run {i}/{len(jobs)}: {job.run_id}")
-            return 0
-        run_jobs(jobs, args.out, resume=args.resume)
-    except (config_lib.ConfigError, data_lib.DatasetUnavailableError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+            jobs += plan(cfg, variant_tag(point))
+        return list({job.run_id: job for job in jobs}.values()), args.out
+
+    return execute(make_jobs, dry_run=args.dry_run, resume=args.resume)
 
 
 if __name__ == "__main__":
