@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dst._model import dynamic_targets
 from dst.updaters.base import Updater
 
 __all__ = ["DSTCallback"]
@@ -122,8 +123,6 @@ class DSTCallback(keras.callbacks.Callback):
 
 
 def _has_masks(model) -> bool:
-    from dst._model import dynamic_targets
-
     return bool(dynamic_targets(model))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dst import distributions as dist_lib
+from dst._model import dynamic_targets
 from dst.core import sparsify
 from dst.schedules import PolynomialSparsity
 from dst.updaters.base import Updater, lowest
@@ -52,8 +53,6 @@ class MagnitudePruning(Updater):
         self._fn = dist_lib.get(distribution)
 
     def _targets(self, model):
-        from dst._model import dynamic_targets
-
         if not dynamic_targets(model):
             sparsify(model, 0.0, "uniform")
         return super()._targets(model)
