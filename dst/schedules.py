@@ -10,14 +10,29 @@ __all__ = ["UpdateSteps", "PolynomialSparsity", "DropFraction", "DROP_FRACTION_S
 
 @dataclasses.dataclass(frozen=True)
 class UpdateSteps:
-    """Which steps update masks: begin, begin + freq, ... while <= end."""
+    """Which steps update masks: begin, begin + freq, ... while <= end.
+
+    With `include_end`, `end` is an update step too, so a schedule that must
+    reach its final value by `end` (gradual magnitude pruning) does, whatever
+    `freq` is.
+    """
 
     begin: int
     end: int
     freq: int
+    include_end: bool = False
 
     def __call__(self, step: int) -> bool:
+        if self.include_end and step == self.end:
+            return True
         return self.begin <= step <= self.end and (step - self.begin) % self.freq == 0
+
+    def steps(self) -> list[int]:
+        """Every update step, in order."""
+        out = list(range(self.begin, self.end + 1, self.freq))
+        if self.include_end and (not out or out[-1] != self.end):
+            out.append(self.end)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,9 +48,9 @@ class Spy(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         opt = self.model.optimizer
-        slots = {v.path: [keras.ops.convert_to_numpy(s) for s in ss]
-                 for v, ss in ((t.variable, dst.updaters.slots.slot_variables(opt, [t.variable])[id(t.variable)])
-                               for t in self.dst_cb.updater.targets)}
+        state = self.dst_cb.updater.state
+        slots = {t.path: [keras.ops.convert_to_numpy(s) for s in state.slots(i)]
+                 for i, t in enumerate(self.dst_cb.updater.targets)}
         self.records.append(dict(
             step=int(opt.iterations.numpy()) - 1,
             masks=dst.get_masks(self.model),
@@ -308,9 +308,9 @@ def test_custom_training_loop_with_updater():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(drop_fraction=1.0), r"`drop_fraction` must be in \(0, 1\). Received: drop_fraction=1.0"),
+    (dict(drop_fraction=1.0), r"`drop_fraction` must be in \(0, 1\) for (SET|RigL). Received: drop_fraction=1.0"),
     (dict(drop_fraction=0), r"drop_fraction=0"),
-    (dict(update_freq=0), r"`update_freq` must be an int >= 1. Received: update_freq=0"),
+    (dict(update_freq=0), r"`update_freq` must be an int >= 1 for (SET|RigL). Received: update_freq=0"),
     (dict(begin_step=10, end_step=5), r"`end_step` must not be before `begin_step`.*end_step=5"),
     (dict(drop_fraction_schedule="exp"), r"drop_fraction_schedule='exp'"),
 ])
@@ -321,7 +321,7 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_bad_final_sparsity_and_unsparsified_model():
-    with pytest.raises(ValueError, match=r"`final_sparsity` must be in \[0, 1\). Received: final_sparsity=1.0"):
+    with pytest.raises(ValueError, match=r"`final_sparsity` must be in \[0, 1\) for MagnitudePruning. Received: final_sparsity=1.0"):
         dst.callbacks.MagnitudePruning(1.0)
     model = mlp(sparsity=None)
     model.compile("adam", "mse")
@@ -371,30 +371,39 @@ def test_rigl_leaves_the_optimizer_as_it_was_after_fit():
     model.fit(*data(), batch_size=8, verbose=0,
               callbacks=[dst.callbacks.RigL(update_freq=2, end_step=1.0, seed=0)])
     assert "apply" not in vars(model.optimizer)
-    assert model.train_function is None  # retraced without the gradient copy next time
+    assert "_distributed_tf_update_step" not in vars(model.optimizer)
+    assert model.train_function is None  # retraced without the sparse step next time
+
+
+class RecordingRigL(dst.updaters.RigL):
+    """RigL that records the gradient each weight's growth is scored with."""
+
+    def grow_scores(self, kit, weight, mask, grad):
+        self.seen.append(np.array(grad))
+        return super().grow_scores(kit, weight, mask, grad)
+
+
+def recording_rigl(**kwargs):
+    cb = dst.callbacks.RigL(**kwargs)
+    cb.updater = RecordingRigL(**kwargs)
+    cb.updater.seen = []
+    return cb
 
 
 def test_rigl_in_fit_sees_the_dense_gradient_of_the_current_batch():
-    class Recording(dst.callbacks.RigL):
-        def on_train_batch_end(self, batch, logs=None):
-            if self._pending is not None:
-                self.seen = self._capture.read()
-            super().on_train_batch_end(batch, logs)
-
     model = mlp()
     model.compile(keras.optimizers.SGD(0.0), "mse")  # lr 0: weights stay put
     x, y = data(16)
     with tf.GradientTape() as tape:
         loss = keras.losses.MeanSquaredError()(y, model(x, training=True))
-    expected = dict(zip([v.path for v in model.trainable_variables],
-                        tape.gradient(loss, model.trainable_variables)))
-    before = dst.get_masks(model)
-    cb = Recording(update_freq=1, end_step=0, seed=0)
+    expected = tape.gradient(loss, [t.variable for t in dst._model.dynamic_targets(model)])
+    before = list(dst.get_masks(model).values())
+    cb = recording_rigl(update_freq=1, end_step=0, seed=0)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
-    assert set(cb.seen) == set(before)
-    for path, grad in cb.seen.items():
-        np.testing.assert_allclose(grad, expected[path].numpy(), rtol=1e-5, atol=1e-7)
-        assert np.abs(grad[~before[path]]).max() > 0  # dense: masked entries get a gradient
+    assert len(cb.updater.seen) == len(expected) == 2
+    for grad, want, mask in zip(cb.updater.seen, expected, before):
+        np.testing.assert_allclose(grad, want.numpy(), rtol=1e-5, atol=1e-7)
+        assert np.abs(grad[~mask]).max() > 0  # dense: masked entries get a gradient
 
 
 @pytest.mark.parametrize("cls, kwargs", [

@@ -1,87 +1,83 @@
-"""`DSTCallback`: runs an updater inside `model.fit`."""
+"""`DSTCallback`: runs an updater's sparse step inside `model.fit`."""
 
 from __future__ import annotations
 
-import keras
-import numpy as np
-import tensorflow as tf
+import warnings
 
-from dst._model import dynamic_targets
+import keras
+
+from dst import _compat
+from dst.backend import step_hook
 from dst.updaters.base import Updater
 
 __all__ = ["DSTCallback"]
 
 
 class DSTCallback(keras.callbacks.Callback):
-    """Updates masks between optimizer steps of `model.fit`.
+    """Updates masks inside the optimizer step of `model.fit`.
 
-    The step is the optimizer's iteration count before the batch. After
-    the batch's optimizer step, if the updater says the step is an update
-    step, masks change. At each epoch end `sparsity`, `mask_churn` (fraction
-    of the epoch-start active connections that are inactive at epoch end)
-    and `itop` (fraction of all maskable weights active at least once since
-    `dst.sparsify`, Liu et al. 2021) are added to `logs`, so the progress
-    bar, `History` and W&B callbacks see them.
+    The mask update is part of the compiled train step: it runs inside the
+    optimizer's `apply`, right after the weights are stepped, when the
+    optimizer's own step count is an update step (see `dst.updaters.Updater`).
+    So the update happens at exactly the scheduled steps whatever
+    `steps_per_execution` is, with the all-reduced gradient under
+    `tf.distribute.MirroredStrategy`, with the unscaled gradient under mixed
+    precision (a step the loss scaler skips is not a step), and under
+    `jit_compile=True`. No host synchronization happens per batch.
 
-    For updaters that need gradients (RigL), the dense gradient of the
-    current batch is copied, inside the compiled train step, into a buffer
-    per sparse weight on update steps only: the optimizer's `apply` is
-    wrapped for the duration of `fit`, so any `train_step` that calls
-    `optimizer.apply`/`apply_gradients` works, with numpy arrays,
-    `tf.data.Dataset`s and generators alike.
+    The optimizer is patched only while Keras calls the train function, so
+    between batches, after `fit` and after an exception inside `fit`, it is
+    exactly as it was. At each epoch end `sparsity`, `mask_churn` (fraction of
+    the epoch-start active connections that are inactive at epoch end) and
+    `itop` (fraction of all maskable weights active at least once since
+    `dst.sparsify`, Liu et al. 2021) are added to `logs`.
 
-    State lives in the model (masks and the ITOP record are saved with it)
-    and in the optimizer's step counter; random draws are seeded from
-    (seed, step, weight), so `keras.callbacks.BackupAndRestore` resumes a
-    seeded run exactly. `on_train_begin` resets per-fit state.
-
-    With `compile(steps_per_execution=k)`, Keras calls batch hooks once per
-    k steps, so only the first step of each group can be an update step:
-    choose `update_freq` and `begin_step` as multiples of k.
+    A `train_step` that steps its own optimizer (e.g. a GAN with one
+    optimizer per sub-model) must name it: `RigL(..., optimizer=opt)`. If the
+    optimizer dst drives does not advance during the first batch, `fit` stops
+    with an error instead of training with masks that never change.
 
     Args:
         updater: a `dst.updaters.Updater`.
-        verbose: 1 prints a line at each mask update. Defaults to 0.
+        optimizer: the optimizer that steps the sparse weights. Defaults to
+            `model.optimizer`.
+        verbose: 1 prints a line per epoch with the update count. Defaults to 0.
     """
 
-    def __init__(self, updater: Updater, verbose: int = 0):
+    def __init__(self, updater: Updater, optimizer=None, verbose: int = 0):
         super().__init__()
         self.updater = updater
+        self.optimizer = optimizer
         self.verbose = verbose
 
     # -- Keras hooks ------------------------------------------------------
     def on_train_begin(self, logs=None):
-        self._bound = False
-        self._pending = None
+        self._function = None
         self._epoch = 0
         self._epoch_masks = None
-        self._capture = None
+        self._start = None
+        self._skipped_seen = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_masks = None
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if not self._bound:
-            self._bind(step - self._epoch * (self.params.get("steps") or 0) - batch)
+        if self._function is None:
+            self._bind(batch)
         if self._epoch_masks is None:
             self._epoch_masks = [t.constraint.numpy() for t in self.updater.targets]
-        self._pending = step if self.updater.is_update_step(step) else None
-        if self._capture is not None:
-            self._capture.arm(self._pending is not None)
+        self._function.armed = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._pending is None:
-            return
-        grads = self._capture.read() if self._capture is not None else None
-        self.updater.update(self._pending, grads)
-        if self.verbose:
-            print(f"\n{type(self).__name__}: masks updated at step {self._pending}")
-        self._pending = None
+        if self._start is not None:
+            self._check_advanced()
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or not self._bound:
+        if self._function is None:
+            return
+        self._warn_skipped()
+        if logs is None:
             return
         targets = self.updater.targets
         masks = [t.constraint.numpy() for t in targets]
@@ -94,24 +90,58 @@ class DSTCallback(keras.callbacks.Callback):
         logs["itop"] = sum(int(t.constraint.ever_active.sum()) for t in targets) / size
 
     def on_train_end(self, logs=None):
-        if self._capture is not None:
-            self._capture.remove()
-            self._capture = None
-            self.model.train_function = None
+        if self._function is not None:
+            self._warn_skipped()
+            self.model.train_function = None  # the next fit traces a plain step
+            self._function = None
 
     # -- helpers ------------------------------------------------------------
-    def _bind(self, first_step: int) -> None:
+    def _bind(self, batch: int) -> None:
+        optimizer = self.optimizer if self.optimizer is not None else self.model.optimizer
+        inner = _compat.inner_optimizer(optimizer) if optimizer is not None else None
+        step = int(inner.iterations.numpy()) if inner is not None else 0
         params = self.params or {}
         steps, epochs = params.get("steps"), params.get("epochs")
         total = steps * epochs if steps and epochs else None
-        retrace = self.model.train_function is not None and not _has_masks(self.model)
-        self.updater.bind(self.model, total, first_step)
-        if self.updater.needs_gradients:
-            self._capture = _GradientCapture(self.model, self.updater.targets)
-        if self.updater.needs_gradients or retrace:
-            # Retrace so the compiled step sees the wrapper / new constraints.
-            self.model.make_train_function(force=True)
-        self._bound = True
+        first = step - self._epoch * (steps or 0) - batch  # resumed runs start later
+        self.updater.bind(self.model, total, first, optimizer)
+        self.updater.state.mask_ema([t.constraint.mask for t in self.updater.targets])
+        for t in self.updater.targets:  # weights written since the last step
+            t.variable.assign(keras.ops.where(t.constraint.mask, t.variable,
+                                              keras.ops.zeros_like(t.variable)))
+        self._skipped_seen = [int(v.numpy()) for v in self.updater.skipped]
+        scale = getattr(optimizer, "dynamic_scale", None)
+        self._start = (step, None if scale is None else float(scale.numpy()))
+        self.model.make_train_function(force=True)
+        self._function = _SparseTrainFunction(self.model, optimizer, self.updater)
+        self.model.train_function = self._function
+
+    def _check_advanced(self) -> None:
+        step, scale = self._start
+        self._start = None
+        optimizer = self.updater.optimizer
+        now = int(_compat.inner_optimizer(optimizer).iterations.numpy())
+        moved = now != step or (scale is not None
+                                and float(optimizer.dynamic_scale.numpy()) != scale)
+        if not moved:
+            raise RuntimeError(
+                f"{type(self).__name__}: optimizer {optimizer.name!r} did not step during "
+                "the first batch, so dst's mask updates would never run. If your "
+                "train_step applies gradients with its own optimizer, pass it: "
+                f"{type(self).__name__}(..., optimizer=that_optimizer)."
+            )
+
+    def _warn_skipped(self) -> None:
+        counts = [int(v.numpy()) for v in self.updater.skipped]
+        for t, seen, now in zip(self.updater.targets, self._skipped_seen, counts):
+            if now > seen:
+                warnings.warn(
+                    f"{type(self).__name__}: {now - seen} mask update(s) of '{t.path}' "
+                    "were skipped because its weights or gradient were not finite "
+                    "(NaN or Inf); its mask and active count are unchanged.",
+                    stacklevel=2,
+                )
+        self._skipped_seen = counts
 
     def get_config(self):
         """The constructor arguments of the named subclass (SET, RigL, ...)."""
@@ -122,49 +152,26 @@ class DSTCallback(keras.callbacks.Callback):
         return cls(**config)
 
 
-def _has_masks(model) -> bool:
-    return bool(dynamic_targets(model))
+class _SparseTrainFunction:
+    """Keras' train function, called with dst's sparse step hooked in.
 
+    `armed` is set by the callback before each call. A call that finds it
+    unset comes from a `fit` this callback is not part of (an earlier `fit`
+    raised before `on_train_end`): it puts back a plain train function.
+    """
 
-class _GradientCapture:
-    """Copies the dense gradients of sparse weights into buffers when armed."""
+    def __init__(self, model, optimizer, updater):
+        self.model = model
+        self.plain = model.train_function
+        self.optimizer = optimizer
+        self.updater = updater
+        self.armed = False
 
-    def __init__(self, model, targets):
-        self.optimizer = model.optimizer
-        self.flag = tf.Variable(False, trainable=False)
-        self.buffers = {
-            id(t.variable): tf.Variable(tf.zeros(t.shape, t.variable.dtype), trainable=False)
-            for t in targets
-        }
-        self.paths = {id(t.variable): t.path for t in targets}
-        self._armed = False
-        original = self.optimizer.apply
-
-        def apply(grads, trainable_variables=None):
-            variables = (trainable_variables if trainable_variables is not None
-                         else self.optimizer._trainable_variables)
-            for g, v in zip(grads, variables):
-                buf = self.buffers.get(id(v))
-                if buf is not None and g is not None:
-                    tf.cond(self.flag, lambda b=buf, g=g: b.assign(tf.convert_to_tensor(g)).op,
-                            tf.no_op)
-            return original(grads, trainable_variables)
-
-        self._had_own = "apply" in vars(self.optimizer)
-        self.optimizer.apply = apply
-        self._original = original
-
-    def arm(self, on: bool) -> None:
-        if on != self._armed:
-            self.flag.assign(on)
-            self._armed = on
-
-    def read(self) -> dict:
-        return {self.paths[k]: np.asarray(b.numpy()) for k, b in self.buffers.items()}
-
-    def remove(self) -> None:
-        if self._had_own:
-            self.optimizer.apply = self._original
-        else:
-            del self.optimizer.apply  # back to the class's method
-        self.buffers.clear()
+    def __call__(self, iterator):
+        if not self.armed:
+            self.model.train_function = None
+            self.model.make_train_function()
+            return self.model.train_function(iterator)
+        self.armed = False
+        with step_hook(self.optimizer, self.updater.sparse_step):
+            return self.plain(iterator)

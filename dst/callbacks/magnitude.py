@@ -26,7 +26,9 @@ class MagnitudePruning(DSTCallback):
         power: schedule exponent. Defaults to 3.
         distribution: "uniform", "er", "erk". Defaults to "uniform".
         seed: seed for tie-breaking. Defaults to None.
-        verbose: 1 prints each update. Defaults to 0.
+        optimizer: the optimizer that steps the weights, when `train_step`
+            does not use `model.optimizer`. Defaults to None.
+        verbose: unused, kept for Keras' callback convention. Defaults to 0.
 
     Example:
     >>> import numpy as np, keras, dst
@@ -39,8 +41,10 @@ class MagnitudePruning(DSTCallback):
     """
 
     def __init__(self, final_sparsity, *, initial_sparsity=0.0, begin_step=0, end_step=None,
-                 update_freq=100, power=3, distribution="uniform", seed=None, verbose=0):
+                 update_freq=100, power=3, distribution="uniform", seed=None, optimizer=None,
+                 verbose=0):
         self._args = dict(final_sparsity=final_sparsity, initial_sparsity=initial_sparsity,
                           begin_step=begin_step, end_step=end_step, update_freq=update_freq,
                           power=power, distribution=distribution, seed=seed)
-        super().__init__(updaters.MagnitudePruning(**self._args), verbose=verbose)
+        super().__init__(updaters.MagnitudePruning(**self._args), optimizer=optimizer,
+                         verbose=verbose)

@@ -26,7 +26,10 @@ class SET(DSTCallback):
         end_step: last update step: an int, or a float in (0, 1] meaning
             that fraction of this fit's steps. Defaults to 0.75.
         seed: seed of the random draws. Defaults to None.
-        verbose: 1 prints each update. Defaults to 0.
+        optimizer: the optimizer that steps the sparse weights, when
+            `train_step` does not use `model.optimizer`. Defaults to None
+            (`model.optimizer`).
+        verbose: unused, kept for Keras' callback convention. Defaults to 0.
 
     Example:
     >>> import numpy as np, keras, dst
@@ -42,8 +45,9 @@ class SET(DSTCallback):
     updater_class = updaters.SET
 
     def __init__(self, *, update_freq=100, drop_fraction=0.3, drop_fraction_schedule="cosine",
-                 begin_step=0, end_step=0.75, seed=None, verbose=0):
+                 begin_step=0, end_step=0.75, seed=None, optimizer=None, verbose=0):
         self._args = dict(update_freq=update_freq, drop_fraction=drop_fraction,
                           drop_fraction_schedule=drop_fraction_schedule,
                           begin_step=begin_step, end_step=end_step, seed=seed)
-        super().__init__(self.updater_class(**self._args), verbose=verbose)
+        super().__init__(self.updater_class(**self._args), optimizer=optimizer,
+                         verbose=verbose)

@@ -1,19 +1,40 @@
-"""`Updater`: the mask-update loop shared by every algorithm.
+"""`Updater`: the one owner of the sparse step, shared by every algorithm.
 
-An updater is a plain object: bind it to a model, then call
-`update(step, grads)` after each optimizer step. Subclasses override one hook,
-`new_mask`, or (for drop-and-grow methods) `grow_scores`.
+An updater is bound to a model and the optimizer that steps its weights.
+Its `sparse_step(step, grads)` runs *inside* that optimizer's update (see
+`dst.backend`): after the weights are stepped, on the optimizer's own step
+count, with the gradients the optimizer applied (all-reduced over replicas,
+unscaled under mixed precision). A step the loss scaler skips never reaches
+it, and `steps_per_execution` or `jit_compile` change nothing. On an update
+step it computes every new mask, then in one place:
+
+- writes the mask and the ITOP record ("ever active"),
+- zeroes dropped weights and grown ones (grown connections start at 0.0),
+- resets the optimizer slots of grown connections to the optimizer's own
+  initial values (0 for momentum and Adam moments, `initial_accumulator_value`
+  for Adagrad and Ftrl),
+- zeroes the EMA copies (`use_ema=True`) of inactive connections,
+- skips a weight whose values or gradient are not finite, and counts it.
+
+Subclasses override `new_mask` (and `step_value`); drop-and-grow methods
+override `grow_scores`. Custom loops call `update(step, grads)` directly.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import keras
 import numpy as np
 
-from dst._model import Target, dynamic_targets
-from dst.core import apply_mask
+from dst import _compat, _select
+from dst._model import Target, check_keras3_model, dynamic_targets
+from dst._validate import as_float, as_int
+from dst.backend import host_call
+from dst.backend.tensorflow import variable_key
 from dst.schedules import UpdateSteps
-from dst.updaters.slots import reset_slots, slot_variables
+from dst.updaters.slots import OptimizerState
 
 __all__ = ["Updater"]
 
@@ -32,52 +53,81 @@ class Updater:
     """
 
     needs_gradients = False
+    update_at_end = False  # also update at `end` when it is off the grid
 
     def __init__(self, *, update_freq=100, begin_step=0, end_step=0.75, seed=None):
-        if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
-            raise ValueError(
-                f"`update_freq` must be an int >= 1. Received: update_freq={update_freq!r}"
-            )
-        if not isinstance(begin_step, int) or begin_step < 0:
-            raise ValueError(
-                f"`begin_step` must be an int >= 0. Received: begin_step={begin_step!r}"
-            )
+        who = type(self).__name__
+        self.update_freq = as_int(update_freq, "update_freq", who, minimum=1)
+        self.begin_step = as_int(begin_step, "begin_step", who, minimum=0)
         if end_step is not None:
-            if isinstance(end_step, float) and not 0.0 < end_step <= 1.0:
-                raise ValueError(
-                    "`end_step` as a float is a fraction of the fit's steps and "
-                    f"must be in (0, 1]. Received: end_step={end_step!r}"
-                )
-            if isinstance(end_step, int) and end_step < begin_step:
-                raise ValueError(
-                    f"`end_step` must not be before `begin_step`. Received: "
-                    f"end_step={end_step!r}, begin_step={begin_step!r}"
-                )
-        self.update_freq = update_freq
-        self.begin_step = begin_step
+            if isinstance(end_step, numbers.Integral) and not isinstance(end_step, bool):
+                end_step = as_int(end_step, "end_step", who, minimum=0)
+                if end_step < self.begin_step:
+                    raise ValueError(
+                        f"`end_step` must not be before `begin_step` for {who}. Received: "
+                        f"end_step={end_step!r}, begin_step={begin_step!r}"
+                    )
+            else:
+                end_step = as_float(end_step, "end_step", who + " (a float end_step is "
+                                    "a fraction of the fit's steps)", low=0.0, high=1.0,
+                                    low_open=True)
         self.end_step = end_step
-        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**32)
+        self.seed = as_int(seed, "seed", who)
         self.targets: list[Target] = []
         self.schedule = None
+        self.jit = False
 
     # -- binding ------------------------------------------------------------
     def bind(self, model: keras.Model, total_steps: int | None = None,
-             first_step: int = 0, optimizer=None) -> None:
-        """Finds the model's dynamic weights and resolves `end_step`.
+             first_step: int = 0, optimizer=None, *, jit: bool | None = None) -> None:
+        """Finds the model's dynamic weights and the optimizer state to reset.
 
         Args:
             model: a sparsified Keras 3 model.
             total_steps: steps of the training run; needed when `end_step`
                 is a float or None.
             first_step: optimizer step at which the run started.
-            optimizer: the optimizer whose state is reset for regrown
-                connections. Defaults to `model.optimizer`.
+            optimizer: the optimizer that steps the weights. Defaults to
+                `model.optimizer`.
+            jit: whether the step runs inside XLA (then masks are computed
+                with `keras.ops` instead of numpy on the host). Defaults to
+                `model.jit_compile`.
+
+        Raises:
+            ValueError: no masks, no optimizer, or an optimizer whose
+                per-weight state dst cannot reset exactly.
         """
+        check_keras3_model(model, f"{type(self).__name__}.bind")
+        optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError(
+                f"{type(self).__name__}.bind needs the optimizer that steps the "
+                f"weights of model '{model.name}', which has none: compile the "
+                "model, or pass `bind(model, optimizer=...)`."
+            )
+        if not _compat.is_keras_optimizer(_compat.inner_optimizer(optimizer)):
+            raise ValueError(
+                f"{type(self).__name__} needs a keras.optimizers.Optimizer; received "
+                f"{type(optimizer).__name__}."
+            )
         self.model = model
-        self.optimizer = optimizer if optimizer is not None else model.optimizer
+        self.optimizer = optimizer
         self.targets = self._targets(model)
         self.end = self._resolve_end(total_steps, first_step)
-        self.schedule = UpdateSteps(self.begin_step, self.end, self.update_freq)
+        self.schedule = UpdateSteps(self.begin_step, self.end, self.update_freq,
+                                    self.update_at_end)
+        self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
+                                    model.trainable_variables)
+        self.jit = bool(getattr(model, "jit_compile", False)) if jit is None else jit
+        self._table = None
+        if not hasattr(self, "skipped"):
+            self.skipped = None
+        if self.skipped is None or len(self.skipped) != len(self.targets):
+            self.skipped = [keras.Variable(0, dtype="int64", trainable=False,
+                                           name="dst_skipped_updates") for _ in self.targets]
+        self._keys = {variable_key(t.variable): i for i, t in enumerate(self.targets)}
 
     def _targets(self, model) -> list[Target]:
         targets = dynamic_targets(model)
@@ -108,7 +158,7 @@ class Updater:
 
     # -- the update ---------------------------------------------------------
     def update(self, step: int, grads=None) -> bool:
-        """Updates the masks if `step` is an update step.
+        """Updates the masks now if `step` is an update step (custom loops).
 
         Call it after the optimizer has applied step `step` (the value of
         `optimizer.iterations` before that step).
@@ -124,29 +174,129 @@ class Updater:
         """
         if self.schedule is None:
             raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
+        step = as_int(step, "step", f"{type(self).__name__}.update", minimum=0)
         if not self.is_update_step(step):
             return False
-        grads = self._grads_by_path(grads)
-        if self.optimizer is None:
-            raise ValueError(
-                f"{type(self).__name__} resets optimizer state of regrown "
-                "connections: compile the model or pass "
-                "`bind(model, optimizer=...)`."
-            )
-        slots = slot_variables(self.optimizer, [t.variable for t in self.targets])
-        for index, t in enumerate(self.targets):
-            weight = t.variable.numpy()
-            old = t.constraint.numpy()
-            rng = np.random.default_rng([self.seed, int(step), index])
-            new = self.new_mask(weight, old, grads.get(t.path), int(step), index, rng)
-            _check(t, new, self.expected_active(index, old, int(step)), type(self).__name__)
-            apply_mask(t, new)
-            grown = new & ~old
-            reset_slots(slots[id(t.variable)], grown)
+        by_index = self._grads_by_index(grads)
+        for index in range(len(self.targets)):
+            self._update_target(index, step, by_index.get(index))
         return True
 
-    def new_mask(self, weight, mask, grad, step, index, rng) -> np.ndarray:
-        """Returns the new bool mask of one weight. Subclasses override this."""
+    def sparse_step(self, step, grads: dict) -> None:
+        """The in-graph step: `grads` maps `variable_key(variable)` to its gradient."""
+        by_index = {i: grads.get(key) for key, i in self._keys.items()}
+        if self.needs_gradients:
+            missing = [self.targets[i].path for i, g in by_index.items() if g is None]
+            if missing:
+                raise ValueError(
+                    f"{type(self).__name__} needs the gradient of every sparse weight, "
+                    f"but the optimizer received none for {missing}. Are these weights "
+                    "stepped by another optimizer? Pass that one as `optimizer=`."
+                )
+        if self.state.ema:
+            # EMA averages the weights right after this hook: keep inactive
+            # entries at exactly 0 there, every step.
+            for t in self.targets:
+                t.variable.assign(keras.ops.where(t.constraint.mask, t.variable,
+                                                  keras.ops.zeros_like(t.variable)))
+
+        def update():
+            for index in range(len(self.targets)):
+                self._update_target(index, step, by_index.get(index))
+
+        keras.ops.cond(self._is_update_tensor(step), update, lambda: None)
+
+    def _update_target(self, index, step, grad) -> None:
+        t = self.targets[index]
+        mask, weight = t.constraint.mask, t.variable
+        old = keras.ops.convert_to_tensor(mask)
+        if self.jit:
+            new, ok = self._masks_in_graph(index, step, weight, old, grad)
+        else:
+            new, ok = self._masks_on_host(index, step, weight, old, grad)
+        kept = keras.ops.logical_and(new, old)
+        grown = keras.ops.logical_and(new, keras.ops.logical_not(old))
+        mask.assign(new)
+        t.constraint.ever.assign(keras.ops.logical_or(t.constraint.ever, new))
+        weight.assign(keras.ops.where(kept, weight, keras.ops.zeros_like(weight)))
+        self.state.reset(index, grown, kept)
+        self.skipped[index].assign_add(1 - keras.ops.cast(ok, "int64"))
+
+    def _masks_on_host(self, index, step, weight, old, grad):
+        target = self.targets[index]
+
+        def compute(step, w, m, *g):
+            step = int(step)
+            g = g[0] if g else None
+            if not (np.isfinite(w).all() and (g is None or np.isfinite(g).all())):
+                return m, np.bool_(False)
+            new = self.new_mask(_select.NUMPY, w, m, g, self.step_value(step, index),
+                                lambda role: int(_select.salt(np, self.seed, step, index, role)))
+            new = np.asarray(new, dtype=bool)
+            _check(target, m, new, self.expected_active(index, m, step), type(self).__name__)
+            return new, np.bool_(True)
+
+        inputs = [step, weight, old] + ([grad] if grad is not None else [])
+        new, ok = host_call(compute, inputs, ["bool", "bool"])
+        if hasattr(new, "set_shape"):
+            new.set_shape(target.shape)
+            ok.set_shape(())
+        return keras.ops.convert_to_tensor(new), keras.ops.convert_to_tensor(ok)
+
+    def _masks_in_graph(self, index, step, weight, old, grad):
+        ops = keras.ops
+        step = ops.cast(step, "int64")
+        ok = ops.all(ops.isfinite(weight))
+        if grad is not None:
+            ok = ops.logical_and(ok, ops.all(ops.isfinite(grad)))
+        steps, table = self._value_table()
+        row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int64")) - 1,
+                          len(steps) - 1)
+        value = ops.take(ops.take(ops.convert_to_tensor(table), ops.maximum(row, 0), axis=0),
+                         index)
+        safe_w = ops.where(ops.isfinite(weight), weight, ops.zeros_like(weight))
+        safe_g = None if grad is None else ops.where(ops.isfinite(grad), grad,
+                                                     ops.zeros_like(grad))
+        new = self.new_mask(_select.OPS, safe_w, old, safe_g, value,
+                            lambda role: _select.salt(ops, self.seed, step, index, role))
+        return ops.where(ok, new, old), ok
+
+    def _value_table(self):
+        """Update steps and the `step_value` of each (step, weight), for XLA."""
+        if self._table is None:
+            steps = self.schedule.steps()
+            table = np.array([[self.step_value(s, i) for i in range(len(self.targets))]
+                              for s in steps], dtype="float64")
+            self._table = (np.asarray(steps, dtype="int64"), table)
+        return self._table
+
+    def _is_update_tensor(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "int64")
+        s = self.schedule
+        on_grid = ops.logical_and(
+            ops.logical_and(step >= s.begin, step <= s.end),
+            ops.equal(ops.mod(step - s.begin, s.freq), 0))
+        if s.include_end:
+            on_grid = ops.logical_or(on_grid, ops.equal(step, s.end))
+        return on_grid
+
+    # -- the algorithm hooks ------------------------------------------------
+    def step_value(self, step: int, index: int) -> float:
+        """The per-step number `new_mask` needs (drop fraction, kept count)."""
+        return 0.0
+
+    def new_mask(self, kit, weight, mask, grad, value, salt):
+        """Returns the new bool mask of one weight. Subclasses override this.
+
+        Args:
+            kit: `dst._select.NUMPY` or `OPS`: `kit.xp` is numpy or
+                `keras.ops`, `kit.select(scores, candidates, k, salt)` picks
+                exactly k candidates, `kit.count(mask)` counts.
+            weight, mask, grad: arrays of the weight's shape (grad may be None).
+            value: `step_value(step, index)`.
+            salt: `salt(role)` gives the seeded tie-break salt for a role.
+        """
         raise NotImplementedError
 
     def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
@@ -154,62 +304,61 @@ class Updater:
         return int(old.sum())
 
     # -- helpers ------------------------------------------------------------
-    def _grads_by_path(self, grads) -> dict:
+    def _grads_by_index(self, grads) -> dict:
+        who = type(self).__name__
         if grads is None:
             if self.needs_gradients:
                 raise ValueError(
-                    f"{type(self).__name__}.update needs `grads` (the dense "
-                    "gradients of the current batch) at update steps."
+                    f"{who}.update needs `grads` (the dense gradients of the current "
+                    "batch) at update steps."
                 )
             return {}
         if isinstance(grads, dict):
-            return {k: keras.ops.convert_to_numpy(g) for k, g in grads.items()}
-        variables = self.model.trainable_variables
-        if len(grads) != len(variables):
-            raise ValueError(
-                f"`grads` has {len(grads)} entries but the model has "
-                f"{len(variables)} trainable variables; pass a dict "
-                "{weight path: gradient} or a list aligned with "
-                "model.trainable_variables."
-            )
-        wanted = {id(t.variable) for t in self.targets}
-        return {
-            v.path: keras.ops.convert_to_numpy(g)
-            for v, g in zip(variables, grads) if id(v) in wanted
-        }
+            paths = {t.path: i for i, t in enumerate(self.targets)}
+            unknown = sorted(set(grads) - set(paths))
+            if unknown:
+                raise ValueError(
+                    f"{who}.update: `grads` keys {unknown} name no sparse weight. "
+                    f"Sparse weights: {sorted(paths)}."
+                )
+            out = {paths[k]: g for k, g in grads.items()}
+        else:
+            grads = list(grads)
+            variables = self.model.trainable_variables
+            if len(grads) != len(variables):
+                raise ValueError(
+                    f"`grads` has {len(grads)} entries but the model has "
+                    f"{len(variables)} trainable variables; pass a dict "
+                    "{weight path: gradient} or a list aligned with "
+                    "model.trainable_variables."
+                )
+            index = {id(t.variable): i for i, t in enumerate(self.targets)}
+            out = {index[id(v)]: g for v, g in zip(variables, grads) if id(v) in index}
+        if self.needs_gradients:
+            missing = [self.targets[i].path for i in range(len(self.targets))
+                       if out.get(i) is None]
+            if missing:
+                raise ValueError(
+                    f"{who}.update needs the gradient of every sparse weight; it got "
+                    f"None (or nothing) for {missing}. Compute gradients with respect "
+                    "to all of model.trainable_variables."
+                )
+        return {i: keras.ops.convert_to_tensor(g) for i, g in out.items() if g is not None}
 
 
-def _check(target, new, want: int, who: str) -> None:
+def _check(target, old, new, want: int, who: str) -> None:
     got = int(new.sum())
     if tuple(new.shape) != target.shape or got != want:
         raise AssertionError(
             f"{who} produced {got} active connections for '{target.path}', "
-            f"expected {want}."
+            f"expected {want} (had {int(old.sum())})."
         )
 
 
-def lowest(scores: np.ndarray | None, candidates: np.ndarray, k: int,
-           rng: np.random.Generator, *, largest: bool = False) -> np.ndarray:
-    """Flat indices of the k candidates with the lowest (or largest) scores.
-
-    Exact ties are broken by a seeded random draw, so the choice is
-    deterministic for a given generator and never biased by position.
-    `scores=None` means all candidates tie: k of them uniformly at random.
-    """
-    idx = np.flatnonzero(candidates.ravel())
-    if k <= 0 or idx.size == 0:
-        return idx[:0]
-    if k >= idx.size:
-        return idx
-    if scores is None:
-        return np.sort(idx[rng.choice(idx.size, size=k, replace=False)])
-    values = scores.ravel()[idx]
-    if largest:
-        np.negative(values, out=values)
-    # Everything strictly below the k-th smallest value, then as many of the
-    # entries tied with it as needed, drawn with the seeded generator.
-    kth = np.partition(values, k - 1)[k - 1]
-    below = idx[values < kth]
-    ties = idx[values == kth]
-    picked = rng.choice(ties.size, size=k - below.size, replace=False)
-    return np.concatenate([below, ties[np.sort(picked)]])
+def floor_fraction(kit, fraction, count):
+    """floor(fraction · count) in float64, the same on the host and in-graph."""
+    if kit is _select.NUMPY:
+        return np.int64(math.floor(float(fraction) * float(count)))
+    ops = keras.ops
+    return ops.cast(ops.floor(ops.cast(fraction, "float64") * ops.cast(count, "float64")),
+                    "int64")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from dst import distributions as dist_lib
 from dst._model import dynamic_targets
+from dst._validate import as_float
 from dst.core import sparsify
 from dst.schedules import PolynomialSparsity
-from dst.updaters.base import Updater, lowest
+from dst.updaters.base import Updater
 
 __all__ = ["MagnitudePruning"]
 
@@ -37,18 +36,21 @@ class MagnitudePruning(Updater):
         seed: seed for tie-breaking. Defaults to None.
     """
 
+    update_at_end = True
+
     def __init__(self, final_sparsity, *, initial_sparsity=0.0, begin_step=0,
                  end_step=None, update_freq=100, power=3, distribution="uniform",
                  seed=None):
-        for name, value in (("final_sparsity", final_sparsity),
-                            ("initial_sparsity", initial_sparsity)):
-            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
+        who = type(self).__name__
+        final_sparsity = as_float(final_sparsity, "final_sparsity", who, low=0.0, high=1.0,
+                                  high_open=True)
+        initial_sparsity = as_float(initial_sparsity, "initial_sparsity", who, low=0.0,
+                                    high=1.0, high_open=True)
         super().__init__(update_freq=update_freq, begin_step=begin_step,
                          end_step=end_step, seed=seed)
-        self.final_sparsity = float(final_sparsity)
-        self.initial_sparsity = float(initial_sparsity)
-        self.power = power
+        self.final_sparsity = final_sparsity
+        self.initial_sparsity = initial_sparsity
+        self.power = as_float(power, "power", who, low=0.0, low_open=True)
         self.distribution = distribution
         self._fn = dist_lib.get(distribution)
 
@@ -57,24 +59,29 @@ class MagnitudePruning(Updater):
             sparsify(model, 0.0, "uniform")
         return super()._targets(model)
 
-    def bind(self, model, total_steps=None, first_step=0, optimizer=None) -> None:
-        super().bind(model, total_steps, first_step, optimizer)
+    def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
+        super().bind(model, total_steps, first_step, optimizer, **kwargs)
         self.sparsity_schedule = PolynomialSparsity(
             self.initial_sparsity, self.final_sparsity, self.begin_step, self.end, self.power)
         self._shapes = {t.path: t.shape for t in self.targets}
+        self._counts = {}
 
     def target_counts(self, step: int) -> dict[str, int]:
         """Active connections each weight keeps at `step`."""
-        s = self.sparsity_schedule(step)
-        return dist_lib.active_counts(self._shapes, self._fn(self._shapes, s))
+        if step not in self._counts:
+            s = self.sparsity_schedule(step)
+            self._counts[step] = dist_lib.active_counts(self._shapes, self._fn(self._shapes, s))
+        return self._counts[step]
+
+    def step_value(self, step: int, index: int) -> float:
+        return float(self.target_counts(step)[self.targets[index].path])
 
     def expected_active(self, index, old, step) -> int:
-        want = self.target_counts(step)[self.targets[index].path]
-        return min(want, int(old.sum()))
+        return min(int(self.step_value(step, index)), int(old.sum()))
 
-    def new_mask(self, weight, mask, grad, step, index, rng) -> np.ndarray:
-        keep = self.expected_active(index, mask, step)
-        prune = int(mask.sum()) - keep
-        new = mask.copy().ravel()
-        new[lowest(np.abs(weight), mask, prune, rng)] = False
-        return new.reshape(mask.shape)
+    def new_mask(self, kit, weight, mask, grad, value, salt):
+        xp = kit.xp
+        active = kit.count(mask)
+        keep = xp.minimum(kit.cast(value, "int64"), active)
+        pruned = kit.select(xp.abs(weight), mask, active - keep, salt(0))
+        return xp.logical_and(mask, xp.logical_not(pruned))

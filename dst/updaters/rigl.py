@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from dst.updaters.set import SET
 
 __all__ = ["RigL"]
@@ -23,7 +21,5 @@ class RigL(SET):
 
     needs_gradients = True
 
-    def grow_scores(self, weight, mask, grad) -> np.ndarray:
-        if grad is None:
-            raise ValueError("RigL needs the dense gradient of every sparse weight.")
-        return np.abs(np.asarray(grad)).reshape(weight.shape)
+    def grow_scores(self, kit, weight, mask, grad):
+        return kit.xp.abs(grad)

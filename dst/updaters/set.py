@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
+from dst._validate import as_float
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
-from dst.updaters.base import Updater, lowest
+from dst.updaters.base import Updater, floor_fraction
 
 __all__ = ["SET"]
 
@@ -40,11 +37,8 @@ class SET(Updater):
     def __init__(self, *, update_freq=100, drop_fraction=0.3,
                  drop_fraction_schedule="cosine", begin_step=0, end_step=0.75,
                  seed=None):
-        if not isinstance(drop_fraction, int | float) or not 0.0 < drop_fraction < 1.0:
-            raise ValueError(
-                "`drop_fraction` must be in (0, 1). Received: "
-                f"drop_fraction={drop_fraction!r}"
-            )
+        drop_fraction = as_float(drop_fraction, "drop_fraction", type(self).__name__,
+                                 low=0.0, high=1.0, low_open=True, high_open=True)
         if drop_fraction_schedule not in DROP_FRACTION_SCHEDULES:
             raise ValueError(
                 f"`drop_fraction_schedule` must be one of {list(DROP_FRACTION_SCHEDULES)}. "
@@ -52,7 +46,7 @@ class SET(Updater):
             )
         super().__init__(update_freq=update_freq, begin_step=begin_step,
                          end_step=end_step, seed=seed)
-        self.drop_fraction = float(drop_fraction)
+        self.drop_fraction = drop_fraction
         self.drop_fraction_schedule = drop_fraction_schedule
 
     def drop_fraction_at(self, step: int) -> float:
@@ -60,17 +54,19 @@ class SET(Updater):
         return DropFraction(self.drop_fraction, self.begin_step, self.end,
                             self.drop_fraction_schedule)(step)
 
-    def new_mask(self, weight, mask, grad, step, index, rng) -> np.ndarray:
-        k = math.floor(self.drop_fraction_at(step) * int(mask.sum()))
-        k = min(k, int((~mask).sum()))  # can't grow more than there is room for
-        dropped = lowest(np.abs(weight), mask, k, rng)
-        scores = self.grow_scores(weight, mask, grad)
-        grown = lowest(scores, ~mask, k, rng, largest=True)
-        new = mask.copy().ravel()
-        new[dropped] = False
-        new[grown] = True
-        return new.reshape(mask.shape)
+    def step_value(self, step: int, index: int) -> float:
+        return self.drop_fraction_at(step)
 
-    def grow_scores(self, weight, mask, grad) -> np.ndarray | None:
+    def new_mask(self, kit, weight, mask, grad, value, salt):
+        xp = kit.xp
+        active = kit.count(mask)
+        inactive = kit.count(xp.logical_not(mask))
+        k = xp.minimum(floor_fraction(kit, value, active), inactive)
+        dropped = kit.select(xp.abs(weight), mask, k, salt(0))
+        grown = kit.select(self.grow_scores(kit, weight, mask, grad),
+                           xp.logical_not(mask), k, salt(1), largest=True)
+        return xp.logical_or(xp.logical_and(mask, xp.logical_not(dropped)), grown)
+
+    def grow_scores(self, kit, weight, mask, grad):
         """Higher scores grow first; None means uniformly at random (SET)."""
         return None

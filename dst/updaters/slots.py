@@ -1,70 +1,130 @@
-"""Finding and resetting an optimizer's per-weight state (slots)."""
+"""An optimizer's per-weight state (slots, EMA copies) and how to reset it.
+
+Slots are found in the optimizer's lists aligned with its trainable variables
+(SGD momentum, Adam/AdamW m and v, RMSprop, Adagrad and Ftrl accumulators,
+...). A regrown connection's slots are reset to the value a fresh optimizer
+of the same config starts from: dst builds one on tiny proxy variables once
+and reads it, so `Ftrl(initial_accumulator_value=0.1)` resets to 0.1, Adam to 0.
+"""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 
+from dst import _compat
 
-def _inner(optimizer):
-    while hasattr(optimizer, "inner_optimizer"):  # LossScaleOptimizer
-        optimizer = optimizer.inner_optimizer
-    return optimizer
+__all__ = ["OptimizerState"]
 
 
-def slot_variables(optimizer, variables) -> dict[int, list]:
-    """{id(variable): [slot variables of the same shape]} for `variables`.
+def _aligned_lists(opt) -> dict[str, list]:
+    """{attribute: list} for the optimizer's lists aligned with its variables."""
+    tracked = _compat.optimizer_variables(opt)
+    ema = _compat.ema_variables(opt)
+    return {
+        name: value for name, value in vars(opt).items()
+        if isinstance(value, list) and len(value) == len(tracked) and value
+        and value is not tracked and value is not ema
+        and all(x is None or isinstance(x, keras.Variable) for x in value)
+    }
 
-    Slots are found in the optimizer's lists aligned with its trainable
-    variables (SGD momentum, Adam/AdamW m and v, RMSprop, Adagrad, ...).
+
+class OptimizerState:
+    """The slots and EMA copies of the sparse weights of one optimizer.
+
+    Args:
+        optimizer: the optimizer that steps the weights (a
+            `LossScaleOptimizer` is unwrapped).
+        variables: the sparse weight variables, in target order.
 
     Raises:
         ValueError: when the optimizer holds weight-shaped state that cannot
-            be attributed to a weight, so dst cannot reset it safely.
+            be attributed to a weight, or whose initial value cannot be read.
     """
-    opt = _inner(optimizer)
-    if not isinstance(opt, keras.optimizers.Optimizer):
-        raise ValueError(
-            f"dst cannot reset the state of optimizer {type(optimizer).__name__}: "
-            "it is not a keras.optimizers.Optimizer."
-        )
-    if not opt.built:
-        return {id(v): [] for v in variables}
-    tracked = opt._trainable_variables
-    aligned = [
-        value for value in vars(opt).values()
-        if isinstance(value, list) and len(value) == len(tracked) and value
-        and all(x is None or isinstance(x, keras.Variable) for x in value)
-        and value is not tracked
-    ]
-    found = {}
-    for v in variables:
-        idx = opt._get_variable_index(v)
-        found[id(v)] = [
-            lst[idx] for lst in aligned
-            if lst[idx] is not None and tuple(lst[idx].shape) == tuple(v.shape)
-        ]
-    attributed = {id(s) for lst in aligned for s in lst if s is not None}
-    shapes = {tuple(v.shape) for v in variables}
-    stray = [
-        s.path for s in opt.variables
-        if tuple(s.shape) in shapes and len(s.shape) >= 2 and id(s) not in attributed
-    ]
-    if stray:
-        raise ValueError(
-            f"dst cannot reset the state of optimizer {type(opt).__name__} for "
-            f"regrown connections: state {stray} is not stored per weight in "
-            "the way Keras' built-in optimizers store it. Use SGD, Adam, "
-            "AdamW, RMSprop, Adagrad, Adamax, Nadam, Lion or another built-in "
-            "optimizer."
-        )
-    return found
+
+    def __init__(self, optimizer, variables, all_variables):
+        self.optimizer = _compat.inner_optimizer(optimizer)
+        self.variables = list(variables)
+        if not self.optimizer.built:  # as its first `apply` would
+            optimizer.build(list(all_variables))
+        self._resolve()
+
+    @property
+    def ema(self) -> bool:
+        return bool(getattr(self.optimizer, "use_ema", False))
+
+    def _resolve(self) -> None:
+        opt = self.optimizer
+        lists = _aligned_lists(opt)
+        initial = _initial_values(opt, self.variables, sorted(lists))
+        slots, emas = [], []
+        ema = _compat.ema_variables(opt)
+        for i, v in enumerate(self.variables):
+            idx = _compat.variable_index(opt, v)
+            slots.append([
+                (lists[name][idx], initial[name][i]) for name in sorted(lists)
+                if lists[name][idx] is not None
+                and tuple(lists[name][idx].shape) == tuple(v.shape)
+            ])
+            emas.append(ema[idx] if ema and ema[idx] is not None else None)
+        attributed = {id(s) for lst in lists.values() for s in lst if s is not None}
+        attributed |= {id(e) for e in ema if e is not None}
+        shapes = {tuple(v.shape) for v in self.variables}
+        stray = [s.path for s in opt.variables
+                 if tuple(s.shape) in shapes and len(s.shape) >= 2 and id(s) not in attributed]
+        if stray:
+            raise ValueError(
+                f"dst cannot reset the state of optimizer {type(opt).__name__} for "
+                f"regrown connections: state {stray} is not stored per weight in "
+                "the way Keras' built-in optimizers store it. Use SGD, Adam, "
+                "AdamW, RMSprop, Adagrad, Adamax, Nadam, Lion, Ftrl or another "
+                "built-in optimizer."
+            )
+        self._slots, self._ema = slots, emas
+
+    def slots(self, index: int) -> list:
+        """The slot variables of the `index`-th sparse weight."""
+        return [slot for slot, _ in self._slots[index]]
+
+    def mask_ema(self, masks) -> None:
+        """Zeroes the EMA copies where `masks` (one per variable) are False."""
+        if not self.ema:
+            return
+        for average, mask in zip(self._ema, masks):
+            if average is not None:
+                average.assign(keras.ops.where(mask, average, keras.ops.zeros_like(average)))
+
+    def reset(self, index: int, grown, kept) -> None:
+        """Resets the slots of `grown` entries; zeroes EMA outside `kept`."""
+        for slot, init in self._slots[index]:
+            slot.assign(keras.ops.where(grown, keras.ops.cast(init, slot.dtype), slot))
+        average = self._ema[index]
+        if average is not None:
+            average.assign(keras.ops.where(kept, average, keras.ops.zeros_like(average)))
 
 
-def reset_slots(slots, grown: np.ndarray) -> None:
-    """Sets the entries `grown` (a bool array) of each slot variable to 0."""
-    if not grown.any() or not slots:
-        return
-    keep = keras.ops.convert_to_tensor(~grown)
-    for slot in slots:
-        slot.assign(keras.ops.where(keep, slot, keras.ops.zeros_like(slot)))
+def _initial_values(opt, variables, names) -> dict[str, list]:
+    """{list name: [initial scalar per variable]} from a fresh optimizer."""
+    if not names:
+        return {}
+    try:
+        fresh = type(opt).from_config(opt.get_config())
+        proxies = [keras.Variable(np.zeros((1,) * len(v.shape), dtype=v.dtype), name="proxy")
+                   for v in variables]
+        fresh.build(proxies)
+        fresh_lists = _aligned_lists(fresh)
+        out = {}
+        for name in names:
+            values = []
+            for p in proxies:
+                slot = fresh_lists[name][_compat.variable_index(fresh, p)]
+                values.append(None if slot is None else
+                              float(np.asarray(keras.ops.convert_to_numpy(slot)).ravel()[0]))
+            out[name] = values
+        return out
+    except Exception as err:  # noqa: BLE001 - re-raised with advice
+        raise ValueError(
+            f"dst cannot find the initial value of the per-weight state {names} of "
+            f"optimizer {type(opt).__name__} ({type(err).__name__}: {err}), so it "
+            "cannot reset regrown connections exactly. Use a built-in Keras optimizer."
+        ) from err

@@ -1,0 +1,62 @@
+"""TensorFlow backend: where the sparse step runs inside `optimizer.apply`.
+
+Keras' TensorFlow optimizer sums the gradients over replicas in
+`_backend_update_step` and then, in cross-replica context, calls
+`_distributed_tf_update_step(distribution, grads_and_vars, learning_rate)`.
+dst runs its step right after that call: the weights are stepped, the
+gradients are the all-reduced ones, and assignments made there reach every
+replica. Without a strategy the same method runs under the default one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import tensorflow as tf
+
+from dst._compat import inner_optimizer
+
+__all__ = ["step_hook", "host_call"]
+
+_HOOKED = "_distributed_tf_update_step"
+
+
+@contextlib.contextmanager
+def step_hook(optimizer, fn):
+    """Runs `fn(step, grads)` inside each update of `optimizer` (see module)."""
+    opt = inner_optimizer(optimizer)
+    if _HOOKED in vars(opt):
+        raise RuntimeError(
+            f"Optimizer {opt.name!r} already runs a dst sparse step: two dst "
+            "callbacks (or updaters) cannot drive the same optimizer at once."
+        )
+    original = getattr(opt, _HOOKED)
+
+    def hooked(distribution, grads_and_vars, learning_rate):
+        grads_and_vars = list(grads_and_vars)
+        result = original(distribution, grads_and_vars, learning_rate)
+        grads = {
+            id(var): distribution.experimental_local_results(grad)[0]
+            for grad, var in grads_and_vars
+            if grad is not None
+        }
+        fn(opt.iterations, grads)
+        return result
+
+    setattr(opt, _HOOKED, hooked)
+    try:
+        yield
+    finally:
+        delattr(opt, _HOOKED)
+
+
+def host_call(fn, inputs, dtypes):
+    """Runs `fn` (numpy in, numpy out) on the host from inside the step."""
+    if tf.executing_eagerly():
+        return fn(*[x.numpy() if hasattr(x, "numpy") else x for x in inputs])
+    return tf.numpy_function(fn, list(inputs), list(dtypes), stateful=True)
+
+
+def variable_key(variable) -> int:
+    """The id under which `step_hook` reports a keras.Variable's gradient."""
+    return id(variable.value)
