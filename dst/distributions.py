@@ -18,9 +18,12 @@ dense, leave the budget, and eps is solved again, one round at a time.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
+
+from dst._validate import as_float
 
 __all__ = ["uniform", "er", "erk", "get", "active_counts", "Distribution"]
 
@@ -37,14 +40,30 @@ def uniform(shapes: Mapping[str, tuple], sparsity: float) -> dict[str, float]:
     >>> uniform({"a": (4, 4), "b": (4, 2)}, 0.75)
     {'a': 0.25, 'b': 0.25}
     """
+    sparsity = _check_sparsity(sparsity, "uniform")
     return {path: 1.0 - sparsity for path in shapes}
 
 
-def _solve(raw: Mapping[str, float], shapes, sparsity: float) -> dict[str, float]:
+def _check_sparsity(sparsity, fn: str) -> float:
+    return as_float(sparsity, "sparsity", f"dst.distributions.{fn}",
+                    low=0, high=1, high_open=True)
+
+
+def _solve(raw: Mapping[str, float], shapes, sparsity: float,
+           fn: str) -> dict[str, float]:
+    bad = {p: r for p, r in raw.items() if not (math.isfinite(r) and r > 0.0)}
+    if bad:
+        raise ValueError(
+            f"dst.distributions.{fn} computed raw densities {bad}, which must be "
+            "finite and > 0. Check that every shape has only positive "
+            "dimensions, and use a smaller |erk_power_scale| for erk."
+        )
     sizes = {p: float(np.prod(s)) for p, s in shapes.items()}
     budget = (1.0 - sparsity) * sum(sizes.values())
     dense: set[str] = set()
-    while True:
+    # Each round makes at least one more weight dense, so len(shapes) + 1
+    # rounds always suffice; the bound makes a spin impossible whatever `raw`.
+    for _ in range(len(shapes) + 1):
         free = [p for p in shapes if p not in dense]
         if not free:
             return {p: 1.0 for p in shapes}
@@ -55,7 +74,15 @@ def _solve(raw: Mapping[str, float], shapes, sparsity: float) -> dict[str, float
             out = {p: 1.0 for p in dense}
             out.update({p: eps * raw[p] for p in free})
             return {p: out[p] for p in shapes}
-        dense.update(p for p in free if raw[p] == top)
+        saturated = {p for p in free if raw[p] == top}
+        if not saturated:
+            break
+        dense.update(saturated)
+    raise ValueError(
+        f"dst.distributions.{fn} could not distribute sparsity={sparsity!r} "
+        f"over {dict(shapes)} with raw densities {dict(raw)}. Use "
+        "distribution='uniform', or a dict {weight path: sparsity}."
+    )
 
 
 def er(shapes: Mapping[str, tuple], sparsity: float) -> dict[str, float]:
@@ -71,8 +98,13 @@ def er(shapes: Mapping[str, tuple], sparsity: float) -> dict[str, float]:
     >>> round(d["a"], 4), round(d["b"], 4)
     (0.4, 1.0)
     """
-    raw = {p: (s[-2] + s[-1]) / (s[-2] * s[-1]) for p, s in shapes.items()}
-    return _solve(raw, shapes, sparsity)
+    sparsity = _check_sparsity(sparsity, "er")
+    raw = {p: _ratio(s[-2] + s[-1], s[-2] * s[-1]) for p, s in shapes.items()}
+    return _solve(raw, shapes, sparsity, "er")
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else math.inf  # inf: refused by _solve
 
 
 def erk(
@@ -89,16 +121,28 @@ def erk(
     Returns:
         weight path -> density in (0, 1].
 
+    Raises:
+        ValueError: `sparsity` outside [0, 1), or a `power_scale` that is not
+            a finite number or so large that the raw densities overflow.
+
     Example:
     >>> d = erk({"conv": (3, 3, 8, 16), "fc": (64, 10)}, 0.9)
     >>> round(sum(d[p] * n for p, n in [("conv", 1152), ("fc", 640)]) / 1792, 6)
     0.1
     """
-    raw = {
-        p: (float(sum(s)) / float(np.prod(s))) ** power_scale
-        for p, s in shapes.items()
-    }
-    return _solve(raw, shapes, sparsity)
+    sparsity = _check_sparsity(sparsity, "erk")
+    power_scale = as_float(power_scale, "power_scale", "dst.distributions.erk")
+    try:
+        raw = {
+            p: _ratio(sum(s), np.prod(s)) ** power_scale for p, s in shapes.items()
+        }
+    except OverflowError:
+        raise ValueError(
+            f"dst.distributions.erk: power_scale={power_scale!r} makes the raw "
+            f"ERK densities of {dict(shapes)} overflow. Use a smaller "
+            "|power_scale| (erk_power_scale for dst.sparsify)."
+        ) from None
+    return _solve(raw, shapes, sparsity, "erk")
 
 
 _REGISTRY: dict[str, Distribution] = {"uniform": uniform, "er": er, "erk": erk}
@@ -113,8 +157,11 @@ def get(identifier, *, erk_power_scale: float = 1.0) -> Distribution:
         erk_power_scale: power scale bound into "erk". Defaults to 1.0.
 
     Raises:
-        ValueError: for an unknown name; the message lists the known ones.
+        ValueError: for an unknown name (the message lists the known ones),
+            or an `erk_power_scale` that is not a finite number.
     """
+    erk_power_scale = as_float(erk_power_scale, "erk_power_scale",
+                               "dst.distributions.get")
     if callable(identifier):
         return identifier
     if isinstance(identifier, str) and identifier.lower() in _REGISTRY:

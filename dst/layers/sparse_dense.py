@@ -7,6 +7,7 @@ import base64
 import keras
 import numpy as np
 
+from dst._validate import as_float, as_int
 from dst.masking import MaskConstraint
 
 __all__ = ["SparseDense"]
@@ -40,6 +41,15 @@ class SparseDense(keras.layers.Dense):
         seed: seed for the random connectivity. Defaults to None.
         activation, use_bias, **dense_kwargs: as for `keras.layers.Dense`.
 
+    Numbers may be numpy scalars (`np.int64(3)`); they are stored, and saved
+    in the config, as Python numbers.
+
+    Raises:
+        ValueError: `units` not an int >= 1, `density` not a number in (0, 1],
+            `seed` not an int >= 0, neither or both of `density` and
+            `connectivity`, or a `connectivity` of the wrong shape, with
+            values other than 0/1, or that leaves a unit without input.
+
     Example:
     >>> import numpy as np, keras, dst
     >>> band = np.abs(np.subtract.outer(np.arange(6), np.arange(3) * 2)) <= 1
@@ -57,11 +67,12 @@ class SparseDense(keras.layers.Dense):
                 f"Received: density={density!r}, connectivity="
                 f"{'None' if connectivity is None else 'an array'}."
             )
-        if density is not None and not 0.0 < density <= 1.0:
-            raise ValueError(
-                f"`density` must be in (0, 1] for SparseDense. Received: "
-                f"density={density!r}"
-            )
+        units = as_int(units, "units", "SparseDense", minimum=1)
+        if density is not None:
+            density = as_float(density, "density", "SparseDense", low=0, high=1,
+                               low_open=True)
+        if seed is not None:
+            seed = as_int(seed, "seed", "SparseDense", minimum=0)
         if isinstance(connectivity, dict):
             connectivity = _unpack(connectivity)
         if connectivity is not None:

@@ -1,0 +1,457 @@
+"""The training setups Keras users have: each is supported exactly or refused.
+
+One test (or more) per row of the README's "Training setups" table.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dst
+from dst._model import dynamic_targets
+
+
+def mlp(seed=0, sparsity=0.8, distribution="uniform", **compile_kwargs):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((12,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3),
+    ])
+    if sparsity is not None:
+        dst.sparsify(model, sparsity, distribution, seed=seed)
+    return model
+
+
+def data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12)).astype("float32")
+    return x, (x[:, :3] @ rng.normal(size=(3, 3))).astype("float32")
+
+
+class MaskLog(keras.callbacks.Callback):
+    """Records the optimizer step and the masks after every batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.masks = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt = self.model.optimizer
+        while hasattr(opt, "inner_optimizer"):
+            opt = opt.inner_optimizer
+        self.steps.append(int(opt.iterations.numpy()))
+        self.masks.append(dst.get_masks(self.model))
+
+
+def changed_after(log, start_masks):
+    """Optimizer step counts after which masks differ from the record before."""
+    out, prev = [], start_masks
+    for step, masks in zip(log.steps, log.masks):
+        if any(not np.array_equal(prev[k], masks[k]) for k in masks):
+            out.append(step)
+        prev = masks
+    return out
+
+
+class RecordingRigL(dst.updaters.RigL):
+    """RigL that records (step, gradient) each weight's growth is scored with."""
+
+    def grow_scores(self, kit, weight, mask, grad):
+        self.seen.append(np.array(grad))
+        return super().grow_scores(kit, weight, mask, grad)
+
+
+def recording_rigl(**kwargs):
+    cb = dst.callbacks.RigL(**kwargs)
+    cb.updater = RecordingRigL(**kwargs)
+    cb.updater.seen = []
+    return cb
+
+
+# -- steps_per_execution and jit_compile --------------------------------------
+@pytest.mark.parametrize("k, freq", [(1, 3), (2, 3), (3, 2), (4, 5), (8, 3)])
+def test_steps_per_execution_updates_at_exactly_the_scheduled_steps(k, freq):
+    model = mlp()
+    model.compile("adam", "mse", steps_per_execution=k)
+    cb = dst.callbacks.SET(update_freq=freq, drop_fraction=0.5, drop_fraction_schedule="constant",
+                           end_step=1.0, seed=0)
+    # Count updates by the ITOP record too: it only grows at updates.
+    model.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    k1 = mlp()
+    k1.compile("adam", "mse", steps_per_execution=1)
+    start = dst.get_masks(k1)
+    cb1 = dst.callbacks.SET(update_freq=freq, drop_fraction=0.5,
+                            drop_fraction_schedule="constant", end_step=1.0, seed=0)
+    log = MaskLog()
+    k1.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb1, log])
+    expected = [s + 1 for s in range(12) if s % freq == 0]
+    assert changed_after(log, start) == expected
+    # Same masks with k steps per execution as with 1: nothing skipped or moved.
+    for got, want in zip(dst.get_masks(model).values(), dst.get_masks(k1).values()):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["set", "rigl", "magnitude"])
+def test_jit_compile_gives_the_same_masks_as_the_host_path(name):
+    make = {
+        "set": lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=4),
+        "rigl": lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=4),
+        "magnitude": lambda: dst.callbacks.MagnitudePruning(0.9, update_freq=2, seed=4),
+    }[name]
+    results = []
+    for jit in (False, True):
+        model = mlp(sparsity=None if name == "magnitude" else 0.8)
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", jit_compile=jit)
+        cb = make()
+        model.fit(*data(64), batch_size=8, epochs=2, verbose=0, callbacks=[cb])
+        assert cb.updater.jit is jit
+        results.append((dst.get_masks(model), [w.numpy() for w in model.weights]))
+    (m0, w0), (m1, w1) = results
+    for a, b in zip(m0.values(), m1.values()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(w0, w1):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- mixed precision ------------------------------------------------------------
+def test_mixed_float16_grows_from_the_unscaled_gradient_and_skipped_steps_do_not_count():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = mlp(sparsity=0.5)
+        # A huge initial loss scale overflows float16 gradients: the first
+        # steps are skipped by the loss scaler and the scale halves each time.
+        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0),
+                                                  initial_scale=2.0**30)
+        model.compile(opt, "mse")
+        x, y = data(8)
+        with tf.GradientTape() as tape:
+            loss = keras.losses.MeanSquaredError()(y, model(x, training=True))
+        targets = dynamic_targets(model)
+        expected = tape.gradient(loss, [t.variable for t in targets])
+        start = dst.get_masks(model)
+        cb = recording_rigl(update_freq=3, drop_fraction=0.5, drop_fraction_schedule="constant",
+                        end_step=6, seed=0)
+        log = MaskLog()
+        model.fit(np.tile(x, (6, 1)), np.tile(y, (6, 1)), batch_size=8, epochs=5, verbose=0,
+                  shuffle=False, callbacks=[cb, log])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    applied = log.steps[-1]
+    assert applied < 30  # some steps were skipped (the scale started far too high)
+    # Updates happened after applied steps 0, 3 and 6 only, once each.
+    assert changed_after(log, start) == [1, 4, 7]
+    assert len(cb.updater.seen) == 3 * len(targets)
+    for grad, want in zip(cb.updater.seen[:2], expected):  # lr 0: same batch, same grads
+        np.testing.assert_allclose(grad, want.numpy(), rtol=2e-2, atol=1e-3)
+        assert np.isfinite(grad).all()
+
+
+# -- custom train_step ----------------------------------------------------------
+class TwoOptimizers(keras.Model):
+    """The keras-io GAN pattern: train_step steps its own optimizer."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def call(self, x):
+        return self.inner(x)
+
+    def compile(self, own, **kwargs):
+        super().compile(**kwargs)
+        self.own = own
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean((self.inner(x, training=True) - y) ** 2)
+        grads = tape.gradient(loss, self.inner.trainable_variables)
+        self.own.apply(grads, self.inner.trainable_variables)
+        return {"loss": loss}
+
+
+def test_custom_train_step_with_its_own_optimizer_is_refused_unless_named():
+    model = TwoOptimizers(mlp())
+    model.compile(keras.optimizers.Adam(0.01))
+    model.build((None, 12))
+    model.own.build(model.inner.trainable_variables)
+    before = dst.get_masks(model)
+    with pytest.raises(RuntimeError, match=r"did not step during the first batch.*optimizer="):
+        model.fit(*data(), batch_size=8, verbose=0,
+                  callbacks=[dst.callbacks.SET(update_freq=1, end_step=1.0, seed=0)])
+    for path, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, before[path])
+
+
+def test_custom_train_step_with_its_own_optimizer_named():
+    model = TwoOptimizers(mlp())
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9))
+    model.build((None, 12))
+    cb = dst.callbacks.SET(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=0,
+                           optimizer=model.own)
+    before = dst.get_masks(model)
+    model.fit(*data(), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    after = dst.get_masks(model)
+    assert any(not np.array_equal(before[p], after[p]) for p in before)
+    assert int(model.own.iterations.numpy()) == 8
+    assert int(model.optimizer.iterations.numpy()) == 0  # the unused one: untouched
+    for t in dynamic_targets(model):  # the named optimizer's slots were reset
+        momentum = model.own.momentums[model.own._get_variable_index(t.variable)].numpy()
+        assert np.all(t.variable.numpy()[~t.constraint.numpy()] == 0)
+        assert momentum.shape == t.shape
+
+
+# -- EMA ----------------------------------------------------------------------
+@pytest.mark.parametrize("overwrite", [None, 3])
+@pytest.mark.parametrize("make", [
+    lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=0),
+    lambda: dst.callbacks.MagnitudePruning(0.8, update_freq=2),
+], ids=["set", "magnitude"])
+def test_ema_copies_and_final_weights_are_masked(overwrite, make):
+    model = mlp(sparsity=None if make().__class__.__name__ == "MagnitudePruning" else 0.8)
+    model.compile(keras.optimizers.Adam(0.01, use_ema=True, ema_overwrite_frequency=overwrite),
+                  "mse")
+
+    class Check(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for t in dynamic_targets(self.model):
+                mask = t.constraint.numpy()
+                assert np.all(t.variable.numpy()[~mask] == 0)
+                opt = self.model.optimizer
+                ema = opt._model_variables_moving_average[opt._get_variable_index(t.variable)]
+                assert np.all(ema.numpy()[~mask] == 0)
+
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[make(), Check()])
+    for t in dynamic_targets(model):  # after finalize_variable_values (weights = EMA)
+        assert np.all(t.variable.numpy()[~t.constraint.numpy()] == 0)
+    assert dst.sparsity(model) == pytest.approx(0.8, abs=0.01)
+    zeros = sum(int((t.variable.numpy() == 0).sum()) for t in dynamic_targets(model))
+    size = sum(t.variable.numpy().size for t in dynamic_targets(model))
+    assert zeros / size >= 0.8 - 0.01
+
+
+# -- optimizers whose slots do not start at 0 -------------------------------------
+@pytest.mark.parametrize("make, attr, init", [
+    (lambda: keras.optimizers.Ftrl(0.05, initial_accumulator_value=0.3), "_accumulators", 0.3),
+    (lambda: keras.optimizers.Adagrad(0.05, initial_accumulator_value=0.2), "_accumulators", 0.2),
+])
+def test_regrown_slots_are_reset_to_the_optimizers_initial_value(make, attr, init):
+    model = mlp()
+    opt = make()
+    model.compile(opt, "mse")
+    start = dst.get_masks(model)
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0,
+              callbacks=[dst.callbacks.RigL(update_freq=5, drop_fraction=0.5, end_step=5,
+                                            seed=0)])
+    grew = 0
+    for t in dynamic_targets(model):
+        mask = t.constraint.numpy()
+        grown = mask & ~start[t.path]
+        slot = getattr(opt, attr)[opt._get_variable_index(t.variable)].numpy()
+        # Grown at step 5 with their slot reset to `init`; the later steps then
+        # moved them as the optimizer does for any weight.
+        assert np.isfinite(slot).all() and np.isfinite(t.variable.numpy()).all()
+        grew += int(grown.sum())
+    assert grew > 0
+    # Right at an update (no later step), the slots equal the initial value.
+    model2 = mlp()
+    opt2 = make()
+    model2.compile(opt2, "mse")
+    model2.fit(*data(8), batch_size=8, epochs=1, verbose=0)  # builds the optimizer
+    before = dst.get_masks(model2)
+    up = dst.updaters.RigL(update_freq=1, drop_fraction=0.5, end_step=10, seed=0)
+    up.bind(model2)
+    grads = [np.random.default_rng(1).normal(size=v.shape) for v in model2.trainable_variables]
+    assert up.update(1, grads)
+    for t in dynamic_targets(model2):
+        grown = t.constraint.numpy() & ~before[t.path]
+        assert grown.any()
+        slot = getattr(opt2, attr)[opt2._get_variable_index(t.variable)].numpy()
+        np.testing.assert_allclose(slot[grown], init, rtol=1e-6)
+
+
+# -- non-finite values ----------------------------------------------------------
+def test_non_finite_weights_skip_the_update_with_a_warning():
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    first = model.layers[0].kernel
+    value = first.numpy()
+    rows, cols = np.nonzero(first.constraint.numpy())
+    value[rows[0], cols[0]] = np.nan  # an active weight: the forward pass is NaN
+    first.assign(value)
+    before = dst.get_masks(model)
+    with pytest.warns(UserWarning, match=r"2 mask update\(s\) of '.*dense.*/kernel' were "
+                                         r"skipped .*not finite"):
+        model.fit(*data(16), batch_size=8, epochs=1, verbose=0,
+                  callbacks=[dst.callbacks.SET(update_freq=1, end_step=1.0, seed=0)])
+    for path, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, before[path])  # skipped: masks intact
+
+
+def test_terminate_on_nan_stops_training_as_usual():
+    model = mlp()
+    model.compile(keras.optimizers.SGD(1e30), "mse")
+    x, y = data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hist = model.fit(x * 1e10, y, batch_size=8, epochs=3, verbose=0,
+                         callbacks=[dst.callbacks.RigL(update_freq=1, end_step=1.0, seed=0),
+                                    keras.callbacks.TerminateOnNaN()])
+    assert len(hist.history.get("loss", [])) <= 1
+    counts = [int(m.sum()) for m in dst.get_masks(model).values()]
+    assert counts == [int(m.sum()) for m in dst.get_masks(mlp()).values()]
+
+
+# -- exceptions -------------------------------------------------------------------
+class Boom(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise KeyboardInterrupt("boom")
+
+
+def test_an_exception_inside_fit_leaves_the_optimizer_as_it_was():
+    model = mlp()
+    model.compile("adam", "mse")
+    opt = model.optimizer
+    opt.build(model.trainable_variables)
+    own_before = dict(vars(opt))
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(*data(), batch_size=8, verbose=0,
+                  callbacks=[dst.callbacks.RigL(update_freq=1, end_step=1.0, seed=0), Boom()])
+    assert set(vars(opt)) == set(own_before)
+    assert all(vars(opt)[k] is v for k, v in own_before.items() if not k.startswith("_tracker"))
+    # A later fit without dst trains with fixed masks: no update runs.
+    masks = dst.get_masks(model)
+    model.fit(*data(), batch_size=8, verbose=0)
+    for path, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, masks[path])
+    # And a later fit with dst works.
+    model.fit(*data(), batch_size=8, verbose=0,
+              callbacks=[dst.callbacks.RigL(update_freq=1, end_step=1.0, seed=0)])
+    assert any(not np.array_equal(dst.get_masks(model)[p], masks[p]) for p in masks)
+
+
+# -- MagnitudePruning reaches its target ------------------------------------------------
+@pytest.mark.parametrize("update_freq", [1, 7, 100, 1000])
+def test_magnitude_pruning_reaches_final_sparsity_by_the_end_of_fit(update_freq):
+    model = mlp(sparsity=None)
+    model.compile("adam", "mse")
+    model.fit(*data(80), batch_size=8, epochs=3, verbose=0,
+              callbacks=[dst.callbacks.MagnitudePruning(0.9, update_freq=update_freq)])
+    for mask in dst.get_masks(model).values():
+        assert int(mask.sum()) == max(1, round(mask.size * 0.1))
+
+
+def test_numpy_scalars_are_the_python_numbers_they_hold():
+    cb = dst.callbacks.SET(update_freq=np.int64(2), end_step=np.int64(2),
+                           drop_fraction=np.float32(0.25), begin_step=np.int32(0),
+                           seed=np.uint8(3))
+    assert cb.updater.end_step == 2 and isinstance(cb.updater.end_step, int)
+    assert cb.updater.update_freq == 2 and cb.updater.seed == 3
+    mp = dst.callbacks.MagnitudePruning(np.float64(0.5), power=np.int64(2),
+                                        end_step=np.float32(0.5))
+    assert mp.updater.final_sparsity == 0.5 and mp.updater.end_step == 0.5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(end_step="10"), r"`end_step` must be .*Received: end_step='10'"),
+    (dict(update_freq=2.5), r"`update_freq` must be an int >= 1 for SET"),
+    (dict(seed="x"), r"`seed` must be an int"),
+    (dict(end_step=float("nan")), r"`end_step`.*nan"),
+])
+def test_bad_arguments_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dst.callbacks.SET(**kwargs)
+
+
+def test_bad_magnitude_arguments_are_refused_at_construction():
+    with pytest.raises(ValueError, match=r"`power` must be .*Received: power='x'"):
+        dst.callbacks.MagnitudePruning(0.5, power="x")
+
+
+def test_updater_errors_say_what_to_pass():
+    model = mlp()
+    with pytest.raises(ValueError, match=r"needs the optimizer .*compile the model, or pass"):
+        dst.updaters.RigL().bind(model)
+    model.compile("adam", "mse")
+    up = dst.updaters.RigL(update_freq=1, end_step=5)
+    up.bind(model)
+    grads = [None for _ in model.trainable_variables]
+    with pytest.raises(ValueError, match=r"needs the gradient of every sparse weight"):
+        up.update(0, grads)
+    with pytest.raises(ValueError, match=r"name no sparse weight"):
+        up.update(0, {"nope": np.zeros(3)})
+
+
+# -- MirroredStrategy -------------------------------------------------------------
+MIRRORED = textwrap.dedent("""
+    import os, json, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np, dst
+    from dst._model import dynamic_targets
+
+    class Rec(dst.updaters.RigL):
+        def grow_scores(self, kit, weight, mask, grad):
+            self.seen.append(np.array(grad))
+            return super().grow_scores(kit, weight, mask, grad)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 12)).astype("float32")
+    y = (x[:, :3] @ rng.normal(size=(3, 3))).astype("float32")
+    y[:8] *= 5  # the two replicas' halves have very different gradients
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3)])
+        dst.sparsify(model, 0.8, "uniform", seed=0)
+        model.compile(keras.optimizers.SGD(0.0), "mse")
+    with tf.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(y, model(x, training=True))
+    targets = dynamic_targets(model)
+    expected = tape.gradient(loss, [t.variable for t in targets])
+    counts = [int(t.constraint.numpy().sum()) for t in targets]
+    cb = dst.callbacks.RigL(update_freq=1, drop_fraction=0.5, end_step=3, seed=0)
+    cb.updater = Rec(update_freq=1, drop_fraction=0.5, end_step=3, seed=0)
+    cb.updater.seen = []
+    model.fit(np.tile(x, (4, 1)), np.tile(y, (4, 1)), batch_size=16, epochs=1, verbose=0,
+              shuffle=False, callbacks=[cb])
+    out = {"n_seen": len(cb.updater.seen), "rel_err": [], "replicas_equal": [], "counts_ok": True}
+    for g, want in zip(cb.updater.seen[:2], expected):
+        want = want.numpy()
+        out["rel_err"].append(float(np.linalg.norm(g - want) / np.linalg.norm(want)))
+    for t, n in zip(targets, counts):
+        copies = [np.asarray(v.numpy()) for v in strategy.experimental_local_results(t.constraint.mask.value)]
+        out["replicas_equal"].append(len(copies) == 2 and all(np.array_equal(copies[0], c) for c in copies))
+        out["counts_ok"] &= all(int(c.sum()) == n for c in copies)
+        w = [np.asarray(v.numpy()) for v in strategy.experimental_local_results(t.variable.value)]
+        out["counts_ok"] &= all(np.all(c[~copies[0]] == 0) for c in w)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_mirrored_strategy_rigl_grows_from_the_global_batch_gradient():
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                          timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    import json
+
+    out = json.loads(line[0][len("RESULT"):])
+    assert out["n_seen"] == 2 * 4  # 4 updates (steps 0..3), 2 weights, once each
+    assert max(out["rel_err"]) < 1e-5, out
+    assert all(out["replicas_equal"]) and out["counts_ok"], out
