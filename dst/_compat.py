@@ -8,19 +8,50 @@ assumption fails there, loudly, instead of silently inside an update.
 from __future__ import annotations
 
 import keras
-from keras.src.models.functional import Functional  # noqa: F401 - re-exported
-from keras.src.saving.keras_saveable import KerasSaveable  # noqa: F401 - re-exported
+from keras.src.layers.convolutional.base_conv import BaseConv
+from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
+from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+from keras.src.models.functional import Functional
+from keras.src.saving.keras_saveable import KerasSaveable
 
 __all__ = [
+    "ATTENTION_KERNEL_CONSTRAINT",
+    "BaseConv",
+    "BaseConvTranspose",
+    "BaseDepthwiseConv",
+    "BaseSeparableConv",
     "Functional",
     "KerasSaveable",
+    "LeafSaveable",
+    "build_shapes",
+    "optimizer_lists",
     "inner_optimizer",
     "optimizer_variables",
     "variable_index",
     "ema_variables",
     "flatten_layers",
     "own_trainable_variables",
+    "is_keras_optimizer",
 ]
+
+# The attribute in which `MultiHeadAttention` keeps the `kernel_constraint`
+# it passes to its query/key/value/output projections and serializes in its
+# `get_config`.
+ATTENTION_KERNEL_CONSTRAINT = "_kernel_constraint"
+
+
+class LeafSaveable(KerasSaveable):
+    """A `KerasSaveable` without saveable children (dst's mask constraints).
+
+    Keras' saving walk calls `save_own_variables` / `load_own_variables` on
+    every `KerasSaveable` attribute it reaches, and uses `_obj_type()` only to
+    pick the attributes to skip when it walks the object's children. "Loss"
+    is an accepted type whose skip list fits a plain object.
+    """
+
+    def _obj_type(self):
+        return "Loss"
 
 
 def inner_optimizer(optimizer):
@@ -48,6 +79,16 @@ def variable_index(optimizer, variable) -> int:
     return optimizer._get_variable_index(variable)
 
 
+def optimizer_lists(optimizer) -> dict[str, list]:
+    """{attribute name: list} for every list attribute of the optimizer.
+
+    Assumes built-in optimizers keep their per-variable state (Adam
+    `_momentums` and `_velocities`, SGD `momentums`, ...) as list attributes
+    of the instance, aligned with `optimizer_variables`.
+    """
+    return {name: value for name, value in vars(optimizer).items() if isinstance(value, list)}
+
+
 def ema_variables(optimizer) -> list:
     """The EMA copies aligned with `optimizer_variables` ([] without EMA)."""
     if not getattr(optimizer, "use_ema", False):
@@ -63,6 +104,16 @@ def flatten_layers(layer, *, recursive: bool = True, include_self: bool = False)
 def own_trainable_variables(layer) -> list:
     """Variables created by `layer` itself as trainable (frozen or not)."""
     return list(layer._trainable_variables)
+
+
+def build_shapes(layer) -> dict:
+    """The arguments `layer.build` was called with ({} if unknown).
+
+    Keras records them as `_build_shapes_dict`, e.g. {"input_shape": ...}
+    for a Dense layer, {"query_shape": ..., "value_shape": ...} for
+    `MultiHeadAttention`.
+    """
+    return getattr(layer, "_build_shapes_dict", None) or {}
 
 
 def is_keras_optimizer(optimizer) -> bool:

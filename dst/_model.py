@@ -7,10 +7,11 @@ of `Target`s: one per sparsifiable weight variable.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import keras
-from keras.src.models.functional import Functional
 
+from dst import _compat
 from dst.masking import MaskConstraint, MaskGroup
 
 _NORMALIZATION = tuple(
@@ -31,10 +32,13 @@ _SERIALIZES_CHILDREN = (keras.layers.RNN, keras.layers.Wrapper, keras.layers.Bid
 # Parents that hand one constraint attribute to several child weights and
 # rebuild those children from their own config: (class, attribute, weight).
 _SHARED_CARRIERS = tuple(
-    (getattr(keras.layers, cls), "_kernel_constraint", "kernel")
+    (getattr(keras.layers, cls), _compat.ATTENTION_KERNEL_CONSTRAINT, "kernel")
     for cls in ("MultiHeadAttention", "GroupedQueryAttention")
     if hasattr(keras.layers, cls)
 )
+# Attribute prefix for masks of weights without a constraint attribute, and
+# for the members of a MaskGroup on their own projections.
+_HOOK = "_dst_mask_"
 # Weights whose constraint attribute is not named after the weight.
 _CARRIER_OVERRIDES = {
     (keras.layers.DepthwiseConv1D, "kernel"): "depthwise_constraint",
@@ -63,8 +67,12 @@ class Target:
         return c if isinstance(c, MaskConstraint) else None
 
 
-def check_keras3_model(model, where: str) -> None:
-    """Raises a clear error for anything that is not a built Keras 3 model."""
+def check_keras3_model(model, where: str, *, built: bool = True) -> None:
+    """Raises a clear error for anything that is not a (built) Keras 3 model.
+
+    `built=False` skips the build check, for readers such as `dst.get_masks`
+    to which an unbuilt model is simply a model without masks.
+    """
     module = type(model).__module__
     if module.startswith(("tf_keras", "tensorflow.python.keras", "keras.engine")):
         raise TypeError(
@@ -79,7 +87,7 @@ def check_keras3_model(model, where: str) -> None:
         raise TypeError(
             f"{where} needs a keras.Model. Received: {type(model).__name__}."
         )
-    if not model.built or any(not layer.built for layer in _layers(model)):
+    if built and (not model.built or any(not layer.built for layer in _layers(model))):
         unbuilt = [layer.name for layer in _layers(model) if not layer.built]
         raise ValueError(
             f"{where} needs a built model, but model '{model.name}' is not "
@@ -90,7 +98,7 @@ def check_keras3_model(model, where: str) -> None:
 
 
 def _layers(model) -> list:
-    return list(model._flatten_layers(include_self=False, recursive=True))
+    return _compat.flatten_layers(model)
 
 
 def _carrier(layer, var_name: str) -> tuple[str, bool]:
@@ -109,7 +117,7 @@ def _carrier(layer, var_name: str) -> tuple[str, bool]:
             except Exception:  # noqa: BLE001 - layers without get_config
                 serialized = False
             return attr, serialized
-    return f"_dst_mask_{var_name}", False
+    return _HOOK + var_name, False
 
 
 def _is_bias(var) -> bool:
@@ -118,12 +126,23 @@ def _is_bias(var) -> bool:
     return var.name == "bias" or var.name.endswith("_bias")
 
 
-def find_targets(model) -> list[Target]:
-    """Every trainable non-bias weight with ndim >= 2 outside normalization layers."""
+def find_targets(model, *, frozen: bool = False) -> list[Target]:
+    """Every trainable or masked non-bias weight with ndim >= 2 outside normalization.
+
+    A masked weight frozen afterwards (`layer.trainable = False`) stays a
+    target, so that its mask is reported, saved and stripped; an unmasked
+    frozen weight is not, so `dst.sparsify` leaves it dense. Each
+    `MaskConstraint` found is bound to its variable (see `bind`).
+
+    Args:
+        model: a Keras 3 model.
+        frozen: also return frozen weights whose `MaskConstraint` has no mask
+            (`dst.strip` uses it to remove every dst object). Defaults to False.
+    """
     layers = [model, *_layers(model)]
     parents = {}
     for layer in layers:
-        for child in layer._flatten_layers(include_self=False, recursive=False):
+        for child in _compat.flatten_layers(layer, recursive=False):
             parents.setdefault(id(child), layer)
     # Layers that keras.models.load_model rebuilds from their config: those
     # listed by a Functional or Sequential model (a subclassed model rebuilds
@@ -131,7 +150,7 @@ def find_targets(model) -> list[Target]:
     from_config = {
         id(lay)
         for m in layers
-        if isinstance(m, Functional | keras.Sequential)
+        if isinstance(m, _compat.Functional | keras.Sequential)
         for lay in m.layers
     }
 
@@ -145,14 +164,18 @@ def find_targets(model) -> list[Target]:
     for layer in layers:
         if isinstance(layer, _NORMALIZATION):
             continue
-        for var in layer._trainable_variables:
-            if (id(var) in seen or len(var.shape) < 2 or not var.trainable
-                    or _is_bias(var)):
+        # Created trainable, frozen since or not.
+        for var in _compat.own_trainable_variables(layer):
+            if id(var) in seen or len(var.shape) < 2 or _is_bias(var):
                 continue
-            seen.add(id(var))
             if isinstance(var.constraint, MaskGroup):  # as loaded: use the member
                 group = var.constraint
                 var.constraint = group.member_for(var.path) or group.inner
+            masked = isinstance(var.constraint, MaskConstraint) and (
+                frozen or var.constraint.mask is not None)
+            if not (var.trainable or masked):
+                continue
+            seen.add(id(var))
             carrier, serialized = _carrier(layer, var.name)
             group = _group(parents.get(id(layer)), layer, var)
             if group is not None:
@@ -161,6 +184,8 @@ def find_targets(model) -> list[Target]:
                 layer_for_config = layer
             targets.append(Target(var, layer, var.path, carrier,
                                   serialized and rebuilt(layer_for_config), group))
+            if targets[-1].constraint is not None:
+                bind(targets[-1], targets[-1].constraint)
     return targets
 
 
@@ -178,8 +203,41 @@ def masked_targets(model) -> list[Target]:
 
 
 def dynamic_targets(model) -> list[Target]:
-    """Masked targets whose connectivity dynamic sparse training may change."""
-    return [t for t in masked_targets(model) if not t.constraint.fixed]
+    """Masked targets whose connectivity dynamic sparse training may change.
+
+    Fixed masks (`dst.layers.SparseDense`) and frozen weights
+    (`layer.trainable = False`) are left out, so updaters leave them as they are.
+    """
+    return [t for t in masked_targets(model)
+            if not t.constraint.fixed and t.variable.trainable]
+
+
+def count_active(targets: list[Target], where: str) -> list[int]:
+    """Active entries of each masked target: in the mask, or non-zero anyway.
+
+    Values written with `model.set_weights` or `variable.assign` bypass the
+    mask until the next optimizer step. Such entries are counted as active,
+    so the count is the weights' real density, and a warning names the
+    weights and says how to zero them.
+    """
+    counts, stray = [], []
+    for t in targets:
+        mask = t.constraint.numpy()
+        live = mask | (keras.ops.convert_to_numpy(t.variable) != 0)
+        counts.append(int(live.sum()))
+        if counts[-1] > int(mask.sum()):
+            stray.append(t.path)
+    if stray:
+        warnings.warn(
+            f"{where}: weights {stray} are non-zero where their mask is 0 "
+            "(values written by `set_weights` or `assign` since the last "
+            "optimizer step), so those entries count as active. Call "
+            "`dst.set_masks(model, dst.get_masks(model))` to zero them, or "
+            "train a step.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return counts
 
 
 def matches(target: Target, entry) -> bool:
@@ -198,9 +256,22 @@ def matches(target: Target, entry) -> bool:
     )
 
 
+def bind(target: Target, constraint: MaskConstraint) -> None:
+    """Tells `constraint` its variable, so that loading weights zeroes it.
+
+    A `MaskGroup` member is also hung on its own projection: Keras' saving
+    walk visits the shared group right after the first projection's weights,
+    but the member after its own projection's weights.
+    """
+    constraint.variable = target.variable
+    if target.group is not None:
+        object.__setattr__(target.layer, _HOOK + target.variable.name, constraint)
+
+
 def install(target: Target, constraint: MaskConstraint) -> None:
     """Sets `constraint` on the variable and where the layer's config sees it."""
     target.variable.constraint = constraint
+    bind(target, constraint)
     if target.group is None:
         object.__setattr__(target.layer, target.carrier, constraint)
         return
@@ -228,7 +299,8 @@ def uninstall(target: Target) -> None:
             inner = group.inner
             if not group.members:
                 object.__setattr__(parent, attr, inner)
-    if target.carrier.startswith("_dst_mask_"):
+        target.layer.__dict__.pop(_HOOK + target.variable.name, None)
+    if target.carrier.startswith(_HOOK):
         target.layer.__dict__.pop(target.carrier, None)
     else:
         object.__setattr__(target.layer, target.carrier, inner)

@@ -13,12 +13,13 @@ from dst import distributions as dist_lib
 from dst._model import (
     Target,
     check_keras3_model,
-    dynamic_targets,
+    count_active,
     find_targets,
     install,
     masked_targets,
     matches,
 )
+from dst._validate import as_bool, as_float, as_int
 from dst.masking import MaskConstraint
 
 __all__ = ["sparsify", "get_masks", "set_masks", "sparsity", "random_mask"]
@@ -59,33 +60,50 @@ def _densities(targets, sparsity, distribution, erk_power_scale) -> dict[str, fl
                 if key in (t.path, t.layer.name):
                     s = value
                     used.add(key)
-            _check_sparsity(s, f"distribution[{t.path!r}]")
-            out[t.path] = 1.0 - s
+            out[t.path] = 1.0 - _check_sparsity(s, f"distribution[{t.path!r}]")
         unused = set(distribution) - used
         if unused:
             raise ValueError(
-                f"`distribution` keys {sorted(unused)} match no sparsified "
+                f"`distribution` keys {sorted(unused, key=str)} match no sparsified "
                 f"weight path or layer name. Weights: {sorted(shapes)}."
             )
         return out
     fn = dist_lib.get(distribution, erk_power_scale=erk_power_scale)
-    densities = fn(shapes, sparsity)
-    for path, d in densities.items():
-        if not 0.0 < d <= 1.0:
-            raise ValueError(
-                f"Distribution {distribution!r} gave density {d} to weight "
-                f"'{path}'; densities must be in (0, 1]."
-            )
-    return densities
-
-
-def _check_sparsity(value, name: str = "sparsity") -> None:
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not real or not 0.0 <= value < 1.0:
-        raise ValueError(
-            f"`{name}` must be in [0, 1) for dst.sparsify. Received: "
-            f"{name}={value!r}"
+    densities = fn(dict(shapes), sparsity)
+    name = (repr(distribution) if isinstance(distribution, str)
+            else getattr(distribution, "__qualname__", repr(distribution)))
+    if not isinstance(densities, Mapping):
+        raise TypeError(
+            f"Distribution {name} must return a dict {{weight path: density}} "
+            f"for dst.sparsify. Received: {type(densities).__name__}."
         )
+    missing = sorted(set(shapes) - set(densities))
+    extra = sorted(set(densities) - set(shapes), key=str)
+    if missing or extra:
+        found = ([f"no density for weight paths {missing}"] if missing else []) + (
+            [f"densities for unknown paths {extra}"] if extra else [])
+        raise ValueError(
+            f"Distribution {name} returned {' and '.join(found)} in "
+            "dst.sparsify. It must return exactly one density per path of the "
+            f"shapes it is given: {sorted(shapes)}."
+        )
+    out = {}
+    for path in shapes:
+        d = densities[path]
+        real = isinstance(d, numbers.Real) and not isinstance(d, bool)
+        if not real or not 0.0 < d <= 1.0:
+            raise ValueError(
+                f"Distribution {name} gave density {d!r} to weight '{path}'; "
+                "densities must be numbers in (0, 1]."
+                + ("" if real else f" Received type {type(d).__name__}.")
+            )
+        out[path] = float(d)
+    return out
+
+
+def _check_sparsity(value, name: str = "sparsity") -> float:
+    """`value` as a float in [0, 1), numpy scalars included, or a ValueError."""
+    return as_float(value, name, "dst.sparsify", low=0, high=1, high_open=True)
 
 
 def sparsify(
@@ -126,12 +144,19 @@ def sparsify(
     Returns:
         The same model object, now sparse.
 
+    Numbers may be numpy scalars (`np.float32(0.9)`, `np.int64(0)`); bools,
+    strings, NaN and infinities are refused. Every check runs before the model
+    changes.
+
     Raises:
-        ValueError: bad sparsity, unknown distribution, unbuilt model, nothing
-            left to sparsify, an `exclude` entry that matches nothing, or a
-            model that is already sparsified (dst refuses to re-sparsify; use
+        ValueError: bad sparsity, erk_power_scale, seed or sparse_init,
+            unknown distribution, a distribution whose densities are missing,
+            extra or not in (0, 1], unbuilt model, nothing left to sparsify,
+            an `exclude` entry that matches nothing, or a model that is
+            already sparsified (dst refuses to re-sparsify; use
             `dst.set_masks` to change masks or `dst.strip` to start over).
-        TypeError: a legacy tf_keras model.
+        TypeError: a legacy tf_keras model, or a distribution callable that
+            does not return a dict.
 
     Example:
     >>> import keras, dst
@@ -142,8 +167,12 @@ def sparsify(
     8
     """
     check_keras3_model(model, "dst.sparsify")
-    _check_sparsity(sparsity)
-    if dynamic_targets(model):
+    sparsity = _check_sparsity(sparsity)
+    erk_power_scale = as_float(erk_power_scale, "erk_power_scale", "dst.sparsify")
+    if seed is not None:
+        seed = as_int(seed, "seed", "dst.sparsify", minimum=0)
+    sparse_init = as_bool(sparse_init, "sparse_init", "dst.sparsify")
+    if any(not t.constraint.fixed for t in masked_targets(model)):
         raise ValueError(
             f"Model '{model.name}' is already sparsified. dst.sparsify refuses "
             "to re-sparsify a model, so that masks are never replaced by "
@@ -213,6 +242,18 @@ def _warn_unsaved(targets: Iterable[Target]) -> None:
 def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
     """Returns {weight path: bool mask} for every masked weight of `model`.
 
+    Weights frozen after sparsification (`layer.trainable = False`) keep
+    their masks and are included.
+
+    Args:
+        model: a Keras 3 model.
+
+    Returns:
+        A dict of numpy bool arrays (copies); empty for a model without masks.
+
+    Raises:
+        TypeError: a legacy tf_keras model, or not a Keras model.
+
     Example:
     >>> import keras, dst
     >>> m = keras.Sequential(
@@ -220,6 +261,7 @@ def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
     >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["mlp/fc/kernel"].shape
     (3, 2)
     """
+    check_keras3_model(model, "dst.get_masks", built=False)
     return {t.path: t.constraint.numpy() for t in masked_targets(model)}
 
 
@@ -237,8 +279,10 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
             `dst.get_masks(model)`.
 
     Raises:
-        ValueError: unknown key, wrong shape, or values other than 0/1.
-        TypeError: `masks` is not a mapping.
+        ValueError: unknown key, wrong shape, values other than 0/1, a mask
+            with no active entry, or the kernel of a `dst.layers.SparseDense`
+            (its connectivity is fixed).
+        TypeError: `masks` is not a mapping, or a legacy tf_keras model.
 
     Example:
     >>> import keras, numpy as np, dst
@@ -262,6 +306,15 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
                 f"dst.set_masks: no sparsifiable weight '{path}' in model "
                 f"'{model.name}'. Sparsifiable weights: {sorted(targets)}."
             )
+        constraint = targets[path].constraint
+        if constraint is not None and constraint.fixed:
+            layer = targets[path].layer
+            raise ValueError(
+                f"dst.set_masks cannot change '{path}': the connectivity of "
+                f"{type(layer).__name__} '{layer.name}' is fixed and saved in "
+                "its config. Build a new dst.layers.SparseDense(units, "
+                "connectivity=mask) instead."
+            )
         arr = np.asarray(mask)
         if arr.shape != targets[path].shape:
             raise ValueError(
@@ -273,6 +326,12 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
             raise ValueError(
                 f"dst.set_masks: mask for '{path}' must hold only 0/1 or "
                 f"booleans. Received values such as {bad.tolist()}."
+            )
+        if arr.size and not arr.any():
+            raise ValueError(
+                f"dst.set_masks: mask for '{path}' has no active entry. A weight "
+                "whose every connection is masked is dead and can never "
+                "regrow; keep at least one entry True."
             )
         checked[path] = arr.astype(bool)
     installed = False
@@ -294,12 +353,35 @@ def apply_mask(target: Target, mask: np.ndarray) -> None:
 
 
 def sparsity(model: keras.Model) -> float:
-    """Fraction of zeros in the masks, over all masked weights together.
+    """Fraction of inactive entries, over all masked weights together.
 
-    Returns 0.0 for a model without masks.
+    An entry is active when its mask is 1 or its weight is non-zero. Masked
+    entries are 0.0 after every optimizer step and after `load_weights`, but
+    `model.set_weights` and `variable.assign` cannot be intercepted: values
+    they write where the mask is 0 count as active (so the result is the
+    weights' real sparsity) until `dst.set_masks(model, dst.get_masks(model))`
+    or the next optimizer step zeroes them, and a warning names those weights.
+    Frozen masked weights (`layer.trainable = False`) are included.
+
+    Args:
+        model: a Keras 3 model.
+
+    Returns:
+        A float in [0, 1]; 0.0 for a model without masks.
+
+    Raises:
+        TypeError: a legacy tf_keras model, or not a Keras model.
+
+    Example:
+    >>> import keras, dst
+    >>> m = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(2, name="fc")], name="mlp")
+    >>> dst.sparsity(dst.sparsify(m, 0.75, "uniform", seed=0))
+    0.75
     """
-    masks = get_masks(model)
-    total = sum(m.size for m in masks.values())
+    check_keras3_model(model, "dst.sparsity", built=False)
+    targets = masked_targets(model)
+    total = sum(int(np.prod(t.shape)) for t in targets)
     if total == 0:
         return 0.0
-    return 1.0 - sum(int(m.sum()) for m in masks.values()) / total
+    return 1.0 - sum(count_active(targets, "dst.sparsity")) / total

@@ -11,22 +11,46 @@ grows from.
 The constraint is also a Keras saveable: Keras' saving code walks layer
 attributes and calls `save_own_variables` / `load_own_variables` on it, so the
 mask (bit-packed) and the record of which connections were ever active travel
-in `.keras` and `.weights.h5` files.
+in `.keras` and `.weights.h5` files. Keras loads a layer's own weights before
+its attributes, so `load_own_variables` also sets the masked entries of the
+freshly loaded weight to 0.0, whatever the file held there.
+
+Its config carries the mask too (bit-packed, base64), so
+`keras.models.clone_model` and `from_config` rebuild a sparse layer with the
+same mask; the ITOP record of such a copy restarts as its mask.
 """
 
 from __future__ import annotations
 
+import base64
 from collections import UserDict
+from collections.abc import Mapping
 
 import keras
 import numpy as np
-from keras.src.saving.keras_saveable import KerasSaveable
 
-__all__ = ["MaskConstraint", "MaskGroup"]
+from dst._compat import LeafSaveable
+
+__all__ = ["MaskConstraint", "MaskGroup", "pack_mask", "unpack_mask"]
+
+
+def pack_mask(mask: np.ndarray) -> dict:
+    """A bool mask as a JSON-able config: its shape and base64 packed bits."""
+    mask = np.asarray(mask, dtype=bool)
+    bits = np.packbits(mask.ravel()).tobytes()
+    return {"shape": [int(d) for d in mask.shape],
+            "bits": base64.b64encode(bits).decode()}
+
+
+def unpack_mask(config: Mapping) -> np.ndarray:
+    """The bool mask of a `pack_mask` config."""
+    shape = tuple(int(d) for d in config["shape"])
+    bits = np.frombuffer(base64.b64decode(config["bits"]), dtype=np.uint8)
+    return np.unpackbits(bits)[: int(np.prod(shape))].reshape(shape).astype(bool)
 
 
 @keras.saving.register_keras_serializable(package="dst")
-class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
+class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
     """Keeps masked entries of one weight at exactly 0.0 after each update.
 
     Args:
@@ -34,15 +58,22 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
             the masked weight and masked again. Defaults to `None`.
         fixed: `True` for connectivity that dynamic sparse training must not
             change (e.g. `dst.layers.SparseDense`). Defaults to `False`.
+        mask: the mask, as a bool array or a `pack_mask` config (what
+            `get_config` returns). Defaults to `None` (no mask yet).
 
     Users normally never build one: `dst.sparsify` and `SparseDense` do.
     """
 
-    def __init__(self, inner=None, fixed: bool = False):
+    def __init__(self, inner=None, fixed: bool = False, mask=None):
         self.inner = keras.constraints.get(inner)
         self.fixed = bool(fixed)
         self.mask = None  # keras.Variable(bool), created by `attach`/loading
-        self.ever_active = None  # numpy bool array: the ITOP record
+        self.ever = None  # keras.Variable(bool): the ITOP record, updated in-graph
+        # The weight this constraint masks: set by `dst._model` when it installs
+        # or finds the constraint, so that loading can zero the weight.
+        self.variable = None
+        if mask is not None:
+            self.attach(unpack_mask(mask) if isinstance(mask, Mapping) else mask)
 
     # -- state ---------------------------------------------------------------
     def attach(self, mask: np.ndarray) -> None:
@@ -52,14 +83,30 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
             self.mask = keras.Variable(
                 mask, dtype="bool", trainable=False, name="dst_mask"
             )
-            self.ever_active = mask.copy()
+            self.ever = keras.Variable(
+                mask, dtype="bool", trainable=False, name="dst_ever_active"
+            )
         else:
             self.mask.assign(mask)
-            self.ever_active |= mask
+            self.ever.assign(self.ever_active | mask)
 
     def numpy(self) -> np.ndarray:
         """The mask as a numpy bool array."""
-        return np.asarray(self.mask.numpy(), dtype=bool)
+        return np.asarray(keras.ops.convert_to_numpy(self.mask), dtype=bool)
+
+    @property
+    def ever_active(self) -> np.ndarray | None:
+        """The ITOP record as a numpy bool array: entries active at least once."""
+        if self.ever is None:
+            return None
+        return np.asarray(keras.ops.convert_to_numpy(self.ever), dtype=bool)
+
+    def zero_masked(self) -> None:
+        """Sets the masked entries of the weight to 0.0 (no-op when unbound)."""
+        v = self.variable
+        if v is None or self.mask is None or tuple(v.shape) != tuple(self.mask.shape):
+            return
+        v.assign(keras.ops.where(self.mask, v, keras.ops.zeros_like(v)))
 
     # -- Constraint ----------------------------------------------------------
     def __call__(self, w):
@@ -78,25 +125,24 @@ class MaskConstraint(keras.constraints.Constraint, KerasSaveable):
             if self.inner is not None
             else None,
             "fixed": self.fixed,
+            "mask": pack_mask(self.numpy()) if self.mask is not None else None,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
-    # -- KerasSaveable -------------------------------------------------------
-    def _obj_type(self):
-        # Keras only uses this to pick which attributes to skip when it walks
-        # children; a MaskConstraint has no saveable children, and "Loss" is
-        # an accepted type whose skip list fits a plain object.
-        return "Loss"
-
+    # -- KerasSaveable (see `dst._compat.LeafSaveable`) -----------------------
     def save_own_variables(self, store):
         if self.mask is not None:
             _save_mask(store, "", self)
 
     def load_own_variables(self, store):
+        # Runs after the layer loaded its weights: a file saved from a dense
+        # model (or with values assigned after the last step) must not leave
+        # masked entries non-zero until the next optimizer step.
         _load_mask(store, "", self)
+        self.zero_masked()
 
 
 def _save_mask(store, prefix: str, constraint: MaskConstraint) -> None:
@@ -114,29 +160,39 @@ def _load_mask(store, prefix: str, constraint: MaskConstraint) -> bool:
     mask = np.unpackbits(np.asarray(store[prefix + "mask"]))[:size].astype(bool)
     ever = np.unpackbits(np.asarray(store[prefix + "ever_active"]))[:size]
     constraint.attach(mask.reshape(shape))
-    constraint.ever_active = ever.astype(bool).reshape(shape) | constraint.numpy()
+    constraint.ever.assign(ever.astype(bool).reshape(shape) | constraint.numpy())
     return True
 
 
 @keras.saving.register_keras_serializable(package="dst")
-class MaskGroup(keras.constraints.Constraint, KerasSaveable):
+class MaskGroup(keras.constraints.Constraint, LeafSaveable):
     """The masks of several weights whose layer config shares one constraint.
 
     `MultiHeadAttention` passes its single `kernel_constraint` to its query,
     key, value and output projections and rebuilds them from its own config
     when loaded. A `MaskGroup` in that slot carries one `MaskConstraint` per
     member weight, keyed by the weight's path inside the parent layer (e.g.
-    "query/kernel"), so `keras.models.load_model` restores all of them.
+    "query/kernel"), so `keras.models.load_model` and
+    `keras.models.clone_model` restore all of them.
+
+    Keras' saving walk reaches the group through the first projection, before
+    the other projections have loaded their weights; so `dst._model` also
+    hangs each member on its own projection, whose walk loads (and zeroes)
+    the member after that projection's weights.
 
     Args:
         inner: the constraint the parent had before. Defaults to None.
+        members: {key: `MaskConstraint` or its serialized config}, as
+            `get_config` returns. Defaults to None (no members yet).
     """
 
-    def __init__(self, inner=None):
+    def __init__(self, inner=None, members: Mapping | None = None):
         self.inner = keras.constraints.get(inner)
         # A UserDict, not a dict: Keras' saving walks dict attributes and
         # would save the members a second time, by position instead of key.
-        self.members: UserDict[str, MaskConstraint] = UserDict()
+        self.members: UserDict[str, MaskConstraint] = UserDict(
+            {key: keras.constraints.get(m) for key, m in (members or {}).items()}
+        )
 
     def member_for(self, path: str) -> MaskConstraint | None:
         """The member mask of the weight at `path`, or None."""
@@ -153,14 +209,12 @@ class MaskGroup(keras.constraints.Constraint, KerasSaveable):
 
     def get_config(self):
         inner = keras.constraints.serialize(self.inner) if self.inner is not None else None
-        return {"inner": inner}
+        members = {key: keras.constraints.serialize(m) for key, m in self.members.items()}
+        return {"inner": inner, "members": members}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-    def _obj_type(self):
-        return "Loss"  # see MaskConstraint._obj_type
 
     def save_own_variables(self, store):
         keys = sorted(self.members)
@@ -170,9 +224,10 @@ class MaskGroup(keras.constraints.Constraint, KerasSaveable):
                 _save_mask(store, f"{i}_", self.members[key])
 
     def load_own_variables(self, store):
-        if "keys" not in store.keys():
-            return
-        keys = np.asarray(store["keys"], dtype=np.uint8).tobytes().decode().split("\n")
-        for i, key in enumerate(keys):
-            member = self.members.setdefault(key, MaskConstraint(self.inner))
-            _load_mask(store, f"{i}_", member)
+        if "keys" in store.keys():
+            keys = np.asarray(store["keys"], dtype=np.uint8).tobytes().decode().split("\n")
+            for i, key in enumerate(keys):
+                member = self.members.setdefault(key, MaskConstraint(self.inner))
+                _load_mask(store, f"{i}_", member)
+        for member in self.members.values():  # those whose weights are loaded
+            member.zero_masked()

@@ -17,6 +17,8 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
     The result saves to `.keras` and loads in a Python process that never
     imports dst, with the same predictions as the sparse model. The original
     constraints users set (e.g. `kernel_constraint=MaxNorm(2)`) are kept.
+    Masked weights of frozen layers (`layer.trainable = False`) are stripped
+    too, and stay frozen.
 
     Args:
         model: a (sparsified) Keras 3 model.
@@ -32,7 +34,7 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
         ValueError: when the model cannot be cloned (use `inplace=True`).
     """
     check_keras3_model(model, "dst.strip")
-    targets = [t for t in find_targets(model) if t.constraint is not None]
+    targets = [t for t in find_targets(model, frozen=True) if t.constraint is not None]
     constraints = [t.constraint for t in targets]
     # Bake the zeros in, even where a weight was assigned after its last step.
     masked = {

@@ -5,24 +5,21 @@ from __future__ import annotations
 import math
 
 import keras
-from keras.src.layers.convolutional.base_conv import BaseConv
-from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
-from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
-from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 
-from dst._model import check_keras3_model, find_targets
+from dst import _compat
+from dst._model import check_keras3_model, count_active, find_targets
 
 __all__ = ["summary"]
 
 # Conv layers whose kernel is applied once per output position.
-_CONV = (BaseConv, BaseDepthwiseConv, BaseSeparableConv)
+_CONV = (_compat.BaseConv, _compat.BaseDepthwiseConv, _compat.BaseSeparableConv)
 
 
 def _attention_positions(target) -> int | None:
     """Positions at which an attention projection runs, from its parent's build."""
     if target.group is None:
         return None
-    shapes = getattr(target.group[0], "_build_shapes_dict", None) or {}
+    shapes = _compat.build_shapes(target.group[0])
     source = {"key": "key_shape", "value": "value_shape"}.get(target.layer.name, "query_shape")
     shape = shapes.get(source) or shapes.get("value_shape")
     if shape is None or not all(isinstance(d, int) for d in shape[1:-1]):
@@ -31,8 +28,7 @@ def _attention_positions(target) -> int | None:
 
 
 def _build_input_shape(layer):
-    shape = getattr(layer, "_build_shapes_dict", None) or {}
-    shape = shape.get("input_shape")
+    shape = _compat.build_shapes(layer).get("input_shape")
     if shape is None or not all(isinstance(d, int) for d in shape[1:]):
         return None
     return tuple(shape)
@@ -49,7 +45,7 @@ def _output_shape(layer):
 def _time_steps(model) -> dict[int, int]:
     """{id(cell): time steps} for the cells of RNN layers with a known length."""
     steps = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _compat.flatten_layers(model):
         if isinstance(layer, keras.layers.RNN):
             try:
                 n = tuple(layer.input.shape)[1]
@@ -71,7 +67,7 @@ def _repeats(layer, target_shape) -> int:
     """
     if isinstance(layer, keras.layers.Embedding):
         return 0
-    if isinstance(layer, BaseConvTranspose):
+    if isinstance(layer, _compat.BaseConvTranspose):
         try:
             return math.prod(_spatial(layer, tuple(layer.input.shape)))
         except (AttributeError, ValueError, TypeError):
@@ -116,7 +112,12 @@ def summary(model: keras.Model, print_fn=print) -> list[dict]:
     paper's appendix). The last row, with path "total", sums them. Biases,
     activations, normalization and the weight-free attention products
     (QK^T, scores·V) are not counted; a layer shared between call sites is
-    counted once.
+    counted once. Masked weights frozen afterwards are included.
+
+    `active` counts entries whose mask is 1 or whose weight is non-zero: as
+    for `dst.sparsity`, values written by `model.set_weights` where the mask
+    is 0 count as active until `dst.set_masks(model, dst.get_masks(model))`
+    or the next optimizer step zeroes them, and a warning names the weights.
 
     Args:
         model: a Keras 3 model, sparsified or not (unmasked weights count as
@@ -126,14 +127,20 @@ def summary(model: keras.Model, print_fn=print) -> list[dict]:
 
     Returns:
         A list of dicts, one per sparsifiable weight, then the total.
+
+    Raises:
+        TypeError: a legacy tf_keras model, or not a Keras model.
+        ValueError: an unbuilt model.
     """
     check_keras3_model(model, "dst.summary")
     rows = []
     steps = _time_steps(model)
-    for t in find_targets(model):
+    targets = find_targets(model)
+    masked = [t for t in targets if t.constraint is not None and t.constraint.mask is not None]
+    actives = dict(zip(map(id, masked), count_active(masked, "dst.summary")))
+    for t in targets:
         size = math.prod(t.shape)
-        c = t.constraint
-        active = int(c.numpy().sum()) if c is not None and c.mask is not None else size
+        active = actives.get(id(t), size)
         reps = (steps.get(id(t.layer)) or _attention_positions(t)
                 or _repeats(t.layer, t.shape))
         rows.append(

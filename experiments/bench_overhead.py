@@ -5,9 +5,14 @@ In one process, alternating the variants round by round, times each epoch
 synthetic data, batch 128, and prints the median seconds per epoch and the
 ratio to dense Keras 3: the median over rounds of (variant / dense of the same
 round), with its min and max, so that slow drifts of a shared machine cancel.
-Target: every dst ratio <= 1.05.
+Target: every dst ratio <= 1.05. It also times one mask update (all sparse
+weights, random gradients) through the public updater API, as a fraction of
+100 dense steps (target <= 0.02). `--jit` compiles every model with
+`jit_compile=True` (the update then runs in XLA); `--resnet50` times one
+update of ResNet50 (weights=None, 32x32 inputs, 90% ERK) instead.
 
-    python -m experiments.bench_overhead [--rounds 8] [--epochs 2] [--steps 100]
+    python -m experiments.bench_overhead [--rounds 8] [--epochs 2] [--steps 100] [--jit]
+    python -m experiments.bench_overhead --resnet50 [--jit]
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import dst  # noqa: E402
 
@@ -66,14 +72,15 @@ class EpochTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def bench(name, build, x, y, rounds, epochs):
+def bench(name, build, x, y, rounds, epochs, jit=False):
     models = {}
     for variant in VARIANTS:
         keras.utils.set_random_seed(0)
         model = build()
         if variant != "dense":
             dst.sparsify(model, 0.9, "erk", seed=0)
-        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit)
         models[variant] = model
     times = {v: [] for v in VARIANTS}
     update_ms = {v: [] for v in VARIANTS}
@@ -85,15 +92,16 @@ def bench(name, build, x, y, rounds, epochs):
             timer = EpochTimer()
             make = VARIANTS[variant]
             extra = make() if make else None
-            if extra is not None:
-                _time_updates(extra.updater, update_ms[variant])
             cbs = [timer] + ([extra] if extra is not None else [])
             models[variant].fit(x, y, batch_size=128, epochs=epochs, verbose=0, callbacks=cbs)
             this_round[variant] = statistics.median(timer.times[1:])  # the first epoch traces
             times[variant].extend(timer.times[1:])
+            if extra is not None and r < 2:
+                update_ms[variant].extend(time_update(extra.updater, models[variant], jit))
         for variant in VARIANTS:
             ratios[variant].append(this_round[variant] / this_round["dense"])
-    print(f"\n{name}: {rounds} rounds, median seconds per epoch, median of per-round ratios")
+    mode = " (jit_compile=True)" if jit else ""
+    print(f"\n{name}{mode}: {rounds} rounds, median seconds per epoch, median of per-round ratios")
     print(f"{'variant':<18}{'s/epoch':>10}{'ratio':>8}{'min':>8}{'max':>8}")
     for variant in VARIANTS:
         rs = ratios[variant]
@@ -107,18 +115,52 @@ def bench(name, build, x, y, rounds, epochs):
                   f"{len(ms)}) = {cost:.3f} of 100 dense steps")
 
 
-def _time_updates(updater, out):
-    """Records the wall time of each `update` call that changed masks."""
-    update = updater.update
+def time_update(updater, model, jit, repeats=8):
+    """Wall times (ms) of one full mask update through `updater.update`.
 
-    def timed(step, grads=None):
+    The updater is bound to `model` (by its callback's fit); the update runs
+    eagerly with numpy on the host, or in a `jit_compile=True` function.
+    """
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=v.shape).astype("float32") for v in model.trainable_variables]
+    step = updater.schedule.steps()[0]
+    if jit:
+        run = tf.function(lambda *g: updater.update(step, list(g)), jit_compile=True)
+    else:
+        def run(*g):
+            return updater.update(step, list(g))
+    run(*grads)  # traces / warms up
+    out = []
+    for _ in range(repeats):
         t = time.perf_counter()
-        changed = update(step, grads)
-        if changed:
-            out.append(1000 * (time.perf_counter() - t))
-        return changed
+        run(*grads)
+        for target in updater.targets:  # wait for the assignments
+            target.constraint.mask.numpy()
+        out.append(1000 * (time.perf_counter() - t))
+    return out
 
-    updater.update = timed
+
+def bench_resnet50(jit=False, repeats=5):
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=10)
+    dst.sparsify(model, 0.9, "erk", seed=0)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 256)
+    timer = EpochTimer()
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[timer])
+    step = statistics.median(timer.times[1:]) / 8
+    for name, cls in (("SET", dst.updaters.SET), ("RigL", dst.updaters.RigL)):
+        updater = cls(update_freq=100, end_step=1000, seed=0)
+        updater.bind(model)
+        ms = time_update(updater, model, jit, repeats)
+        n = sum(int(np.prod(t.shape)) for t in updater.targets)
+        print(f"ResNet50 (32x32, 90% ERK, {n / 1e6:.1f}M maskable weights){' jit' if jit else ''}: "
+              f"one {name} update takes {statistics.median(ms):.0f} ms (median of {len(ms)}) "
+              f"= {statistics.median(ms) / 1000 / (100 * step):.3f} of 100 dense steps "
+              f"(batch 32, {1000 * step:.0f} ms per step)")
 
 
 def main():
@@ -126,14 +168,19 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per fit; first is dropped")
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
+    parser.add_argument("--resnet50", action="store_true", help="time one ResNet50 update")
     args = parser.parse_args()
+    if args.resnet50:
+        bench_resnet50(args.jit)
+        return
     rng = np.random.default_rng(0)
     n = 128 * args.steps
     y = rng.integers(0, 10, n)
     bench("MLP 784-1000-1000-10", mlp, rng.normal(size=(n, 784)).astype("float32"), y,
-          args.rounds, args.epochs)
+          args.rounds, args.epochs, args.jit)
     bench("CNN (2 conv + 2 dense)", cnn, rng.normal(size=(n, 28, 28, 1)).astype("float32"), y,
-          args.rounds, args.epochs)
+          args.rounds, args.epochs, args.jit)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ class SparseDense(keras.layers.Dense):
             )
         super().build(input_shape)
         self.kernel_constraint.attach(self.connectivity)
+        self.kernel_constraint.variable = self.kernel  # zeroed again after load_weights
         self.kernel.assign(self.kernel_constraint(self.kernel))
 
     def get_config(self):

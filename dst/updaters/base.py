@@ -31,7 +31,7 @@ import numpy as np
 from dst import _compat, _select
 from dst._model import Target, check_keras3_model, dynamic_targets
 from dst._validate import as_float, as_int
-from dst.backend import host_call
+from dst.backend import host_call, step_hook
 from dst.backend.tensorflow import variable_key
 from dst.schedules import UpdateSteps
 from dst.updaters.slots import OptimizerState
@@ -72,6 +72,7 @@ class Updater:
                                     "a fraction of the fit's steps)", low=0.0, high=1.0,
                                     low_open=True)
         self.end_step = end_step
+        self._fresh_seed = seed is None
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % 2**32)
         self.seed = as_int(seed, "seed", who)
@@ -114,6 +115,9 @@ class Updater:
             )
         self.model = model
         self.optimizer = optimizer
+        if self._fresh_seed:
+            self.seed = _agreed_seed(model, self.seed)
+            self._fresh_seed = False
         self.targets = self._targets(model)
         self.end = self._resolve_end(total_steps, first_step)
         self.schedule = UpdateSteps(self.begin_step, self.end, self.update_freq,
@@ -151,6 +155,33 @@ class Updater:
             )
         fraction = 1.0 if self.end_step is None else self.end_step
         return max(self.begin_step, first_step + int(round(fraction * total_steps)) - 1)
+
+    def attach(self):
+        """Context manager: runs the sparse step inside the optimizer's updates.
+
+        For custom training loops under a `tf.distribute` strategy (or any
+        loop): inside `with updater.attach():`, every `optimizer.apply`
+        (called directly or in `strategy.run`) runs this updater's sparse step
+        after stepping the weights, exactly as in `model.fit`, with the
+        all-reduced gradients. Don't also call `update` then.
+
+        Example:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> opt = keras.optimizers.SGD(0.1)
+        >>> up = dst.updaters.SET(update_freq=1, end_step=3, seed=0)
+        >>> up.bind(model, optimizer=opt)
+        >>> with up.attach():
+        ...     for _ in range(3):
+        ...         opt.apply([np.ones(v.shape) for v in model.trainable_variables],
+        ...                   model.trainable_variables)
+        >>> int(dst.get_masks(model)[model.layers[0].kernel.path].sum())
+        6
+        """
+        if self.schedule is None:
+            raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
+        return step_hook(self.optimizer, self.sparse_step)
 
     def is_update_step(self, step: int) -> bool:
         """Whether masks change after optimizer step `step` (0-based)."""
@@ -344,6 +375,21 @@ class Updater:
                     "to all of model.trainable_variables."
                 )
         return {i: keras.ops.convert_to_tensor(g) for i, g in out.items() if g is not None}
+
+
+def _agreed_seed(model, seed: int) -> int:
+    """A seed every worker agrees on when none was given.
+
+    A variable created in a strategy's scope starts, on every worker, from
+    the value of worker 0 (`MultiWorkerMirroredStrategy` broadcasts initial
+    values), so reading it back gives all workers worker 0's draw.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or strategy.num_replicas_in_sync <= 1:
+        return seed
+    with strategy.scope():
+        agreed = keras.Variable(seed, dtype="int64", trainable=False, name="dst_seed")
+    return int(keras.ops.convert_to_numpy(agreed))
 
 
 def _check(target, old, new, want: int, who: str) -> None:

@@ -18,14 +18,18 @@ __all__ = ["OptimizerState"]
 
 
 def _aligned_lists(opt) -> dict[str, list]:
-    """{attribute: list} for the optimizer's lists aligned with its variables."""
+    """{attribute: list} for the optimizer's lists aligned with its variables:
+    one entry (a variable of the same shape, or None) per trainable variable."""
     tracked = _compat.optimizer_variables(opt)
     ema = _compat.ema_variables(opt)
     return {
-        name: value for name, value in vars(opt).items()
-        if isinstance(value, list) and len(value) == len(tracked) and value
+        name: value for name, value in _compat.optimizer_lists(opt).items()
+        if len(value) == len(tracked) and value
         and value is not tracked and value is not ema
-        and all(x is None or isinstance(x, keras.Variable) for x in value)
+        and any(x is not None for x in value)
+        and all(x is None or (isinstance(x, keras.Variable)
+                              and tuple(x.shape) == tuple(v.shape))
+                for x, v in zip(value, tracked))
     }
 
 
