@@ -7,6 +7,8 @@ assumption fails there, loudly, instead of silently inside an update.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
@@ -114,6 +116,16 @@ def build_shapes(layer) -> dict:
     `MultiHeadAttention`.
     """
     return getattr(layer, "_build_shapes_dict", None) or {}
+
+
+def strategy_scope(model):
+    """The scope of the model's distribution strategy (a no-op scope without one).
+
+    Keras' TensorFlow models expose `distribute_strategy`; optimizer state
+    built outside its scope would not be distributed.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def is_keras_optimizer(optimizer) -> bool:

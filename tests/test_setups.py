@@ -455,3 +455,24 @@ def test_mirrored_strategy_rigl_grows_from_the_global_batch_gradient():
     assert out["n_seen"] == 2 * 4  # 4 updates (steps 0..3), 2 weights, once each
     assert max(out["rel_err"]) < 1e-5, out
     assert all(out["replicas_equal"]) and out["counts_ok"], out
+
+
+# -- frozen layers ----------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=0),
+    lambda: dst.callbacks.MagnitudePruning(0.9, update_freq=2),
+], ids=["rigl", "magnitude"])
+def test_updaters_leave_a_frozen_sparse_layer_unchanged(make):
+    model = mlp()
+    model.layers[0].trainable = False  # fine-tuning: the first layer is frozen
+    model.compile("adam", "mse")
+    before = dst.get_masks(model)
+    frozen = model.layers[0].kernel.path
+    frozen_values = model.layers[0].kernel.numpy()
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[make()])
+    after = dst.get_masks(model)
+    assert set(after) == set(before)  # still reported
+    np.testing.assert_array_equal(after[frozen], before[frozen])
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), frozen_values)
+    other = next(p for p in before if p != frozen)
+    assert not np.array_equal(after[other], before[other])

@@ -122,8 +122,9 @@ class Updater:
         self.end = self._resolve_end(total_steps, first_step)
         self.schedule = UpdateSteps(self.begin_step, self.end, self.update_freq,
                                     self.update_at_end)
-        self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
-                                    model.trainable_variables)
+        with _compat.strategy_scope(model):
+            self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
+                                        model.trainable_variables)
         self.jit = bool(getattr(model, "jit_compile", False)) if jit is None else jit
         self._table = None
         if not hasattr(self, "skipped"):
