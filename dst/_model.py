@@ -231,9 +231,11 @@ def count_active(targets: list[Target], where: str) -> list[int]:
         warnings.warn(
             f"{where}: weights {stray} are non-zero where their mask is 0 "
             "(values written by `set_weights` or `assign` since the last "
-            "optimizer step), so those entries count as active. Call "
+            "optimizer step, or an EMA overwrite in a fit without a dst "
+            "callback), so those entries count as active. Call "
             "`dst.set_masks(model, dst.get_masks(model))` to zero them, or "
-            "train a step.",
+            "train a step; with `use_ema=True` train with "
+            "`dst.callbacks.FixedMasks()`.",
             UserWarning,
             stacklevel=3,
         )

@@ -112,21 +112,24 @@ class _NumpyKit(_Kit):
             return out.reshape(candidates.shape)
         if k <= 0:
             return out.reshape(candidates.shape)
-        if scores is None:
-            hi = np.zeros(idx.size, dtype=np.int64)
+        if scores is None:  # all tie: the hash alone decides
+            tied, need = idx, k
         else:
+            # float32 order equals the order of the IEEE bits of |score|.
             s = np.abs(np.asarray(scores, dtype=np.float32).ravel()[idx])
             s[np.isnan(s)] = np.inf
-            hi = s.view(np.int32).astype(np.int64)
             if largest:
-                hi = _INF_BITS - hi
-        kth = np.partition(hi, k - 1)[k - 1]
-        out[idx[hi < kth]] = True
-        tied = idx[hi == kth]
-        need = k - int(np.count_nonzero(hi < kth))
+                kth = np.partition(s, s.size - k)[s.size - k]
+                better = s > kth
+            else:
+                kth = np.partition(s, k - 1)[k - 1]
+                better = s < kth
+            out[idx[better]] = True
+            tied = idx[s == kth]
+            need = k - int(np.count_nonzero(better))
         if need < tied.size:
             h = _fmix32_u32(tied.astype(np.uint32) ^ np.uint32(int(salt_value) & _M32))
-            tied = tied[np.argpartition(h, need - 1)[:need]]
+            tied = tied[h <= np.partition(h, need - 1)[need - 1]]  # hashes are unique
         out[tied] = True
         return out.reshape(candidates.shape)
 

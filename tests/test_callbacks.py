@@ -335,7 +335,7 @@ def test_registry():
     assert dst.callbacks.get("magnitude") is dst.callbacks.MagnitudePruning
     cb = dst.callbacks.get({"class_name": "set", "config": {"drop_fraction": 0.2}})
     assert cb.updater.drop_fraction == 0.2
-    with pytest.raises(ValueError, match=r"Known callbacks: \['magnitude', 'rigl', 'set'\]"):
+    with pytest.raises(ValueError, match=r"Known callbacks: \['fixed', 'magnitude', 'rigl', 'set'\]"):
         dst.callbacks.get("snip")
 
 

@@ -217,7 +217,8 @@ def test_custom_train_step_with_its_own_optimizer_named():
 @pytest.mark.parametrize("make", [
     lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=0),
     lambda: dst.callbacks.MagnitudePruning(0.8, update_freq=2),
-], ids=["set", "magnitude"])
+    lambda: dst.callbacks.FixedMasks(),
+], ids=["set", "magnitude", "fixed"])
 def test_ema_copies_and_final_weights_are_masked(overwrite, make):
     model = mlp(sparsity=None if make().__class__.__name__ == "MagnitudePruning" else 0.8)
     model.compile(keras.optimizers.Adam(0.01, use_ema=True, ema_overwrite_frequency=overwrite),
@@ -476,3 +477,12 @@ def test_updaters_leave_a_frozen_sparse_layer_unchanged(make):
     np.testing.assert_array_equal(model.layers[0].kernel.numpy(), frozen_values)
     other = next(p for p in before if p != frozen)
     assert not np.array_equal(after[other], before[other])
+
+
+def test_static_masks_with_ema_and_no_callback_are_reported_not_silent():
+    model = mlp()
+    model.compile(keras.optimizers.Adam(0.01, use_ema=True), "mse")
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0)  # no dst callback: EMA is dense
+    with pytest.warns(UserWarning, match=r"non-zero where their mask is 0.*FixedMasks"):
+        real = dst.sparsity(model)
+    assert real < 0.8  # the real zeros, not the masks' 0.8

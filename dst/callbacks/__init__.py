@@ -1,18 +1,19 @@
 """Callbacks that update masks during `model.fit`, registered by name."""
 
 from dst.callbacks.base import DSTCallback
+from dst.callbacks.fixed import FixedMasks
 from dst.callbacks.magnitude import MagnitudePruning
 from dst.callbacks.rigl import RigL
 from dst.callbacks.set import SET
 
-_REGISTRY = {"magnitude": MagnitudePruning, "set": SET, "rigl": RigL}
+_REGISTRY = {"fixed": FixedMasks, "magnitude": MagnitudePruning, "set": SET, "rigl": RigL}
 
 
 def get(identifier):
     """Returns a callback class by name, an instance as is, or one from a config.
 
     Args:
-        identifier: "magnitude", "set" or "rigl"; a `DSTCallback` instance;
+        identifier: "fixed", "magnitude", "set" or "rigl"; a `DSTCallback` instance;
             or a dict {"class_name": name, "config": {...}}.
 
     Raises:
@@ -33,4 +34,4 @@ def get(identifier):
     )
 
 
-__all__ = ["DSTCallback", "MagnitudePruning", "RigL", "SET", "get"]
+__all__ = ["DSTCallback", "FixedMasks", "MagnitudePruning", "RigL", "SET", "get"]

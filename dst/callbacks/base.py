@@ -41,7 +41,7 @@ class DSTCallback(keras.callbacks.Callback):
         updater: a `dst.updaters.Updater`.
         optimizer: the optimizer that steps the sparse weights. Defaults to
             `model.optimizer`.
-        verbose: 1 prints a line per epoch with the update count. Defaults to 0.
+        verbose: unused, kept for Keras' callback convention. Defaults to 0.
     """
 
     def __init__(self, updater: Updater, optimizer=None, verbose: int = 0):
@@ -107,8 +107,7 @@ class DSTCallback(keras.callbacks.Callback):
         self.updater.bind(self.model, total, first, optimizer)
         self.updater.state.mask_ema([t.constraint.mask for t in self.updater.targets])
         for t in self.updater.targets:  # weights written since the last step
-            t.variable.assign(keras.ops.where(t.constraint.mask, t.variable,
-                                              keras.ops.zeros_like(t.variable)))
+            t.constraint.zero_masked()
         self._skipped_seen = [int(v.numpy()) for v in self.updater.skipped]
         scale = getattr(optimizer, "dynamic_scale", None)
         self._start = (step, None if scale is None else float(scale.numpy()))

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-
 import keras
 import numpy as np
 
 from dst._validate import as_float, as_int
-from dst.masking import MaskConstraint
+from dst.masking import MaskConstraint, pack_mask, unpack_mask
 
 __all__ = ["SparseDense"]
-
-
-def _pack(mask: np.ndarray) -> dict:
-    bits = np.packbits(mask.astype(bool).ravel()).tobytes()
-    return {"shape": list(mask.shape), "bits": base64.b64encode(bits).decode()}
-
-
-def _unpack(config: dict) -> np.ndarray:
-    shape = tuple(config["shape"])
-    bits = np.frombuffer(base64.b64decode(config["bits"]), dtype=np.uint8)
-    return np.unpackbits(bits)[: int(np.prod(shape))].reshape(shape).astype(bool)
 
 
 @keras.saving.register_keras_serializable(package="dst")
@@ -74,7 +61,7 @@ class SparseDense(keras.layers.Dense):
         if seed is not None:
             seed = as_int(seed, "seed", "SparseDense", minimum=0)
         if isinstance(connectivity, dict):
-            connectivity = _unpack(connectivity)
+            connectivity = unpack_mask(connectivity)
         if connectivity is not None:
             connectivity = np.asarray(connectivity)
             if connectivity.ndim != 2 or connectivity.shape[1] != units:
@@ -126,7 +113,7 @@ class SparseDense(keras.layers.Dense):
         config.update(
             density=self.density,
             seed=self.seed,
-            connectivity=None if self.connectivity is None else _pack(self.connectivity),
+            connectivity=None if self.connectivity is None else pack_mask(self.connectivity),
         )
         if self.connectivity is not None:
             config["density"] = None

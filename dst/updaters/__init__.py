@@ -15,8 +15,9 @@ The callbacks in `dst.callbacks` wrap these for `model.fit`.
 """
 
 from dst.updaters.base import Updater
+from dst.updaters.fixed import FixedMasks
 from dst.updaters.magnitude import MagnitudePruning
 from dst.updaters.rigl import RigL
 from dst.updaters.set import SET
 
-__all__ = ["MagnitudePruning", "RigL", "SET", "Updater"]
+__all__ = ["FixedMasks", "MagnitudePruning", "RigL", "SET", "Updater"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dst._validate import as_float
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
@@ -60,8 +62,7 @@ class SET(Updater):
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)
-        inactive = kit.count(xp.logical_not(mask))
-        k = xp.minimum(floor_fraction(kit, value, active), inactive)
+        k = xp.minimum(floor_fraction(kit, value, active), math.prod(mask.shape) - active)
         dropped = kit.select(xp.abs(weight), mask, k, salt(0))
         grown = kit.select(self.grow_scores(kit, weight, mask, grad),
                            xp.logical_not(mask), k, salt(1), largest=True)

@@ -1,0 +1,36 @@
+"""FixedMasks: static sparse training, with the masks enforced on every path."""
+
+from __future__ import annotations
+
+import keras
+
+from dst.schedules import UpdateSteps
+from dst.updaters.base import Updater
+
+__all__ = ["FixedMasks"]
+
+
+class FixedMasks(Updater):
+    """Never changes a mask; keeps every write path of training masked.
+
+    The optimizer's constraint pass already zeroes masked weights after each
+    step. What it cannot reach is the optimizer's EMA (`use_ema=True`), whose
+    copies are averaged from the weights *before* the constraint, and which
+    overwrite the weights every `ema_overwrite_frequency` steps and at the end
+    of `fit`. Bound through `dst.callbacks.FixedMasks`, this updater runs
+    dst's sparse step, which keeps those copies exactly 0 where masked, and
+    zeroes masked entries written since the last step when `fit` starts.
+    """
+
+    def __init__(self, *, seed=None):
+        super().__init__(update_freq=1, begin_step=0, end_step=0, seed=seed)
+
+    def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
+        super().bind(model, total_steps, first_step, optimizer, **kwargs)
+        self.schedule = UpdateSteps(0, -1, 1)  # no step is an update step
+
+    def _is_update_tensor(self, step):
+        return keras.ops.convert_to_tensor(False)
+
+    def new_mask(self, kit, weight, mask, grad, value, salt):
+        return mask
