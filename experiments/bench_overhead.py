@@ -118,17 +118,14 @@ def bench(name, build, x, y, rounds, epochs, jit=False):
 def time_update(updater, model, jit, repeats=8):
     """Wall times (ms) of one full mask update through `updater.update`.
 
-    The updater is bound to `model` (by its callback's fit); the update runs
-    eagerly with numpy on the host, or in a `jit_compile=True` function.
+    The updater is bound to `model` (by its callback's fit). The update runs
+    in a `tf.function`, as inside `fit`: masks computed by numpy on the host
+    (`tf.numpy_function`), or, with `jit`, in an XLA-compiled function.
     """
     rng = np.random.default_rng(0)
     grads = [rng.normal(size=v.shape).astype("float32") for v in model.trainable_variables]
     step = updater.schedule.steps()[0]
-    if jit:
-        run = tf.function(lambda *g: updater.update(step, list(g)), jit_compile=True)
-    else:
-        def run(*g):
-            return updater.update(step, list(g))
+    run = tf.function(lambda *g: updater.update(step, list(g)), jit_compile=jit)
     run(*grads)  # traces / warms up
     out = []
     for _ in range(repeats):

@@ -11,6 +11,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import dst  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -37,3 +39,39 @@ def run_python(code: str, *args: str, timeout: int = 120) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
+
+
+def mlp(seed=0, sparsity=0.8, distribution="uniform"):
+    """A 12-16-3 MLP, sparsified unless `sparsity` is None."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((12,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(3),
+    ])
+    if sparsity is not None:
+        dst.sparsify(model, sparsity, distribution, seed=seed)
+    return model
+
+
+def data(n=64, seed=0):
+    """Inputs (n, 12) and a linear target (n, 3) of the first 3 features."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12)).astype("float32")
+    return x, (x[:, :3] @ rng.normal(size=(3, 3))).astype("float32")
+
+
+class RecordingRigL(dst.updaters.RigL):
+    """RigL that records the gradient each weight's growth is scored with."""
+
+    def grow_scores(self, kit, weight, mask, grad):
+        self.seen.append(np.array(grad))
+        return super().grow_scores(kit, weight, mask, grad)
+
+
+def recording_rigl(**kwargs):
+    """A RigL callback whose updater records its gradients in `.updater.seen`."""
+    cb = dst.callbacks.RigL(**kwargs)
+    cb.updater = RecordingRigL(**kwargs)
+    cb.updater.seen = []
+    return cb

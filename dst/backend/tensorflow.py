@@ -51,10 +51,14 @@ def step_hook(optimizer, fn):
 
 
 def host_call(fn, inputs, dtypes):
-    """Runs `fn` (numpy in, numpy out) on the host from inside the step."""
+    """Runs `fn` (numpy in, numpy out) on the host from inside the step.
+
+    `fn` must be a pure function of its inputs: the op is stateless, so TF may
+    run the host computations of several weights in parallel.
+    """
     if tf.executing_eagerly():
         return fn(*[x.numpy() if hasattr(x, "numpy") else x for x in inputs])
-    return tf.numpy_function(fn, list(inputs), list(dtypes), stateful=True)
+    return tf.numpy_function(fn, list(inputs), list(dtypes), stateful=False)
 
 
 def variable_key(variable) -> int:
