@@ -458,3 +458,37 @@ def test_static_masks_with_ema_and_no_callback_are_reported_not_silent():
     with pytest.warns(UserWarning, match=r"non-zero where their mask is 0.*FixedMasks"):
         real = dst.sparsity(model)
     assert real < 0.8  # the real zeros, not the masks' 0.8
+
+
+def test_fixed_masks_with_ema_under_jit_compile():
+    model = mlp()
+    model.compile(keras.optimizers.Adam(0.01, use_ema=True, ema_overwrite_frequency=2), "mse",
+                  jit_compile=True)
+    before = dst.get_masks(model)
+    model.fit(*data(), batch_size=8, epochs=1, verbose=0, callbacks=[dst.callbacks.FixedMasks()])
+    for t in dynamic_targets(model):
+        np.testing.assert_array_equal(t.constraint.numpy(), before[t.path])
+        assert np.all(t.variable.numpy()[~t.constraint.numpy()] == 0)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_updater_update_inside_a_tf_function(jit):
+    model = mlp()
+    model.compile("adam", "mse")
+    model.fit(*data(8), batch_size=8, verbose=0)  # builds the optimizer
+    up = dst.updaters.RigL(update_freq=1, drop_fraction=0.5, end_step=10, seed=0)
+    up.bind(model, jit=jit)
+    grads = [np.random.default_rng(1).normal(size=v.shape).astype("float32")
+             for v in model.trainable_variables]
+    before = dst.get_masks(model)
+    tf.function(lambda *g: up.update(1, list(g)), jit_compile=jit)(*grads)
+    eager = mlp()
+    eager.compile("adam", "mse")
+    eager.fit(*data(8), batch_size=8, verbose=0)
+    up2 = dst.updaters.RigL(update_freq=1, drop_fraction=0.5, end_step=10, seed=0)
+    up2.bind(eager)
+    assert up2.update(1, grads)
+    for got, want, old in zip(dst.get_masks(model).values(), dst.get_masks(eager).values(),
+                              before.values()):
+        np.testing.assert_array_equal(got, want)
+        assert not np.array_equal(got, old)

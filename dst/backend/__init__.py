@@ -9,6 +9,8 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
   over replicas, unscaled, after the optimizer's clipping).
 - `host_call(fn, inputs, dtypes)`: runs a numpy function from inside the
   compiled step.
+- `no_autograph(fn)`: keeps a function plain Python when a user's compiled
+  function calls it.
 """
 
 import keras
@@ -20,6 +22,6 @@ if keras.backend.backend() != "tensorflow":
         "support is planned."
     )
 
-from dst.backend.tensorflow import host_call, step_hook  # noqa: E402
+from dst.backend.tensorflow import host_call, no_autograph, step_hook  # noqa: E402
 
-__all__ = ["host_call", "step_hook"]
+__all__ = ["host_call", "no_autograph", "step_hook"]

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from dst._compat import inner_optimizer
 
-__all__ = ["step_hook", "host_call"]
+__all__ = ["step_hook", "host_call", "no_autograph"]
 
 _HOOKED = "_distributed_tf_update_step"
 
@@ -48,6 +48,11 @@ def step_hook(optimizer, fn):
         yield
     finally:
         delattr(opt, _HOOKED)
+
+
+def no_autograph(fn):
+    """Marks `fn` as plain Python for `tf.function` (its loops are over weights)."""
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def host_call(fn, inputs, dtypes):

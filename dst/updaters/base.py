@@ -31,7 +31,7 @@ import numpy as np
 from dst import _compat, _select
 from dst._model import Target, check_keras3_model, dynamic_targets
 from dst._validate import as_float, as_int
-from dst.backend import host_call, step_hook
+from dst.backend import host_call, no_autograph, step_hook
 from dst.backend.tensorflow import variable_key
 from dst.schedules import UpdateSteps
 from dst.updaters.slots import OptimizerState
@@ -189,6 +189,7 @@ class Updater:
         return self.schedule(int(step))
 
     # -- the update ---------------------------------------------------------
+    @no_autograph
     def update(self, step: int, grads=None) -> bool:
         """Updates the masks now if `step` is an update step (custom loops).
 
@@ -214,6 +215,7 @@ class Updater:
             self._update_target(index, step, by_index.get(index))
         return True
 
+    @no_autograph
     def sparse_step(self, step, grads: dict) -> None:
         """The in-graph step: `grads` maps `variable_key(variable)` to its gradient."""
         by_index = {i: grads.get(key) for key, i in self._keys.items()}
@@ -231,6 +233,9 @@ class Updater:
             for t in self.targets:
                 t.variable.assign(keras.ops.where(t.constraint.mask, t.variable,
                                                   keras.ops.zeros_like(t.variable)))
+
+        if self.schedule.end < self.schedule.begin:
+            return  # no update step at all (FixedMasks)
 
         def update():
             for index in range(len(self.targets)):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import keras
-
 from dst.schedules import UpdateSteps
 from dst.updaters.base import Updater
 
@@ -28,9 +26,6 @@ class FixedMasks(Updater):
     def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         self.schedule = UpdateSteps(0, -1, 1)  # no step is an update step
-
-    def _is_update_tensor(self, step):
-        return keras.ops.convert_to_tensor(False)
 
     def new_mask(self, kit, weight, mask, grad, value, salt):
         return mask
