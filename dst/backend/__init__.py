@@ -11,6 +11,8 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
   compiled step.
 - `no_autograph(fn)`: keeps a function plain Python when a user's compiled
   function calls it.
+- `variable_key(variable)`: the key under which `step_hook` reports a
+  variable's gradient.
 """
 
 import keras
@@ -22,6 +24,11 @@ if keras.backend.backend() != "tensorflow":
         "support is planned."
     )
 
-from dst.backend.tensorflow import host_call, no_autograph, step_hook  # noqa: E402
+from dst.backend.tensorflow import (  # noqa: E402
+    host_call,
+    no_autograph,
+    step_hook,
+    variable_key,
+)
 
-__all__ = ["host_call", "no_autograph", "step_hook"]
+__all__ = ["host_call", "no_autograph", "step_hook", "variable_key"]

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from dst._compat import inner_optimizer
 
-__all__ = ["step_hook", "host_call", "no_autograph"]
+__all__ = ["step_hook", "host_call", "no_autograph", "variable_key"]
 
 _HOOKED = "_distributed_tf_update_step"
 

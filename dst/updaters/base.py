@@ -31,8 +31,7 @@ import numpy as np
 from dst import _compat, _select
 from dst._model import Target, check_keras3_model, dynamic_targets
 from dst._validate import as_float, as_int
-from dst.backend import host_call, no_autograph, step_hook
-from dst.backend.tensorflow import variable_key
+from dst.backend import host_call, no_autograph, step_hook, variable_key
 from dst.schedules import UpdateSteps
 from dst.updaters.slots import OptimizerState
 
