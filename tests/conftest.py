@@ -30,6 +30,20 @@ def assert_same_arrays(before, after) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def state(model):
+    """The weights and masks of `model`, to check later that nothing changed."""
+    return weights_of(model), dst.get_masks(model)
+
+
+def assert_unchanged(model, before) -> None:
+    weights, masks = before
+    assert_same_arrays(weights, weights_of(model))
+    after = dst.get_masks(model)
+    assert sorted(after) == sorted(masks)
+    for k in masks:
+        np.testing.assert_array_equal(masks[k], after[k])
+
+
 def run_python(code: str, *args: str, timeout: int = 120) -> str:
     """Runs `code` in a fresh Python process; returns stdout, fails on error."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

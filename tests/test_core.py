@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_same_arrays, weights_of
+from conftest import assert_same_arrays, assert_unchanged, state, weights_of
 from keras import layers
 
 import dst
@@ -40,19 +40,6 @@ def assert_masked_zero(model):
     for path, mask in masks.items():
         assert np.all(values[path][~mask] == 0.0), path
     return masks
-
-
-def state(model):
-    return weights_of(model), dst.get_masks(model)
-
-
-def assert_unchanged(model, before):
-    weights, masks = before
-    assert_same_arrays(weights, weights_of(model))
-    after = dst.get_masks(model)
-    assert sorted(after) == sorted(masks)
-    for k in masks:
-        np.testing.assert_array_equal(masks[k], after[k])
 
 
 # -- sparsify ------------------------------------------------------------------

@@ -7,7 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import assert_same_arrays, weights_of
+from conftest import assert_same_arrays, assert_unchanged, state
 from keras import layers
 
 import dst
@@ -23,19 +23,6 @@ def mlp(name="mlp"):
         [keras.Input((12,)), layers.Dense(16, name="h"), layers.Dense(3, name="out")],
         name=name,
     )
-
-
-def state(model):
-    return weights_of(model), dst.get_masks(model)
-
-
-def assert_unchanged(model, before):
-    weights, masks = before
-    assert_same_arrays(weights, weights_of(model))
-    after = dst.get_masks(model)
-    assert sorted(after) == sorted(masks)
-    for k in masks:
-        np.testing.assert_array_equal(masks[k], after[k])
 
 
 def sparse_dense_model():
