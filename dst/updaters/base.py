@@ -236,11 +236,25 @@ class Updater:
         if self.schedule.end < self.schedule.begin:
             return  # no update step at all (FixedMasks)
 
-        def update():
+        def update(at=step):
             for index in range(len(self.targets)):
-                self._update_target(index, step, by_index.get(index))
+                self._update_target(index, at, by_index.get(index))
 
-        keras.ops.cond(self._is_update_tensor(step), update, lambda: None)
+        if not self.jit:
+            keras.ops.cond(self._is_update_tensor(step), update, lambda: None)
+            return
+        # Under XLA, computations in an untaken branch that don't depend on
+        # its operands are hoisted and run every step; a loop that runs zero
+        # or one time with the step as its variable keeps them inside.
+        ops = keras.ops
+        first = ops.cast(step, "int64")
+        stop = first + ops.cast(self._is_update_tensor(step), "int64")
+
+        def body(at):
+            update(at)
+            return (at + 1,)
+
+        ops.while_loop(lambda at: at < stop, body, (first,))
 
     def _update_target(self, index, step, grad) -> None:
         t = self.targets[index]
