@@ -348,8 +348,8 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
 def apply_mask(target: Target, mask: np.ndarray) -> None:
     """Sets a target's mask and zeroes the weights it masks."""
     target.constraint.attach(mask)
-    v = target.variable
-    v.assign(keras.ops.where(target.constraint.mask, v, keras.ops.zeros_like(v)))
+    target.constraint.variable = target.variable
+    target.constraint.zero_masked()
 
 
 def sparsity(model: keras.Model) -> float:

@@ -230,8 +230,7 @@ class Updater:
             # EMA averages the weights right after this hook: keep inactive
             # entries at exactly 0 there, every step.
             for t in self.targets:
-                t.variable.assign(keras.ops.where(t.constraint.mask, t.variable,
-                                                  keras.ops.zeros_like(t.variable)))
+                t.constraint.zero_masked()
 
         if self.schedule.end < self.schedule.begin:
             return  # no update step at all (FixedMasks)
