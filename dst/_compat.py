@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import keras
+from keras.src.backend.common.stateless_scope import StatelessScope
 from keras.src.layers.convolutional.base_conv import BaseConv
 from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
 from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
@@ -26,6 +27,9 @@ __all__ = [
     "Functional",
     "KerasSaveable",
     "LeafSaveable",
+    "StatelessScope",
+    "track_state",
+    "untrack_state",
     "build_shapes",
     "optimizer_lists",
     "inner_optimizer",
@@ -130,3 +134,36 @@ def strategy_scope(model):
 
 def is_keras_optimizer(optimizer) -> bool:
     return isinstance(optimizer, keras.optimizers.Optimizer)
+
+
+class _StateHolder:
+    """Holds one dst variable in a layer's `_seed_generators` (see `track_state`)."""
+
+    def __init__(self, variable):
+        self.state = variable
+
+
+def track_state(layer, variables) -> None:
+    """Makes `variables` part of `layer.variables` without making them weights.
+
+    Assumes `Layer.variables` (hence `model.non_trainable_variables`, the
+    state Keras' JAX trainer threads through its jitted step) lists the
+    `.state` of every entry of `layer._seed_generators`, and that nothing
+    else reads that list: so the variables are threaded, sharded and synced
+    as model state, but are not in `weights`, `get_weights()` or the layer's
+    saved variables. Idempotent.
+    """
+    holders = layer._seed_generators
+    have = {id(getattr(h, "state", None)) for h in holders}
+    for v in variables:
+        if id(v) not in have:
+            holders.append(_StateHolder(v))
+
+
+def untrack_state(layer, variables) -> None:
+    """Undoes `track_state`."""
+    ids = {id(v) for v in variables}
+    holders = layer._seed_generators
+    holders[:] = [h for h in holders
+                  if not (isinstance(h, _StateHolder) and id(h.state) in ids)]
+

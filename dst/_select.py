@@ -1,9 +1,9 @@
 """Exact k-smallest selection with seeded tie-breaking, on the host or in-graph.
 
 Every drop and grow decision of dst is "the k candidates with the smallest
-(or largest) score". Each entry gets a unique 63-bit key:
+(or largest) score". Each entry gets a unique key, compared lexicographically:
 
-    key = bits(score) · 2³² + fmix32(index XOR salt)
+    key = (bits(score), fmix32(index XOR salt))
 
 `bits` is the IEEE bit pattern of the non-negative float32 score (monotonic
 in the score), and `fmix32` (MurmurHash3's finalizer) is a bijection on 32-bit
@@ -12,11 +12,14 @@ ties are broken by the hash of (seed, step, weight, role), which makes the
 choice seeded, reproducible and not biased by position.
 
 Two kits evaluate the same keys:
-- `NUMPY` (the default, on the host): `np.partition` over the scores, then
-  over the hashes of the entries tied with the k-th score: O(n).
-- `OPS` (inside an XLA-compiled step, `jit_compile=True`): a 63-step binary
-  search over the key range written in `keras.ops`, which XLA compiles.
-Both select exactly the same entries (tested).
+- `NUMPY` (on the host): `np.partition` over the scores, then over the
+  hashes of the entries tied with the k-th score: O(n).
+- `OPS` (inside a compiled step: XLA under TensorFlow's `jit_compile=True`,
+  and JAX's jitted train step): two binary searches written in `keras.ops`,
+  over the score bits (31 steps), then over the hashes of the tied entries
+  (32 steps). It uses 32-bit integers only, so it is exact on every Keras
+  backend, JAX without `jax_enable_x64` included.
+Both select exactly the same entries (tested on each backend).
 """
 
 from __future__ import annotations
@@ -29,66 +32,68 @@ __all__ = ["NUMPY", "OPS", "salt"]
 _M32 = 0xFFFFFFFF
 _INF_BITS = 0x7F800000  # bits of float32 +inf
 _NOT_CANDIDATE = 0x7FFFFFFF  # above every finite score and +inf
-_MAX_KEY = 2**63 - 1
+_SIGN = -(2**31)  # int32 with only the sign bit set
 
 
-def _mul32(xp, h, c: int):
-    """(h · c) mod 2³² for 0 <= h < 2³², without int64 overflow."""
-    lo = xp.bitwise_and(h, 0xFFFF)
-    hi = xp.right_shift(h, 16)
-    cross = xp.bitwise_and(xp.multiply(hi, c & 0xFFFF), 0xFFFF)
-    return xp.bitwise_and(xp.add(xp.multiply(lo, c), xp.left_shift(cross, 16)), _M32)
+def _fmix32_u32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer on a uint32 array (wrapping), in place."""
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
 
 
-def fmix32(xp, h):
-    """MurmurHash3's 32-bit finalizer: a bijection on [0, 2³²)."""
-    h = xp.bitwise_and(h, _M32)
-    h = xp.bitwise_xor(h, xp.right_shift(h, 16))
-    h = _mul32(xp, h, 0x85EBCA6B)
-    h = xp.bitwise_xor(h, xp.right_shift(h, 13))
-    h = _mul32(xp, h, 0xC2B2AE35)
-    return xp.bitwise_xor(h, xp.right_shift(h, 16))
+def _fmix32_int(h: int) -> int:
+    return int(_fmix32_u32(np.array([h & _M32], dtype=np.uint32))[0])
+
+
+def _as_int32(c: int) -> int:
+    """The int32 with the same 32 bits as the unsigned value `c`."""
+    c &= _M32
+    return c - 2**32 if c >= 2**31 else c
+
+
+def _fmix32_ops(h):
+    """`fmix32` on an int32 tensor holding 32-bit patterns.
+
+    Multiplication of int32 wraps modulo 2³² on every backend (two's
+    complement), which is the unsigned product's bit pattern; right shifts
+    are made logical by masking off the copied sign bits.
+    """
+    ops = keras.ops
+
+    def shr(x, s):
+        return ops.bitwise_and(ops.right_shift(x, s), (1 << (32 - s)) - 1)
+
+    h = ops.bitwise_xor(h, shr(h, 16))
+    h = ops.multiply(h, _as_int32(0x85EBCA6B))
+    h = ops.bitwise_xor(h, shr(h, 13))
+    h = ops.multiply(h, _as_int32(0xC2B2AE35))
+    return ops.bitwise_xor(h, shr(h, 16))
 
 
 def salt(xp, seed: int, step, index: int, role: int):
-    """A 32-bit value from (seed, step, weight index, role: 0 drop, 1 grow)."""
-    h = fmix32(np, np.int64((int(seed) ^ (role * 0x9E3779B9)) & _M32))
-    h = fmix32(xp, xp.bitwise_xor(xp.bitwise_and(step, _M32), int(h)))
-    return fmix32(xp, xp.bitwise_xor(h, (index * 0x27D4EB2F) & _M32))
+    """A 32-bit value from (seed, step, weight index, role: 0 drop, 1 grow).
+
+    With `xp=np` (or any host number) it returns a Python int in [0, 2³²);
+    with `xp=keras.ops` and a tensor `step`, an int32 tensor with the same
+    bits.
+    """
+    h = _fmix32_int((int(seed) ^ (role * 0x9E3779B9)) & _M32)
+    index_bits = (index * 0x27D4EB2F) & _M32
+    if xp is np or isinstance(step, int | np.integer):
+        h = _fmix32_int((int(step) & _M32) ^ h)
+        return _fmix32_int(h ^ index_bits)
+    ops = keras.ops
+    h = _fmix32_ops(ops.bitwise_xor(ops.cast(step, "int32"), _as_int32(h)))
+    return _fmix32_ops(ops.bitwise_xor(h, _as_int32(index_bits)))
 
 
-class _Kit:
-    """An array namespace plus the one operation that differs: selection."""
+class _NumpyKit:
+    """Selection on the host, with numpy."""
 
-    xp = None
-
-    def keys(self, scores, candidates, salt_value, largest: bool):
-        xp = self.xp
-        flat_c = xp.reshape(candidates, (-1,))
-        n = flat_c.shape[0]
-        if scores is None:
-            hi = xp.zeros((n,), "int64")
-        else:
-            s = xp.abs(self.cast(xp.reshape(scores, (-1,)), "float32"))
-            s = xp.where(xp.isnan(s), np.float32(np.inf), s)  # NaN never preferred
-            hi = self.cast(self.bits(s), "int64")
-            if largest:
-                hi = xp.subtract(_INF_BITS, hi)
-        hi = xp.where(flat_c, hi, _NOT_CANDIDATE)
-        index = xp.arange(n, dtype="int64")
-        tie = fmix32(xp, xp.bitwise_xor(index, salt_value))
-        return xp.add(xp.multiply(hi, 2**32), tie)
-
-    def select(self, scores, candidates, k, salt_value, *, largest=False):
-        """Bool mask (shape of `candidates`) of the k candidates with the
-        smallest scores (largest with `largest=True`); `scores=None` means all
-        tie, so the seeded hash alone chooses. Requires k <= #candidates."""
-        keys = self.keys(scores, candidates, salt_value, largest)
-        chosen = self.smallest(keys, k)
-        return self.xp.reshape(chosen, candidates.shape)
-
-
-class _NumpyKit(_Kit):
     xp = np
 
     @staticmethod
@@ -100,6 +105,9 @@ class _NumpyKit(_Kit):
         return np.int64(np.count_nonzero(mask))
 
     def select(self, scores, candidates, k, salt_value, *, largest=False):
+        """Bool mask (shape of `candidates`) of the k candidates with the
+        smallest scores (largest with `largest=True`); `scores=None` means all
+        tie, so the seeded hash alone chooses. Requires k <= #candidates."""
         # The same order as sorting the full keys, done in two partitions:
         # by score bits over the candidates, then by hash over the entries tied
         # with the k-th score only.
@@ -134,17 +142,9 @@ class _NumpyKit(_Kit):
         return out.reshape(candidates.shape)
 
 
-def _fmix32_u32(h: np.ndarray) -> np.ndarray:
-    """`fmix32` on a uint32 array (wrapping multiplication), in place."""
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    h ^= h >> np.uint32(16)
-    return h
+class _OpsKit:
+    """Selection in `keras.ops`, for compiled steps (32-bit integers only)."""
 
-
-class _OpsKit(_Kit):
     xp = keras.ops
 
     @staticmethod
@@ -152,27 +152,52 @@ class _OpsKit(_Kit):
         return keras.ops.cast(x, dtype)
 
     @staticmethod
-    def bits(x):
-        return keras.ops.view(x, "int32")
-
-    @staticmethod
     def count(mask):
-        return keras.ops.sum(keras.ops.cast(mask, "int64"))
+        return keras.ops.sum(keras.ops.cast(mask, "int32"))
 
-    @staticmethod
-    def smallest(keys, k):
+    def select(self, scores, candidates, k, salt_value, *, largest=False):
         ops = keras.ops
-        k = ops.cast(k, "int64")
+        shape = candidates.shape
+        flat_c = ops.reshape(candidates, (-1,))
+        n = flat_c.shape[0]
+        k = ops.cast(k, "int32")
+        # Primary key: score bits (non-negative int32), non-candidates last.
+        if scores is None:
+            hi = ops.zeros((n,), "int32")
+        else:
+            s = ops.abs(ops.cast(ops.reshape(scores, (-1,)), "float32"))
+            s = ops.where(ops.isnan(s), np.float32(np.inf), s)  # NaN never preferred
+            hi = ops.view(s, "int32")
+            if largest:
+                hi = _INF_BITS - hi
+        hi = ops.where(flat_c, hi, _NOT_CANDIDATE)
+        # Secondary key: the hash, made signed-comparable (sign bit flipped).
+        index = ops.arange(n, dtype="int32")
+        tie = ops.bitwise_xor(_fmix32_ops(ops.bitwise_xor(index, salt_value)), _SIGN)
 
-        def body(_, bounds):
-            lo, hi = bounds
-            mid = lo + (hi - lo) // 2
-            enough = ops.sum(ops.cast(keys <= mid, "int64")) >= k
-            return ops.where(enough, lo, mid + 1), ops.where(enough, mid, hi)
+        def search(values, eligible, need, low, high, steps):
+            # Smallest t in [low, high] with #(eligible & values <= t) >= need.
+            def body(_, bounds):
+                lo, up = bounds
+                # floor((lo + up) / 2) without int32 overflow.
+                mid = (ops.right_shift(lo, 1) + ops.right_shift(up, 1)
+                       + ops.bitwise_and(ops.bitwise_and(lo, up), 1))
+                enough = ops.sum(ops.cast(ops.logical_and(eligible, values <= mid),
+                                          "int32")) >= need
+                return ops.where(enough, lo, mid + 1), ops.where(enough, mid, up)
 
-        start = (ops.convert_to_tensor(0, "int64"), ops.convert_to_tensor(_MAX_KEY, "int64"))
-        _, kth = ops.fori_loop(0, 63, body, start)
-        return ops.logical_and(keys <= kth, k > 0)
+            start = (ops.convert_to_tensor(low, "int32"), ops.convert_to_tensor(high, "int32"))
+            return ops.fori_loop(0, steps, body, start)[1]
+
+        everything = ops.ones((n,), "bool")
+        kth = search(hi, everything, k, 0, _NOT_CANDIDATE, 31)
+        below = hi < kth
+        need = k - ops.sum(ops.cast(below, "int32"))
+        at = ops.equal(hi, kth)
+        last = search(tie, at, need, _SIGN, 2**31 - 1, 32)
+        chosen = ops.logical_or(below, ops.logical_and(at, tie <= last))
+        chosen = ops.logical_and(ops.logical_and(chosen, flat_c), k > 0)
+        return ops.reshape(chosen, shape)
 
 
 NUMPY = _NumpyKit()

@@ -69,6 +69,7 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         self.fixed = bool(fixed)
         self.mask = None  # keras.Variable(bool), created by `attach`/loading
         self.ever = None  # keras.Variable(bool): the ITOP record, updated in-graph
+        self.skipped = None  # keras.Variable(int32): updates skipped (NaN/Inf)
         # The weight this constraint masks: set by `dst._model` when it installs
         # or finds the constraint, so that loading can zero the weight.
         self.variable = None
@@ -86,9 +87,17 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
             self.ever = keras.Variable(
                 mask, dtype="bool", trainable=False, name="dst_ever_active"
             )
+            # Mask updates skipped for non-finite values (not saved).
+            self.skipped = keras.Variable(0, dtype="int32", trainable=False,
+                                          name="dst_skipped_updates")
         else:
             self.mask.assign(mask)
             self.ever.assign(self.ever_active | mask)
+
+    @property
+    def state_variables(self) -> list:
+        """The variables a training step reads and writes: mask, ITOP record, skip count."""
+        return [self.mask, self.ever, self.skipped] if self.mask is not None else []
 
     def numpy(self) -> np.ndarray:
         """The mask as a numpy bool array."""
@@ -106,18 +115,19 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         v = self.variable
         if v is None or self.mask is None or tuple(v.shape) != tuple(self.mask.shape):
             return
-        v.assign(keras.ops.where(self.mask, v, keras.ops.zeros_like(v)))
+        v.assign(keras.ops.where(self.mask.value, v.value, keras.ops.zeros(v.shape, v.dtype)))
 
     # -- Constraint ----------------------------------------------------------
     def __call__(self, w):
         if self.mask is None:
             return self.inner(w) if self.inner is not None else w
         # `where`, not `w * mask`: masked entries become +0.0, never -0.0.
-        w = keras.ops.where(self.mask, w, keras.ops.zeros_like(w))
+        mask = self.mask.value
+        w = keras.ops.where(mask, _value(w), keras.ops.zeros(w.shape, w.dtype))
         if self.inner is None:
             return w
-        w = self.inner(w)
-        return keras.ops.where(self.mask, w, keras.ops.zeros_like(w))
+        w = _value(self.inner(w))
+        return keras.ops.where(mask, w, keras.ops.zeros(w.shape, w.dtype))
 
     def get_config(self):
         return {
@@ -143,6 +153,11 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         # masked entries non-zero until the next optimizer step.
         _load_mask(store, "", self)
         self.zero_masked()
+
+
+def _value(x):
+    """A tensor for `x` (keras.Variables are not arrays to every backend's ops)."""
+    return x.value if isinstance(x, keras.Variable) else x
 
 
 def _save_mask(store, prefix: str, constraint: MaskConstraint) -> None:

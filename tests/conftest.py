@@ -13,6 +13,31 @@ import pytest  # noqa: E402
 
 import dst  # noqa: E402
 
+BACKEND = keras.backend.backend()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips `tensorflow_only` tests when the suite runs on another backend."""
+    if BACKEND == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"TensorFlow only; this run: KERAS_BACKEND={BACKEND}")
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def compiled(fn):
+    """`fn` compiled as the backend compiles a train step (XLA on TF and JAX)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
 
 @pytest.fixture(autouse=True)
 def _seed():

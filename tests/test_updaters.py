@@ -2,7 +2,7 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
+from conftest import compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -51,19 +51,18 @@ def test_ties_are_broken_by_the_seed_not_by_position():
 
 @settings(max_examples=25, deadline=None)
 @given(st.data(), shapes, st.booleans(), st.integers(0, 10_000))
-def test_host_and_xla_selection_are_identical(data, shape, largest, step):
+def test_host_and_compiled_selection_are_identical(data, shape, largest, step):
     scores = data.draw(arrays(np.float32, shape, elements=scores_of))
     candidates = data.draw(arrays(bool, shape))
     k = data.draw(st.integers(0, int(candidates.sum())))
     host = _select.NUMPY.select(scores, candidates, k, _salt(3, step, 2, 1), largest=largest)
 
-    @tf.function(jit_compile=True)
-    def in_xla(s, c, k, step):
+    def in_graph(s, c, k, step):
         return _select.OPS.select(s, c, k, _select.salt(keras.ops, 3, step, 2, 1),
                                   largest=largest)
 
-    graph = in_xla(scores, candidates, tf.constant(k, tf.int64), tf.constant(step, tf.int64))
-    assert np.array_equal(host, graph.numpy())
+    graph = compiled(in_graph)(scores, candidates, np.int32(k), np.int32(step))
+    assert np.array_equal(host, keras.ops.convert_to_numpy(graph))
 
 
 @settings(max_examples=60, deadline=None)
@@ -75,9 +74,9 @@ def test_drop_and_grow_keep_the_count_and_are_disjoint(data, shape, name, fracti
     cls = {"set": updaters.SET, "rigl": updaters.RigL}[name]
     up = cls(drop_fraction=fraction, drop_fraction_schedule="constant", end_step=100, seed=0)
     up.end = 100  # what bind() resolves; no model needed for new_mask
-    new = up.new_mask(_select.NUMPY, weight, mask, grad, up.drop_fraction_at(0),
-                      lambda role: _salt(0, 0, 0, role))
     k = min(int(np.floor(fraction * mask.sum())), int((~mask).sum()))
+    new = up.new_mask(_select.NUMPY, weight, mask, grad, k,
+                      lambda role: _salt(0, 0, 0, role))
     dropped, grown = mask & ~new, new & ~mask
     assert new.sum() == mask.sum()
     assert dropped.sum() == grown.sum() == k

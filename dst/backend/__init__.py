@@ -1,34 +1,79 @@
-"""The backend-specific pieces of dst, one module per Keras backend.
+"""The backend-specific pieces of dst, one small module per Keras backend.
 
 Everything else in dst is written in `keras.ops`. A backend module provides:
 
 - `step_hook(optimizer, fn)`: a context manager under which `fn(step, grads)`
   runs inside the optimizer's update, after the weights are stepped, with
   `step` the optimizer's iteration count before this step and `grads`
-  {id(variable): gradient} the gradients the optimizer applied (all-reduced
-  over replicas, unscaled, after the optimizer's clipping).
-- `host_call(fn, inputs, dtypes)`: runs a numpy function from inside the
-  compiled step.
+  {variable_key(variable): gradient} the gradients the optimizer applied
+  (all-reduced over replicas, unscaled, after the optimizer's clipping).
+- `sparse_train_function(model, optimizer, fn, state)`: builds the model's
+  train function with `fn` hooked into the optimizer's update as above;
+  `state` lists (layer, variables) that the step reads and writes besides
+  the weights and the optimizer (masks, ITOP records, counters).
+- `release(model, state)`: undoes what `sparse_train_function` registered.
+- `host_call(fn, inputs, dtypes)`: runs a numpy function from inside the step.
 - `no_autograph(fn)`: keeps a function plain Python when a user's compiled
   function calls it.
 - `variable_key(variable)`: the key under which `step_hook` reports a
   variable's gradient.
+- `in_graph(model)`: whether the step is compiled, so masks are computed with
+  `keras.ops` (`dst._select.OPS`) rather than numpy on the host.
+- `FUNCTIONAL`: True where a conditional branch cannot assign variables
+  (JAX), so the update computes new values and assigns them after the branch.
 """
 
 import keras
 
-if keras.backend.backend() != "tensorflow":
+_BACKEND = keras.backend.backend()
+
+if _BACKEND == "tensorflow":
+    from dst.backend.tensorflow import (
+        FUNCTIONAL,
+        host_call,
+        in_graph,
+        no_autograph,
+        release,
+        sparse_train_function,
+        step_hook,
+        variable_key,
+    )
+elif _BACKEND == "jax":
+    from dst.backend.jax import (
+        FUNCTIONAL,
+        host_call,
+        in_graph,
+        no_autograph,
+        release,
+        sparse_train_function,
+        step_hook,
+        variable_key,
+    )
+elif _BACKEND == "torch":
+    from dst.backend.torch import (
+        FUNCTIONAL,
+        host_call,
+        in_graph,
+        no_autograph,
+        release,
+        sparse_train_function,
+        step_hook,
+        variable_key,
+    )
+else:
     raise ImportError(
-        f"dst supports the TensorFlow backend of Keras 3 (KERAS_BACKEND=tensorflow); "
-        f"this process runs Keras on '{keras.backend.backend()}'. JAX and PyTorch "
-        "support is planned."
+        f"dst runs on Keras 3's TensorFlow, JAX and PyTorch backends; this process "
+        f"runs Keras on {_BACKEND!r}. Set KERAS_BACKEND to 'tensorflow', 'jax' or "
+        "'torch' before importing keras."
     )
 
-from dst.backend.tensorflow import (  # noqa: E402
-    host_call,
-    no_autograph,
-    step_hook,
-    variable_key,
-)
-
-__all__ = ["host_call", "no_autograph", "step_hook", "variable_key"]
+__all__ = [
+    "FUNCTIONAL",
+    "host_call",
+    "in_graph",
+    "no_autograph",
+    "release",
+    "sparse_train_function",
+    "step_hook",
+    "variable_key",
+]

@@ -16,9 +16,37 @@ import tensorflow as tf
 
 from dst._compat import inner_optimizer
 
-__all__ = ["step_hook", "host_call", "no_autograph", "variable_key"]
+__all__ = ["FUNCTIONAL", "host_call", "in_graph", "no_autograph", "release",
+           "sparse_train_function", "step_hook", "variable_key"]
 
 _HOOKED = "_distributed_tf_update_step"
+# `tf.cond` branches may assign variables.
+FUNCTIONAL = False
+
+
+def in_graph(model) -> bool:
+    """Masks are computed in-graph under XLA (`jit_compile=True`), else on the host."""
+    return bool(getattr(model, "jit_compile", False))
+
+
+def sparse_train_function(model, optimizer, fn, state):
+    """The model's train function, called with `fn` hooked into `optimizer`.
+
+    `state` needs nothing here: TF functions read and write variables by
+    reference.
+    """
+    model.make_train_function(force=True)
+    plain = model.train_function
+
+    def call(*args):
+        with step_hook(optimizer, fn):
+            return plain(*args)
+
+    return call
+
+
+def release(model, state) -> None:
+    """Nothing to undo on TensorFlow."""
 
 
 @contextlib.contextmanager

@@ -6,8 +6,7 @@ import warnings
 
 import keras
 
-from dst import _compat
-from dst.backend import step_hook
+from dst import _compat, backend
 from dst.updaters.base import Updater
 
 __all__ = ["DSTCallback"]
@@ -92,14 +91,16 @@ class DSTCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._function is not None:
             self._warn_skipped()
-            self.model.train_function = None  # the next fit traces a plain step
+            model = self.model  # (on JAX, reading it syncs the trained state)
+            backend.release(model, self._function.state)
+            model.train_function = None  # the next fit traces a plain step
             self._function = None
 
     # -- helpers ------------------------------------------------------------
     def _bind(self, batch: int) -> None:
         optimizer = self.optimizer if self.optimizer is not None else self.model.optimizer
         inner = _compat.inner_optimizer(optimizer) if optimizer is not None else None
-        step = int(inner.iterations.numpy()) if inner is not None else 0
+        step = _read(inner.iterations) if inner is not None else 0
         params = self.params or {}
         steps, epochs = params.get("steps"), params.get("epochs")
         total = steps * epochs if steps and epochs else None
@@ -108,10 +109,9 @@ class DSTCallback(keras.callbacks.Callback):
         self.updater.state.mask_ema([t.constraint.mask for t in self.updater.targets])
         for t in self.updater.targets:  # weights written since the last step
             t.constraint.zero_masked()
-        self._skipped_seen = [int(v.numpy()) for v in self.updater.skipped]
+        self._skipped_seen = [_read(v) for v in self.updater.skipped]
         scale = getattr(optimizer, "dynamic_scale", None)
-        self._start = (step, None if scale is None else float(scale.numpy()))
-        self.model.make_train_function(force=True)
+        self._start = (step, None if scale is None else _read(scale, float))
         self._function = _SparseTrainFunction(self.model, optimizer, self.updater)
         self.model.train_function = self._function
 
@@ -119,9 +119,10 @@ class DSTCallback(keras.callbacks.Callback):
         step, scale = self._start
         self._start = None
         optimizer = self.updater.optimizer
-        now = int(_compat.inner_optimizer(optimizer).iterations.numpy())
+        self.model  # noqa: B018 - on JAX, reading it syncs the trained state
+        now = _read(_compat.inner_optimizer(optimizer).iterations)
         moved = now != step or (scale is not None
-                                and float(optimizer.dynamic_scale.numpy()) != scale)
+                                and _read(optimizer.dynamic_scale, float) != scale)
         if not moved:
             raise RuntimeError(
                 f"{type(self).__name__}: optimizer {optimizer.name!r} did not step during "
@@ -131,7 +132,7 @@ class DSTCallback(keras.callbacks.Callback):
             )
 
     def _warn_skipped(self) -> None:
-        counts = [int(v.numpy()) for v in self.updater.skipped]
+        counts = [_read(v) for v in self.updater.skipped]
         for t, seen, now in zip(self.updater.targets, self._skipped_seen, counts):
             if now > seen:
                 warnings.warn(
@@ -161,16 +162,23 @@ class _SparseTrainFunction:
 
     def __init__(self, model, optimizer, updater):
         self.model = model
-        self.plain = model.train_function
-        self.optimizer = optimizer
-        self.updater = updater
+        self.state = updater.state_variables()
+        self.sparse = backend.sparse_train_function(model, optimizer, updater.sparse_step,
+                                                    self.state)
         self.armed = False
 
-    def __call__(self, iterator):
-        if not self.armed:
+    def __call__(self, *args):
+        if not self.armed and not backend.FUNCTIONAL:
             self.model.train_function = None
             self.model.make_train_function()
-            return self.model.train_function(iterator)
+            return self.model.train_function(*args)
+        # On JAX the model state of this call already holds dst's variables
+        # (they stay registered until a dst fit ends), so the step must
+        # thread them; its updates run as scheduled.
         self.armed = False
-        with step_hook(self.optimizer, self.updater.sparse_step):
-            return self.plain(iterator)
+        return self.sparse(*args)
+
+
+def _read(variable, kind=int):
+    """A scalar variable's value on the host."""
+    return kind(keras.ops.convert_to_numpy(variable))

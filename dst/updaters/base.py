@@ -28,7 +28,7 @@ import numbers
 import keras
 import numpy as np
 
-from dst import _compat, _select
+from dst import _compat, _select, backend
 from dst._model import Target, check_keras3_model, dynamic_targets
 from dst._validate import as_float, as_int
 from dst.backend import host_call, no_autograph, step_hook, variable_key
@@ -107,10 +107,18 @@ class Updater:
                 f"weights of model '{model.name}', which has none: compile the "
                 "model, or pass `bind(model, optimizer=...)`."
             )
-        if not _compat.is_keras_optimizer(_compat.inner_optimizer(optimizer)):
+        inner = _compat.inner_optimizer(optimizer)
+        if not _compat.is_keras_optimizer(inner):
             raise ValueError(
                 f"{type(self).__name__} needs a keras.optimizers.Optimizer; received "
                 f"{type(optimizer).__name__}."
+            )
+        if getattr(inner, "gradient_accumulation_steps", None):
+            raise ValueError(
+                f"{type(self).__name__} does not support gradient accumulation "
+                f"(optimizer {inner.name!r} has gradient_accumulation_steps="
+                f"{inner.gradient_accumulation_steps}): its step count advances on "
+                "every micro-batch. Use a larger batch instead."
             )
         self.model = model
         self.optimizer = optimizer
@@ -124,13 +132,11 @@ class Updater:
         with _compat.strategy_scope(model):
             self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
                                         model.trainable_variables)
-        self.jit = bool(getattr(model, "jit_compile", False)) if jit is None else jit
+        # JAX traces every step: masks are always computed in-graph there.
+        self.jit = backend.in_graph(model) if jit is None or backend.FUNCTIONAL else bool(jit)
         self._table = None
-        if not hasattr(self, "skipped"):
-            self.skipped = None
-        if self.skipped is None or len(self.skipped) != len(self.targets):
-            self.skipped = [keras.Variable(0, dtype="int64", trainable=False,
-                                           name="dst_skipped_updates") for _ in self.targets]
+        self.skipped = [t.constraint.skipped for t in self.targets]
+        self.active = [int(t.constraint.numpy().sum()) for t in self.targets]
         self._keys = {variable_key(t.variable): i for i, t in enumerate(self.targets)}
 
     def _targets(self, model) -> list[Target]:
@@ -155,6 +161,10 @@ class Updater:
             )
         fraction = 1.0 if self.end_step is None else self.end_step
         return max(self.begin_step, first_step + int(round(fraction * total_steps)) - 1)
+
+    def state_variables(self) -> list:
+        """(layer, [variables]) of the mask state a training step reads and writes."""
+        return [(t.layer, t.constraint.state_variables) for t in self.targets]
 
     def attach(self):
         """Context manager: runs the sparse step inside the optimizer's updates.
@@ -217,6 +227,8 @@ class Updater:
     @no_autograph
     def sparse_step(self, step, grads: dict) -> None:
         """The in-graph step: `grads` maps `variable_key(variable)` to its gradient."""
+        if isinstance(step, keras.Variable):
+            step = step.value  # read now, in the scope that maps it
         by_index = {i: grads.get(key) for key, i in self._keys.items()}
         if self.needs_gradients:
             missing = [self.targets[i].path for i, g in by_index.items() if g is None]
@@ -239,6 +251,9 @@ class Updater:
             for index in range(len(self.targets)):
                 self._update_target(index, at, by_index.get(index))
 
+        if backend.FUNCTIONAL:
+            self._functional_update(step, update)
+            return
         if not self.jit:
             keras.ops.cond(self._is_update_tensor(step), update, lambda: None)
             return
@@ -246,14 +261,35 @@ class Updater:
         # its operands are hoisted and run every step; a loop that runs zero
         # or one time with the step as its variable keeps them inside.
         ops = keras.ops
-        first = ops.cast(step, "int64")
-        stop = first + ops.cast(self._is_update_tensor(step), "int64")
+        first = ops.cast(step, "int32")
+        stop = first + ops.cast(self._is_update_tensor(step), "int32")
 
         def body(at):
             update(at)
             return (at + 1,)
 
         ops.while_loop(lambda at: at < stop, body, (first,))
+
+    def _functional_update(self, step, update) -> None:
+        """The update where branches cannot assign (JAX): the taken branch
+        returns the new values of every variable the update touches, which
+        are assigned after it."""
+        touched, seen = [], set()
+        for index, t in enumerate(self.targets):
+            for v in [*t.constraint.state_variables, t.variable, *self.state.variables_of(index)]:
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    touched.append(v)
+        current = [v.value for v in touched]
+
+        def run():
+            with _compat.StatelessScope(state_mapping=list(zip(touched, current))) as scope:
+                update()
+            return [scope.get_current_value(v) for v in touched]
+
+        new = keras.ops.cond(self._is_update_tensor(step), run, lambda: current)
+        for v, value in zip(touched, new):
+            v.assign(value)
 
     def _update_target(self, index, step, grad) -> None:
         t = self.targets[index]
@@ -266,10 +302,11 @@ class Updater:
         kept = keras.ops.logical_and(new, old)
         grown = keras.ops.logical_and(new, keras.ops.logical_not(old))
         mask.assign(new)
-        t.constraint.ever.assign(keras.ops.logical_or(t.constraint.ever, new))
-        weight.assign(keras.ops.where(kept, weight, keras.ops.zeros_like(weight)))
+        t.constraint.ever.assign(keras.ops.logical_or(t.constraint.ever.value, new))
+        weight.assign(keras.ops.where(kept, weight.value,
+                                      keras.ops.zeros(weight.shape, weight.dtype)))
         self.state.reset(index, grown, kept)
-        self.skipped[index].assign_add(1 - keras.ops.cast(ok, "int64"))
+        self.skipped[index].assign_add(1 - keras.ops.cast(ok, "int32"))
 
     def _masks_on_host(self, index, step, weight, old, grad):
         target = self.targets[index]
@@ -294,18 +331,19 @@ class Updater:
 
     def _masks_in_graph(self, index, step, weight, old, grad):
         ops = keras.ops
-        step = ops.cast(step, "int64")
+        weight = weight.value
+        step = ops.cast(step, "int32")
         ok = ops.all(ops.isfinite(weight))
         if grad is not None:
             ok = ops.logical_and(ok, ops.all(ops.isfinite(grad)))
         steps, table = self._value_table()
-        row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int64")) - 1,
+        row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int32")) - 1,
                           len(steps) - 1)
         value = ops.take(ops.take(ops.convert_to_tensor(table), ops.maximum(row, 0), axis=0),
                          index)
-        safe_w = ops.where(ops.isfinite(weight), weight, ops.zeros_like(weight))
+        safe_w = ops.where(ops.isfinite(weight), weight, ops.zeros(weight.shape, weight.dtype))
         safe_g = None if grad is None else ops.where(ops.isfinite(grad), grad,
-                                                     ops.zeros_like(grad))
+                                                     ops.zeros(grad.shape, grad.dtype))
         new = self.new_mask(_select.OPS, safe_w, old, safe_g, value,
                             lambda role: _select.salt(ops, self.seed, step, index, role))
         return ops.where(ok, new, old), ok
@@ -315,13 +353,13 @@ class Updater:
         if self._table is None:
             steps = self.schedule.steps()
             table = np.array([[self.step_value(s, i) for i in range(len(self.targets))]
-                              for s in steps], dtype="float64")
-            self._table = (np.asarray(steps, dtype="int64"), table)
+                              for s in steps], dtype="int32")
+            self._table = (np.asarray(steps, dtype="int32"), table)
         return self._table
 
     def _is_update_tensor(self, step):
         ops = keras.ops
-        step = ops.cast(step, "int64")
+        step = ops.cast(step, "int32")
         s = self.schedule
         on_grid = ops.logical_and(
             ops.logical_and(step >= s.begin, step <= s.end),
@@ -331,9 +369,13 @@ class Updater:
         return on_grid
 
     # -- the algorithm hooks ------------------------------------------------
-    def step_value(self, step: int, index: int) -> float:
-        """The per-step number `new_mask` needs (drop fraction, kept count)."""
-        return 0.0
+    def step_value(self, step: int, index: int) -> int:
+        """The per-step count `new_mask` needs (connections to drop, or to keep).
+
+        An integer computed on the host, so the count is exactly the same on
+        every backend and in both selection paths.
+        """
+        return 0
 
     def new_mask(self, kit, weight, mask, grad, value, salt):
         """Returns the new bool mask of one weight. Subclasses override this.
@@ -419,10 +461,6 @@ def _check(target, old, new, want: int, who: str) -> None:
         )
 
 
-def floor_fraction(kit, fraction, count):
-    """floor(fraction · count) in float64, the same on the host and in-graph."""
-    if kit is _select.NUMPY:
-        return np.int64(math.floor(float(fraction) * float(count)))
-    ops = keras.ops
-    return ops.cast(ops.floor(ops.cast(fraction, "float64") * ops.cast(count, "float64")),
-                    "int64")
+def floor_fraction(fraction: float, count: int) -> int:
+    """floor(fraction · count), in float64 on the host."""
+    return int(math.floor(float(fraction) * float(count)))

@@ -73,8 +73,8 @@ class MagnitudePruning(Updater):
             self._counts[step] = dist_lib.active_counts(self._shapes, self._fn(self._shapes, s))
         return self._counts[step]
 
-    def step_value(self, step: int, index: int) -> float:
-        return float(self.target_counts(step)[self.targets[index].path])
+    def step_value(self, step: int, index: int) -> int:
+        return int(self.target_counts(step)[self.targets[index].path])
 
     def expected_active(self, index, old, step) -> int:
         return min(int(self.step_value(step, index)), int(old.sum()))
@@ -82,6 +82,6 @@ class MagnitudePruning(Updater):
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)
-        keep = xp.minimum(kit.cast(value, "int64"), active)
+        keep = xp.minimum(kit.cast(value, "int32"), kit.cast(active, "int32"))
         pruned = kit.select(xp.abs(weight), mask, active - keep, salt(0))
         return xp.logical_and(mask, xp.logical_not(pruned))

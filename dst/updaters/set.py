@@ -56,13 +56,16 @@ class SET(Updater):
         return DropFraction(self.drop_fraction, self.begin_step, self.end,
                             self.drop_fraction_schedule)(step)
 
-    def step_value(self, step: int, index: int) -> float:
-        return self.drop_fraction_at(step)
+    def step_value(self, step: int, index: int) -> int:
+        """k, the connections to drop (and grow) at `step`: floor(f(t) · n) for
+        the n connections the weight had active at `bind` (SET keeps n)."""
+        return floor_fraction(self.drop_fraction_at(step), self.active[index])
 
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)
-        k = xp.minimum(floor_fraction(kit, value, active), math.prod(mask.shape) - active)
+        k = xp.minimum(kit.cast(value, "int32"),
+                       kit.cast(math.prod(mask.shape) - active, "int32"))
         dropped = kit.select(xp.abs(weight), mask, k, salt(0))
         grown = kit.select(self.grow_scores(kit, weight, mask, grad),
                            xp.logical_not(mask), k, salt(1), largest=True)

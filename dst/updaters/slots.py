@@ -90,21 +90,32 @@ class OptimizerState:
         """The slot variables of the `index`-th sparse weight."""
         return [slot for slot, _ in self._slots[index]]
 
+    def variables_of(self, index: int) -> list:
+        """Every optimizer variable an update of the `index`-th weight may write."""
+        average = self._ema[index]
+        return self.slots(index) + ([average] if average is not None else [])
+
     def mask_ema(self, masks) -> None:
         """Zeroes the EMA copies where `masks` (one per variable) are False."""
         if not self.ema:
             return
         for average, mask in zip(self._ema, masks):
             if average is not None:
-                average.assign(keras.ops.where(mask, average, keras.ops.zeros_like(average)))
+                average.assign(_zero_outside(mask, average))
 
     def reset(self, index: int, grown, kept) -> None:
         """Resets the slots of `grown` entries; zeroes EMA outside `kept`."""
         for slot, init in self._slots[index]:
-            slot.assign(keras.ops.where(grown, keras.ops.cast(init, slot.dtype), slot))
+            slot.assign(keras.ops.where(grown, keras.ops.cast(init, slot.dtype), slot.value))
         average = self._ema[index]
         if average is not None:
-            average.assign(keras.ops.where(kept, average, keras.ops.zeros_like(average)))
+            average.assign(_zero_outside(kept, average))
+
+
+def _zero_outside(mask, variable):
+    mask = mask.value if isinstance(mask, keras.Variable) else mask
+    return keras.ops.where(mask, variable.value,
+                           keras.ops.zeros(variable.shape, variable.dtype))
 
 
 def _initial_values(opt, variables, names) -> dict[str, list]:

@@ -1,0 +1,121 @@
+"""JAX backend: dst's step inside Keras' stateless, jitted train step.
+
+Keras' JAX trainer threads the model's state through a jitted `train_step`
+as values, and the optimizer steps inside `optimizer.stateless_apply`, in a
+`StatelessScope` that maps only the trainable and optimizer variables. A
+variable outside that state would be a constant frozen at trace time, and
+its assignments would be lost. So, for the duration of a dst `fit`:
+
+- dst's own variables (masks, ITOP records, skip counters) are registered as
+  model state (`dst._compat.track_state`), so Keras threads, shards, donates
+  and syncs them like its own non-trainable variables;
+- the train step is traced with the inner optimizer's `stateless_apply`
+  mapping those variables too. Their values enter through the list of
+  trainable values (which a `LossScaleOptimizer` passes to its inner
+  optimizer and returns unchanged on a skipped step) and leave the same way,
+  so no traced value crosses a conditional's boundary.
+
+Inside, the update runs as in the other backends (`dst.backend._generic`),
+with masks computed by `keras.ops` (`dst._select.OPS`): the step is always
+traced, even with `run_eagerly=True`.
+"""
+
+from __future__ import annotations
+
+from dst import _compat
+from dst.backend._generic import no_autograph, step_hook, variable_key
+
+__all__ = ["FUNCTIONAL", "host_call", "in_graph", "no_autograph", "release",
+           "sparse_train_function", "step_hook", "variable_key"]
+
+# `lax.cond` branches cannot assign variables: they return values.
+FUNCTIONAL = True
+
+
+def in_graph(model) -> bool:
+    """JAX traces every step: masks are computed in-graph."""
+    return True
+
+
+def host_call(fn, inputs, dtypes):
+    raise RuntimeError("dst computes masks in-graph on JAX; no host call is made.")
+
+
+def _state_variables(state) -> list:
+    return [v for _, variables in state for v in variables]
+
+
+def sparse_train_function(model, optimizer, fn, state):
+    """The model's train function with `fn` hooked into `optimizer` (see module)."""
+    for layer, variables in state:
+        _compat.track_state(layer, variables)
+    extra = _state_variables(state)
+    outer, inner = optimizer, _compat.inner_optimizer(optimizer)
+    original_step = model.train_step
+
+    def train_step(step_state, data):
+        positions = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        where = [positions[id(v)] for v in extra]
+        carrier = {"in": [step_state[1][i] for i in where], "out": None}
+        with _Threaded(outer, inner, extra, carrier), step_hook(optimizer, fn):
+            logs, (tv, ntv, ov, mv) = original_step(step_state, data)
+        ntv = list(ntv)
+        for i, value in zip(where, carrier["out"]):
+            ntv[i] = value
+        return logs, (tv, ntv, ov, mv)
+
+    model.train_step = train_step
+    try:
+        model.make_train_function(force=True)
+    finally:
+        del model.__dict__["train_step"]
+    return model.train_function
+
+
+def release(model, state) -> None:
+    """Unregisters dst's variables from the model state (after `fit` synced them)."""
+    for layer, variables in state:
+        _compat.untrack_state(layer, variables)
+
+
+class _Threaded:
+    """Patches `stateless_apply` so that the inner optimizer's scope also maps
+    dst's variables, carried in and out after the trainable values."""
+
+    def __init__(self, outer, inner, extra, carrier):
+        self.outer, self.inner, self.extra, self.carrier = outer, inner, extra, carrier
+
+    def __enter__(self):
+        inner, extra, carrier = self.inner, self.extra, self.carrier
+        n = len(_compat.optimizer_variables(inner))
+        outer_apply = self.outer.stateless_apply
+
+        def inner_apply(optimizer_variables, grads, trainable_variables):
+            values = list(trainable_variables)
+            mapping = (list(zip(_compat.optimizer_variables(inner), values[:n]))
+                       + list(zip(inner.variables, optimizer_variables))
+                       + list(zip(extra, values[n:])))
+            with _compat.StatelessScope(state_mapping=mapping) as scope:
+                inner.apply(list(grads)[:n])
+            new = [scope.get_current_value(v) for v in _compat.optimizer_variables(inner)]
+            new += [scope.get_current_value(v) for v in extra]
+            return new, [scope.get_current_value(v) for v in inner.variables]
+
+        def apply(optimizer_variables, grads, trainable_variables):
+            values = list(trainable_variables) + list(carrier["in"])
+            step = inner_apply if self.outer is inner else outer_apply
+            new, optimizer_values = step(optimizer_variables, grads, values)
+            carrier["out"] = list(new[n:])
+            return list(new[:n]), optimizer_values
+
+        inner.stateless_apply = inner_apply
+        if self.outer is not inner:
+            self.outer.stateless_apply = apply
+        else:
+            inner.stateless_apply = apply
+        return self
+
+    def __exit__(self, *exc):
+        for opt in {id(self.outer): self.outer, id(self.inner): self.inner}.values():
+            opt.__dict__.pop("stateless_apply", None)
+        return False

@@ -1,0 +1,43 @@
+"""PyTorch backend: Keras' torch trainer runs eagerly, so dst's step is plain
+Python inside `optimizer.apply` (see `dst.backend._generic`).
+
+Masks are computed with numpy on the host, and only at update steps: the
+step count is the only value read back every step.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from dst.backend._generic import no_autograph, step_hook, variable_key
+
+__all__ = ["FUNCTIONAL", "host_call", "in_graph", "no_autograph", "release",
+           "sparse_train_function", "step_hook", "variable_key"]
+
+FUNCTIONAL = False
+
+
+def in_graph(model) -> bool:
+    """The step runs eagerly: masks are computed on the host."""
+    return False
+
+
+def host_call(fn, inputs, dtypes):
+    """Runs `fn` on numpy copies of `inputs` (eager: a direct call)."""
+    return fn(*[keras.ops.convert_to_numpy(x) for x in inputs])
+
+
+def sparse_train_function(model, optimizer, fn, state):
+    """The model's train function, called with `fn` hooked into `optimizer`."""
+    model.make_train_function(force=True)
+    plain = model.train_function
+
+    def call(*args):
+        with step_hook(optimizer, fn):
+            return plain(*args)
+
+    return call
+
+
+def release(model, state) -> None:
+    """Nothing to undo on PyTorch."""

@@ -1,0 +1,47 @@
+"""One seeded SET or RigL run on the backend of KERAS_BACKEND; writes its masks.
+
+Usage: python agreement.py {set,rigl} OUT.npz
+
+The initial weights, data and batch order come from numpy, so every backend
+starts from the same model. The masks and weights after every step are saved.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import dst  # noqa: E402
+
+
+def main(method: str, out: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 12)).astype("float32")
+    y = (x[:, :3].argmax(1)).astype("int32")
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3)])
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    dst.sparsify(model, 0.7, "uniform", seed=0)
+    model.compile(keras.optimizers.SGD(0.05),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cls = {"set": dst.callbacks.SET, "rigl": dst.callbacks.RigL}[method]
+    record = {}
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for path, mask in dst.get_masks(self.model).items():
+                record[f"{batch}:{path}"] = mask
+            record[f"{batch}:weights"] = np.concatenate(
+                [np.ravel(w) for w in self.model.get_weights()])
+
+    model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
+              callbacks=[cls(update_freq=2, drop_fraction=0.4, end_step=8, seed=3), Record()])
+    np.savez(out, **record)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

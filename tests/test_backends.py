@@ -1,0 +1,119 @@
+"""dst on every Keras backend: the same masks on TensorFlow, JAX and PyTorch,
+masks that are model state inside compiled steps, and data-parallel training."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, data
+
+import dst
+
+SCRIPTS = Path(__file__).parent / "scripts"
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _run_script(name, *args, backend=BACKEND, env=None, timeout=300):
+    full_env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+                    **(env or {}))
+    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.mark.tensorflow_only  # runs all three backends itself
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_the_same_seed_gives_the_same_masks_on_every_backend(tmp_path, method):
+    runs = {}
+    for backend in BACKENDS:
+        out = tmp_path / f"{backend}.npz"
+        _run_script("agreement.py", method, str(out), backend=backend)
+        runs[backend] = dict(np.load(out))
+    reference = runs["tensorflow"]
+    masks = sorted(k for k in reference if not k.endswith(":weights"))
+    first = {k.split(":", 1)[1]: reference[k] for k in masks if k.startswith("0:")}
+    changed = [k for k in masks if not np.array_equal(reference[k], first[k.split(":", 1)[1]])]
+    assert changed, "the masks never changed: nothing was compared"
+    for backend in ("jax", "torch"):
+        assert sorted(runs[backend]) == sorted(reference)
+        for k in masks:
+            np.testing.assert_array_equal(runs[backend][k], reference[k], err_msg=f"{backend} {k}")
+        for k in reference:
+            if k.endswith(":weights"):
+                np.testing.assert_allclose(runs[backend][k], reference[k], atol=1e-5)
+
+
+def _fit(steps_per_execution, method=dst.callbacks.SET):
+    x, y = data(n=96)
+    rng = np.random.default_rng(1)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3)])
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    dst.sparsify(model, 0.7, "uniform", seed=0)
+    model.compile(keras.optimizers.SGD(0.05), "mse",
+                  steps_per_execution=steps_per_execution)
+    history = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            history.append((dst.get_masks(self.model), self.model.get_weights()))
+
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+              callbacks=[method(update_freq=3, drop_fraction=0.5, end_step=20, seed=1),
+                         Record()])
+    return model, history
+
+
+def test_a_mask_changed_inside_a_compiled_call_is_used_by_the_next_step():
+    # With steps_per_execution=4, four steps run inside one compiled call with
+    # no sync in between: a mask held as a trace-time constant would differ.
+    if BACKEND == "torch":
+        pytest.skip("Keras refuses steps_per_execution > 1 on PyTorch (it runs eagerly)")
+    one = _fit(1)[1]
+    four = _fit(4)[1]
+    assert len(one) == len(four) == 2
+    for (masks_1, weights_1), (masks_4, weights_4) in zip(one, four):
+        for a, b in zip(masks_1.values(), masks_4.values(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(weights_1, weights_4):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+
+def test_grown_connections_train_and_dropped_ones_stay_zero():
+    model = _fit(1)[0]
+    masks = dst.get_masks(model)
+    first = list(dst.get_masks(_fresh_sparse_model()).values())
+    for layer, start in zip(model.layers, first, strict=True):
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        mask = masks[layer.kernel.path]
+        assert not kernel[~mask].any()  # dropped connections stay at 0
+        grown = mask & ~start
+        assert grown.any()
+        # Grown connections start at 0 and train from the next step on.
+        assert np.count_nonzero(kernel[grown]) > 0.5 * grown.sum()
+
+
+def _fresh_sparse_model():
+    rng = np.random.default_rng(1)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3)])
+    model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    return dst.sparsify(model, 0.7, "uniform", seed=0)
+
+
+def test_the_masks_are_not_model_state_outside_a_dst_fit():
+    model = _fresh_sparse_model()
+    before = len(model.non_trainable_variables)
+    model.compile("sgd", "mse")
+    x, y = data(n=32)
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[dst.callbacks.SET(update_freq=1, end_step=2, seed=0)])
+    assert len(model.non_trainable_variables) == before
+    assert model.get_weights()[0].shape == (12, 16)  # masks are not weights
+    assert len(model.get_weights()) == 4
