@@ -39,6 +39,39 @@ def compiled(fn):
     return fn
 
 
+def gradients(model, x, loss, variables=None):
+    """Gradients of `loss(model(x))` for `variables` (default: all trainable),
+    computed eagerly the way a custom loop on this backend computes them."""
+    variables = list(model.trainable_variables if variables is None else variables)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            value = loss(model(x, training=True))
+        return tape.gradient(value, variables)
+    if BACKEND == "jax":
+        import jax
+
+        trainable = model.trainable_variables
+        index = {id(v): i for i, v in enumerate(trainable)}
+        ntv = [v.value for v in model.non_trainable_variables]
+
+        def f(values):
+            out, _ = model.stateless_call(values, ntv, x, training=True)
+            return loss(out)
+
+        grads = jax.grad(f)([v.value for v in trainable])
+        return [grads[index[id(v)]] for v in variables]
+    for v in model.trainable_variables:
+        v.value.grad = None
+    loss(model(x, training=True)).backward()
+    return [v.value.grad for v in variables]
+
+
+def numpy(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)
@@ -69,7 +102,7 @@ def assert_unchanged(model, before) -> None:
         np.testing.assert_array_equal(masks[k], after[k])
 
 
-def run_python(code: str, *args: str, timeout: int = 120) -> str:
+def run_python(code: str, *args: str, timeout: int = 300) -> str:
     """Runs `code` in a fresh Python process; returns stdout, fails on error."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(

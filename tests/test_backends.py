@@ -1,7 +1,9 @@
 """dst on every Keras backend: the same masks on TensorFlow, JAX and PyTorch,
 masks that are model state inside compiled steps, and data-parallel training."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,45 @@ def test_the_masks_are_not_model_state_outside_a_dst_fit():
     assert len(model.non_trainable_variables) == before
     assert model.get_weights()[0].shape == (12, 16)  # masks are not weights
     assert len(model.get_weights()) == 4
+
+
+# -- data-parallel training on each backend -----------------------------------
+# These spawn their own processes, each with the backend it needs, so they run
+# once (in the TensorFlow suite) rather than once per backend.
+@pytest.mark.tensorflow_only
+def test_jax_data_parallel_masks_are_the_same_on_every_device_and_as_on_one():
+    out = json.loads(_run_script("jax_data_parallel.py", backend="jax").strip().splitlines()[-1])
+    assert out["devices"] == 2 and out["changed"]
+    assert all(out["same_on_devices"])
+    # RigL grew from the global batch gradient: the same masks as on one device.
+    assert all(out["masks_equal"])
+    assert out["max_weight_diff"] < 1e-5
+
+
+@pytest.mark.tensorflow_only
+def test_torch_ddp_masks_are_the_same_on_every_rank_and_as_on_one(tmp_path):
+    port = str(_free_port())
+    env = dict(os.environ, KERAS_BACKEND="torch", TF_CPP_MIN_LOG_LEVEL="3")
+    ranks = [subprocess.Popen([sys.executable, str(SCRIPTS / "torch_ddp.py"), str(r), "2", port,
+                               str(tmp_path / f"rank{r}.npz")], env=env,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    _run_script("torch_ddp.py", "0", "1", "0", str(tmp_path / "one.npz"), backend="torch")
+    for proc in ranks:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+    rank0, rank1, one = (np.load(tmp_path / f"{n}.npz") for n in ("rank0", "rank1", "one"))
+    assert bool(rank0["changed"])
+    masks = [k for k in rank0.files if k.startswith("mask:")]
+    assert masks
+    for k in masks:
+        np.testing.assert_array_equal(rank0[k], rank1[k])
+        np.testing.assert_array_equal(rank0[k], one[k])  # grown from the averaged gradient
+    for k in rank0.files:
+        if k.startswith("weight"):
+            np.testing.assert_allclose(rank0[k], one[k], atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

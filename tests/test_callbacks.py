@@ -7,8 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from conftest import data, mlp, recording_rigl
+from conftest import data, gradients, mlp, numpy, recording_rigl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,6 +137,8 @@ def test_set_drops_exactly_the_smallest_magnitudes():
 
 def test_rigl_works_with_dataset_and_generator():
     x, y = data(64)
+    import tensorflow as tf  # tf.data feeds every backend's fit
+
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 
     def gen():
@@ -173,10 +174,12 @@ def test_no_update_after_end_step_and_schedule_formula():
     assert DropFraction(0.3, 0, 100, "constant")(99) == pytest.approx(0.3)
 
 
+@pytest.mark.tensorflow_only
 @settings(max_examples=40, deadline=None)
 @given(st.floats(0, 0.9), st.floats(0, 0.95), st.integers(0, 300), st.integers(1, 2000),
        st.integers(1, 200), st.sampled_from([1, 2, 3]))
 def test_polynomial_schedule_matches_tfmot(s_i, s_f, begin, length, freq, power):
+    import tensorflow as tf
     import tensorflow_model_optimization as tfmot
 
     end = begin + length
@@ -281,9 +284,9 @@ def test_custom_training_loop_with_updater():
     counts = {p: int(m.sum()) for p, m in dst.get_masks(model).items()}
     updated = 0
     for step in range(8):
-        with tf.GradientTape() as tape:
-            loss = keras.ops.mean((model(x[step * 8:(step + 1) * 8]) - y[step * 8:(step + 1) * 8]) ** 2)
-        grads = tape.gradient(loss, model.trainable_variables)
+        target = y[step * 8:(step + 1) * 8]
+        grads = gradients(model, x[step * 8:(step + 1) * 8],
+                          lambda out, t=target: keras.ops.mean((out - t) ** 2))
         opt.apply(grads, model.trainable_variables)
         updated += up.update(step, grads)
     assert updated == 4
@@ -362,9 +365,8 @@ def test_rigl_in_fit_sees_the_dense_gradient_of_the_current_batch():
     model = mlp()
     model.compile(keras.optimizers.SGD(0.0), "mse")  # lr 0: weights stay put
     x, y = data(16)
-    with tf.GradientTape() as tape:
-        loss = keras.losses.MeanSquaredError()(y, model(x, training=True))
-    expected = tape.gradient(loss, [t.variable for t in dst._model.dynamic_targets(model)])
+    expected = gradients(model, x, lambda out: keras.losses.MeanSquaredError()(y, out),
+                         [t.variable for t in dst._model.dynamic_targets(model)])
     before = list(dst.get_masks(model).values())
     cb = recording_rigl(update_freq=1, end_step=0, seed=0)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
@@ -372,7 +374,7 @@ def test_rigl_in_fit_sees_the_dense_gradient_of_the_current_batch():
     seen = {g.shape: g for g in cb.updater.seen}  # weights may be computed in any order
     for want, mask in zip(expected, before):
         grad = seen[tuple(want.shape)]
-        np.testing.assert_allclose(grad, want.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(grad, numpy(want), rtol=1e-5, atol=1e-7)
         assert np.abs(grad[~mask]).max() > 0  # dense: masked entries get a gradient
 
 

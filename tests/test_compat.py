@@ -191,6 +191,7 @@ def hook_calls(optimizer):
     return calls
 
 
+@pytest.mark.tensorflow_only
 def test_tf_update_step_runs_once_per_apply_before_the_step_count():
     assert tf_backend._HOOKED == "_distributed_tf_update_step"
     opt, (v,) = built(keras.optimizers.SGD(0.1), shapes=((2, 2),))
@@ -207,6 +208,7 @@ def test_tf_update_step_runs_once_per_apply_before_the_step_count():
     np.testing.assert_allclose(v.numpy(), np.full((2, 2), 0.8))
 
 
+@pytest.mark.tensorflow_only
 def test_tf_update_step_of_loss_scale_optimizer_sees_unscaled_finite_grads():
     opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=4.0)
     v = keras.Variable(np.ones((2, 2), "float32"))

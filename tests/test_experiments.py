@@ -18,6 +18,8 @@ from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
 from experiments import report, run, sweep, wandb_log  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow_only  # tf.distribute / TF-MOT / experiments
+
 TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
 GRID = ROOT / "experiments" / "sweeps" / "grid.yaml"
 

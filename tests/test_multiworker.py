@@ -18,6 +18,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.tensorflow_only  # tf.distribute / TF-MOT / experiments
+
 WORKER = textwrap.dedent("""
     import hashlib, json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
