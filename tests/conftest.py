@@ -137,7 +137,12 @@ class RecordingRigL(dst.updaters.RigL):
     """RigL that records the gradient each weight's growth is scored with."""
 
     def grow_scores(self, kit, weight, mask, grad):
-        self.seen.append(np.array(grad))
+        if BACKEND == "jax":  # a traced step: record from the host callback
+            import jax
+
+            jax.debug.callback(lambda g: self.seen.append(np.array(g)), grad)
+        else:
+            self.seen.append(np.array(grad))
         return super().grow_scores(kit, weight, mask, grad)
 
 

@@ -162,21 +162,29 @@ class _SparseTrainFunction:
 
     def __init__(self, model, optimizer, updater):
         self.model = model
+        self.updater = updater
         self.state = updater.state_variables()
         self.sparse = backend.sparse_train_function(model, optimizer, updater.sparse_step,
                                                     self.state)
         self.armed = False
 
     def __call__(self, *args):
-        if not self.armed and not backend.FUNCTIONAL:
+        if self.armed:
+            self.armed = False
+            return self.sparse(*args)
+        if backend.FUNCTIONAL:
+            # On JAX the state of this call already holds dst's variables (they
+            # stay registered until a dst fit ends): thread them, update nothing.
+            self.model.train_function = backend.sparse_train_function(
+                self.model, self.updater.optimizer, _hold, self.state)
+        else:
             self.model.train_function = None
             self.model.make_train_function()
-            return self.model.train_function(*args)
-        # On JAX the model state of this call already holds dst's variables
-        # (they stay registered until a dst fit ends), so the step must
-        # thread them; its updates run as scheduled.
-        self.armed = False
-        return self.sparse(*args)
+        return self.model.train_function(*args)
+
+
+def _hold(step, grads):
+    """A sparse step that changes no mask (a fit without dst after a failed one)."""
 
 
 def _read(variable, kind=int):
