@@ -9,13 +9,14 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from experiments import methods
+
 CSV_FIRST = (
     "method", "distribution", "target_sparsity", "seed", "test_accuracy",
     "achieved_sparsity", "epoch_seconds", "test_loss", "val_accuracy", "itop",
     "dense_flops", "sparse_flops", "flops_ratio", "gzip_bytes", "dense_gzip_bytes",
     "gzip_ratio",
 )
-METHOD_ORDER = ("dense", "static", "magnitude", "tfmot", "set", "rigl")
 
 
 def write_csv(rows: Sequence[Mapping], path: str | Path) -> None:
@@ -47,8 +48,8 @@ def read_csv(path: str | Path) -> list[dict]:
 
 
 def _key(row):
-    order = METHOD_ORDER.index(row["method"]) if row["method"] in METHOD_ORDER else 99
-    return (order, row["method"], row["distribution"], row["target_sparsity"])
+    return (methods.order(row["method"]), row["method"], row["distribution"],
+            row["target_sparsity"])
 
 
 def group(rows: Sequence[Mapping]) -> dict[tuple, list[Mapping]]:

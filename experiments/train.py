@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from experiments import config as config_lib
-from experiments import models, wandb_log
+from experiments import methods, models, wandb_log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +155,7 @@ def train_run(
     run_config = {**{k: v for k, v in cfg.items() if k != "wandb"}, **row}
     run = wandb_log.start(cfg["wandb"], run_config, spec.run_id, out_dir)
     try:
-        fit = _fit_tfmot if spec.method == "tfmot" else _fit_dst
+        fit = _fit_tfmot if methods.get(spec.method).framework == "tf_keras" else _fit_dst
         start = time.perf_counter()
         final, history, monitor = fit(spec, cfg, data, val_data, reference, schedule, run)
         row["train_seconds"] = time.perf_counter() - start
@@ -176,11 +176,6 @@ def _history(h) -> dict:
     return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 
-def _optimizer(k, spec):
-    cls = config_lib.optimizer_classes()[spec["name"]]
-    return getattr(k.optimizers, cls)(**{a: v for a, v in spec.items() if a != "name"})
-
-
 def _fit_args(cfg, data, val_data):
     return dict(
         x=data.x_train, y=data.y_train, batch_size=cfg["batch_size"],
@@ -197,17 +192,18 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
     keras.backend.clear_session()
     keras.utils.set_random_seed(spec.seed)
     model = models.build(cfg["model"], data.input_shape, data.num_classes, keras)
+    method = methods.get(spec.method)
     callbacks = []
-    if spec.method in ("static", "set", "rigl"):
+    if method.sparsify:
         dst.sparsify(model, spec.sparsity, spec.distribution, seed=spec.seed,
                      sparse_init=cfg["sparse_init"])
-    if spec.method in ("magnitude", "set", "rigl"):
-        kwargs = config_lib.callback_kwargs(cfg, spec.method, spec.sparsity, spec.seed,
-                                            *schedule, distribution=spec.distribution)
-        callbacks.append(dst.callbacks.get(spec.method)(**kwargs))
+    if method.callback:
+        kwargs = method.callback_kwargs(cfg, spec.sparsity, spec.seed, *schedule,
+                                        distribution=spec.distribution)
+        callbacks.append(dst.callbacks.get(method.callback)(**kwargs))
     monitor = _monitor(keras.callbacks.Callback, reference.names, run)
     model.compile(
-        optimizer=_optimizer(keras, cfg["optimizer"]),
+        optimizer=config_lib.make_optimizer(cfg["optimizer"], "keras"),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -241,7 +237,7 @@ def _fit_tfmot(spec, cfg, data, val_data, reference, schedule, run):
     )
     monitor = _monitor(tf_keras.callbacks.Callback, reference.names, run)
     loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=_optimizer(tf_keras, cfg["optimizer"]), loss=loss,
+    model.compile(optimizer=config_lib.make_optimizer(cfg["optimizer"], "tf_keras"), loss=loss,
                   metrics=["accuracy"])
     h = model.fit(**_fit_args(cfg, data, val_data),
                   callbacks=[pruning.UpdatePruningStep(), monitor])

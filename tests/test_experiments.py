@@ -8,6 +8,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 ROOT = Path(__file__).resolve().parents[1]
 
 import gzip  # noqa: E402
+import re  # noqa: E402
 import struct  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -16,7 +17,7 @@ import yaml  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
-from experiments import report, run, sweep, wandb_log  # noqa: E402
+from experiments import methods, report, run, sweep, wandb_log  # noqa: E402
 
 TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
 GRID = ROOT / "experiments" / "sweeps" / "grid.yaml"
@@ -38,7 +39,7 @@ def test_tiny_config_runs_every_method(tmp_path):
     lines = []
     rows = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lines.append)
 
-    assert sorted(r["method"] for r in rows) == sorted(config_lib.METHODS)
+    assert sorted(r["method"] for r in rows) == sorted(methods.NAMES)
     assert any(line.startswith("run 6/6: method=") for line in lines)
     csv_rows = report.read_csv(tmp_path / "runs.csv")
     assert len(csv_rows) == 6
@@ -169,22 +170,36 @@ def test_missing_idx_files_are_named(tmp_path):
 
 # -- bad configs --------------------------------------------------------------------
 BAD = [
-    ({"methods": ["dense", "lottery"]}, r"`methods` must be one of 'dense', 'static', "
-     r"'magnitude', 'set', 'rigl', 'tfmot'\. Received: methods='lottery'"),
-    ({"dataset": "imagenet"}, r"`dataset` must be one of 'digits', 'teacher', "
-     r"'fashion_mnist', 'mnist', 'cifar10'\. Received: dataset='imagenet'"),
-    ({"sparsities": [0.9, 1.0]}, r"`sparsities` must hold numbers in \(0, 1\).*1\.0"),
-    ({"sparsities": [1.5]}, r"`sparsities` must hold numbers in \(0, 1\).*1\.5"),
-    ({"seeds": None}, r"Missing config field\(s\) \['seeds'\]"),
-    ({"model": "transformer"}, r"`model` must be one of 'mlp', 'cnn', 'resnet'"),
-    ({"distribution": "random"}, r"`distribution` must be one of 'uniform', 'erk', 'er'"),
-    ({"optimizer": "adamx"}, r"`optimizer` must be one of .*'adam'.*'sgd'"),
-    ({"epochs": 0}, r"`epochs` must be an integer >= 1"),
-    ({"batch_size": "big"}, r"`batch_size` must be an integer >= 1"),
-    ({"lr": 0.1}, r"Unknown config field\(s\) \['lr'\]\. Allowed fields: "),
-    ({"dataset": "teacher", "model": "cnn"}, r"`model` 'cnn' needs image data"),
-    ({"wandb": "sometimes"}, r"`wandb.mode` must be one of 'auto', 'online'"),
-    ({"drop_fraction": 0.0}, r"`drop_fraction` must be a number in \(0.0, 1.0\]"),
+    ({"methods": ["dense", "lottery"]}, r"methods\.1: Input should be 'dense', 'static', "
+     r"'magnitude', 'tfmot', 'set' or 'rigl'; got 'lottery'"),
+    ({"dataset": "imagenet"}, r"dataset: Input should be 'digits', 'teacher', "
+     r"'fashion_mnist', 'mnist' or 'cifar10'; got 'imagenet'"),
+    ({"sparsities": [0.9, 1.0]}, r"sparsities\.1: must be a number in \(0, 1\).*got 1\.0"),
+    ({"sparsities": [1.5]}, r"sparsities\.0: must be a number in \(0, 1\).*1\.5"),
+    ({"seeds": None}, r"seeds: required field is missing"),
+    ({"model": "transformer"}, r"model: Input tag 'transformer'.*'mlp', 'cnn', 'resnet'"),
+    ({"model": {"name": "mlp", "hidden": [300, 0]}},
+     r"model\.mlp\.hidden\.1: Input should be greater than or equal to 1; got 0"),
+    ({"model": {"name": "mlp", "width": 3}}, r"model\.mlp\.width: unknown field"),
+    ({"distribution": "random"}, r"distribution\.0: Input should be 'uniform', 'erk' or 'er'"),
+    ({"optimizer": "adamx"}, r"optimizer\.name: must be one of .*'adam'.*'sgd'"),
+    ({"optimizer": {"name": "adam", "lr": 0.1}},
+     r"optimizer: Keras 3 'adam' rejected its arguments \{'lr': 0\.1\}"),
+    ({"epochs": 0}, r"epochs: Input should be greater than or equal to 1; got 0"),
+    ({"batch_size": "big"}, r"batch_size: Input should be a valid integer; got 'big'"),
+    ({"lr": 0.1}, r"lr: unknown field; allowed fields: dataset, model, "),
+    ({"update_frq": 5}, r"update_frq: unknown field \(did you mean 'update_freq'\?\)"),
+    ({"dataset": "teacher", "model": "cnn"}, r"model: 'cnn' needs image data"),
+    ({"wandb": "sometimes"}, r"wandb\.mode: Input should be 'auto', 'online'"),
+    ({"drop_fraction": 0.0}, r"drop_fraction: Input should be greater than 0"),
+    ({"end_step": 1.5}, r"end_step: as a float is a fraction of training"),
+    ({"drop_fraction_schedule": "zigzag"},
+     r"methods\.3: 'set': dst\.callbacks\.SET rejected the config: .*zigzag"),
+    ({"backend": "theano"}, r"backend: Input should be 'tensorflow', 'jax' or 'torch'"),
+    ({"backend": "jax"}, r"backend: method\(s\) \['tfmot'\] run on tf_keras and need "
+     r"backend 'tensorflow'"),
+    # Lamb is a Keras 3 optimizer only: TF-MOT (tf_keras) would fail after training.
+    ({"optimizer": "lamb"}, r"optimizer\.name: 'lamb' exists in Keras 3 but not in tf_keras"),
 ]
 
 
@@ -194,28 +209,97 @@ def test_bad_config_is_rejected(override, message):
         tiny(**override)
 
 
+def test_every_problem_is_reported_at_once_with_its_path():
+    with pytest.raises(config_lib.ConfigError) as info:
+        tiny(methods=["dense", "lottery"], model={"name": "mlp", "hidden": [0]},
+             sparsities=[0.9, 2.0], epochs=0, lr=0.1)
+    paths = [path for path, _ in info.value.problems]
+    assert sorted(paths) == sorted(
+        ["methods.1", "model.mlp.hidden.0", "sparsities.1", "epochs", "lr"])
+    assert str(info.value).startswith("5 problems in ")
+    assert all(f"  {p}: " in str(info.value) for p in paths)
+
+
+def test_keras_only_optimizer_is_accepted_without_tfmot():
+    cfg = tiny(optimizer="lamb", methods=["dense", "rigl"], backend="jax")
+    assert cfg["optimizer"] == {"name": "lamb"} and cfg["backend"] == "jax"
+
+
+def test_defaults_and_shorthands_are_filled_in():
+    cfg = tiny(model="MLP", seeds=3, wandb=None, methods="RigL")
+    assert cfg["model"] == {"name": "mlp", "hidden": [300, 100]}
+    assert cfg["seeds"] == [3] and cfg["methods"] == ["rigl"]
+    assert cfg["backend"] == "tensorflow" and cfg["distribution"] == ["erk"]
+    assert cfg["wandb"]["mode"] == "auto" and cfg["name"] == "tiny"
+
+
 def test_missing_field_in_file_is_rejected(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     del raw["dataset"]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(config_lib.ConfigError, match=r"Missing config field\(s\) \['dataset'\]"):
+    with pytest.raises(config_lib.ConfigError, match=r"dataset: required field is missing"):
         config_lib.load(path)
 
 
-def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
+def _no_training(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained despite a bad config")
 
     monkeypatch.setattr(run, "train_run", no_training)
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"config file '.*nope\.yaml' does not exist"),
+    ("dataset: [digits\n", r"is not valid YAML"),
+    ("- just\n- a list\n", r"must hold a YAML mapping of fields, got list"),
+    ("dataset: digits\nmodle: mlp\n", r"modle: unknown field \(did you mean 'model'\?\)"),
+])
+def test_cli_user_errors_exit_2_without_traceback(text, message, tmp_path, capsys,
+                                                  monkeypatch):
+    _no_training(monkeypatch)
+    path = tmp_path / "nope.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert run.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
     code = run.main([str(TINY), "--out", str(tmp_path), "--sparsity", "1.0"])
     assert code == 2
-    assert "`sparsities` must hold numbers in (0, 1)" in capsys.readouterr().err
+    assert "sparsities.0: must be a number in (0, 1)" in capsys.readouterr().err
     # An update schedule that cannot fit is found after loading data, before training.
     code = run.main([str(TINY), "--out", str(tmp_path), "--update_freq", "1000"])
     assert code == 2
-    assert "Lower `update_freq`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "update_freq: the update schedule does not fit in training" in err
+    assert "Lower `update_freq`" in err and "rigl-erk-s0.9-seed0" in err
+    assert "dense-none" not in err  # dense has no schedule to fit
     assert not (tmp_path / "runs.csv").exists()
+
+
+def test_dry_run_checks_the_schedule_too(tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    assert run.main([str(TINY), "--out", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "run 6/6: tfmot-uniform-s0.9-seed0"
+    args = [str(TINY), "--out", str(tmp_path), "--dry-run", "--update_freq", "1000"]
+    assert run.main(args) == 2
+    assert "the update schedule does not fit" in capsys.readouterr().err
+
+
+def test_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        run.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for field in config_lib.Config.model_fields:
+        assert re.search(rf"^  {field} +(required|default )", out, re.M), field
+    assert re.search(r"^  update_freq +default 100; ", out, re.M)
+    assert re.search(r"^  backend +default 'tensorflow'; ", out, re.M)
 
 
 # -- overrides and sweeps -----------------------------------------------------------------
