@@ -48,6 +48,9 @@ class Method:
             ("none" for dense; "uniform" for TF-MOT, which prunes every layer
             to the same sparsity).
         schedule: whether the method uses update_freq/begin_step/end_step.
+        sparsity_schedule: how its sparsity evolves during training: "dense"
+            (stays 0), "constant" (at the target from the first step) or
+            "gradual" (pruned from 0 to the target by end_step).
         kwargs: (cfg, sparsity, seed, begin, end, distribution) -> the
             callback's constructor arguments.
     """
@@ -62,6 +65,7 @@ class Method:
     distribution_field: str | None = None
     fixed_distribution: str = "none"
     schedule: bool = False
+    sparsity_schedule: str = "constant"
     kwargs: Callable[..., dict] = _no_kwargs
 
     @property
@@ -90,14 +94,14 @@ class Method:
 # Display order: baselines, then pruning, then dynamic sparse training.
 # Colours: matplotlib's tab10, one per method, black for the dense reference.
 TABLE: dict[str, Method] = {m.name: m for m in (
-    Method("dense", "dense", "black", "s"),
+    Method("dense", "dense", "black", "s", sparsity_schedule="dense"),
     Method("static", "static", "tab:gray", "v", sparsify=True,
            distribution_field="distribution"),
     Method("magnitude", "magnitude (dst)", "tab:blue", "o", callback="magnitude",
            distribution_field="magnitude_distribution", schedule=True,
-           kwargs=_pruning_kwargs),
+           sparsity_schedule="gradual", kwargs=_pruning_kwargs),
     Method("tfmot", "magnitude (TF-MOT)", "tab:cyan", "D", framework="tf_keras",
-           fixed_distribution="uniform", schedule=True),
+           fixed_distribution="uniform", schedule=True, sparsity_schedule="gradual"),
     Method("set", "SET", "tab:orange", "^", sparsify=True, callback="set",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
     Method("rigl", "RigL", "tab:red", "P", sparsify=True, callback="rigl",

@@ -79,16 +79,26 @@ def run_jobs(
     resume: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Trains `jobs` and writes runs.csv, histories.json, summary.md and plots.
+    """Trains `jobs` and writes DIR/results/<run id>.json per run, then merges
+    them into runs.csv, histories.json, summary.md and plots.
 
-    With `resume`, rows already in DIR/runs.csv are kept and their runs skipped.
+    Every run writes its own file, so several processes (W&B sweep agents) can
+    share DIR; each merge reads all the files there. Without `resume`, earlier
+    results in DIR are removed first; with it, runs that have a file are skipped.
     Data is loaded, and every schedule checked, before the first run trains.
     """
     out = Path(out_dir)
     jobs = list({job.run_id: job for job in jobs}.values())
     datasets, schedules = prepare(jobs)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, histories = _previous(out) if resume else ({}, {})
+    results = out / report.RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        stale = sorted(results.glob("*.json"))
+        for path in stale:
+            path.unlink()
+        if stale:
+            print_fn(f"Removed {len(stale)} earlier result(s) from {results} "
+                     "(--resume keeps them).")
     references = {}
     for job in jobs:
         key = _data_key(job.cfg)
@@ -97,15 +107,13 @@ def run_jobs(
             data, _ = datasets[key]
             references[ref_key] = Reference.build(job.cfg["model"], data.input_shape,
                                                   data.num_classes)
-    (out / "config.json").write_text(json.dumps(
-        [{"run_id": j.run_id, **j.cfg} for j in jobs], indent=1, default=str))
     for i, (job, schedule) in enumerate(zip(jobs, schedules), start=1):
         s = job.spec
         print_fn(f"run {i}/{len(jobs)}: method={s.method}, distribution={s.distribution}, "
                  f"sparsity={s.sparsity:g}, seed={s.seed}"
                  + (f", {job.tag}" if job.tag else ""))
-        if job.run_id in rows:
-            print_fn("  already in runs.csv; skipped (--resume)")
+        if report.result_path(out, job.run_id).is_file():
+            print_fn(f"  already in {report.RESULTS}/; skipped (--resume)")
             continue
         key = _data_key(job.cfg)
         data, val_data = datasets[key]
@@ -114,23 +122,13 @@ def run_jobs(
         row, history = train_run(s, job.cfg, data, val_data, ref, schedule=schedule,
                                  out_dir=out)
         row["run_id"], row["variant"] = job.run_id, job.tag
-        rows[job.run_id], histories[job.run_id] = row, history
-        report.write_csv(list(rows.values()), out / "runs.csv")
-        report.write_histories(histories, out / "histories.json")
+        report.write_result(out, job.run_id, row, history, job.cfg)
         print_fn(f"  -> test_accuracy={row['test_accuracy']:.4f}, "
                  f"achieved_sparsity={row['achieved_sparsity']:.4f}, "
                  f"epoch_seconds={row['epoch_seconds']:.3f}, "
                  f"flops_ratio={row['flops_ratio']:.3f} "
                  f"({time.perf_counter() - start:.1f} s)")
-    all_rows = list(rows.values())
-    title = f"{jobs[0].cfg['name']}: {jobs[0].cfg['dataset']}, {jobs[0].cfg['model']['name']}"
-    text = report.summary_markdown(all_rows, title=title)
-    (out / "summary.md").write_text(text)
-    print_fn("")
-    print_fn(text)
-    report.plot_accuracy(all_rows, out / "accuracy_vs_sparsity.png")
-    report.plot_training(all_rows, histories, out / "training_curves.png",
-                         "held-out val_split" if jobs[0].cfg["val_split"] else "test set")
+    all_rows = report.build(out, print_fn=print_fn)
     first = jobs[0].cfg
     data, _ = datasets[_data_key(first)]
     report.plot_layer_density(
@@ -212,14 +210,6 @@ def _prepare(cfg):
     return data, (data.x_test, data.y_test)
 
 
-def _previous(out: Path):
-    rows = {r["run_id"]: r for r in report.read_csv(out / "runs.csv")} \
-        if (out / "runs.csv").is_file() else {}
-    histories = json.loads((out / "histories.json").read_text()) \
-        if (out / "histories.json").is_file() else {}
-    return rows, histories
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.run",
@@ -233,7 +223,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. experiments/configs/digits.yaml")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
-                   help="keep rows already in OUT/runs.csv and skip their runs")
+                   help="keep the results already in OUT/results/ and skip their runs")
     p.add_argument("--dry-run", action="store_true",
                    help="run every check (config, data, update schedules) and list the "
                         "runs, without training")

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="base config (default: from the sweep's command)")
     p.add_argument("--resume", action="store_true",
-                   help="keep rows already in OUT/runs.csv and skip their runs")
+                   help="keep the results already in OUT/results/ and skip their runs")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     args, rest = p.parse_known_args(argv)
 

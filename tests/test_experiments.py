@@ -43,6 +43,8 @@ def test_tiny_config_runs_every_method(tmp_path):
     assert any(line.startswith("run 6/6: method=") for line in lines)
     csv_rows = report.read_csv(tmp_path / "runs.csv")
     assert len(csv_rows) == 6
+    assert sorted(p.stem for p in (tmp_path / "results").glob("*.json")) == sorted(
+        r["run_id"] for r in rows)
     for column in ("method", "distribution", "target_sparsity", "seed",
                    "test_accuracy", "achieved_sparsity", "epoch_seconds"):
         assert all(r[column] is not None for r in csv_rows), column
@@ -76,24 +78,79 @@ def test_conv_models_train_with_dst_and_tfmot(model, tmp_path):
         assert r["sparse_flops"] < r["dense_flops"]
 
 
-def test_wandb_offline_run_logs_history(tmp_path, monkeypatch):
+@pytest.fixture
+def wandb_calls(monkeypatch):
+    """Records what runs log through W&B's public Run API (offline, real wandb)."""
+    from wandb.sdk import wandb_run
+
+    calls = {"runs": [], "log": [], "summary": []}
+    log, finish = wandb_run.Run.log, wandb_run.Run.finish
+
+    def spy_log(self, data, *args, **kwargs):
+        calls["log"].append((self.name, dict(data)))
+        return log(self, data, *args, **kwargs)
+
+    def spy_finish(self, *args, **kwargs):
+        calls["runs"].append(self)
+        calls["summary"].append((self.name, dict(self.summary)))
+        return finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(wandb_run.Run, "log", spy_log)
+    monkeypatch.setattr(wandb_run.Run, "finish", spy_finish)
+    return calls
+
+
+def test_wandb_offline_runs_follow_the_keras_conventions(tmp_path, monkeypatch, wandb_calls):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = tiny(methods=["rigl"], wandb={"mode": "auto"})
-    run.run_jobs(run.plan(cfg), tmp_path / "out", print_fn=lambda *_: None)
+    cfg = tiny(methods=["rigl", "tfmot"], sparsities=[0.8, 0.9], epochs=2,
+               wandb={"mode": "auto"})
+    rows = run.run_jobs(run.plan(cfg), tmp_path / "out", print_fn=lambda *_: None)
 
-    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
-    history = wandb_log.offline_history(run_dir)
-    assert len(history) == cfg["epochs"]
-    for key in ("sparsity", "accuracy", "val_accuracy", "mask_churn", "itop",
-                "density/fc1", "density/logits"):
-        assert key in history[-1], key
-    assert history[-1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
-    summary = wandb_log.offline_summary(run_dir)
-    assert summary["method"] == "rigl"
-    assert summary["test_accuracy"] == pytest.approx(
-        report.read_csv(tmp_path / "out" / "runs.csv")[0]["test_accuracy"])
+    # One offline run folder per training run, each with its .wandb file.
+    run_dirs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == len(rows) == 4
+    assert all(len(list(d.glob("run-*.wandb"))) == 1 for d in run_dirs)
+    by_name = {r.name: r for r in wandb_calls["runs"]}
+    assert sorted(by_name) == sorted(r["run_id"] for r in rows)
+    for row in rows:
+        wb = by_name[row["run_id"]]
+        assert wb.group == "tiny" and wb.job_type == row["method"]
+        config = dict(wb.config)
+        # The run's own hyperparameters, not the experiment's lists.
+        assert config["sparsity"] == row["target_sparsity"] and config["seed"] == 0
+        assert config["method"] == row["method"]
+        assert not {"methods", "sparsities", "seeds", "wandb"} & set(config)
+        assert config["end_step"] == row["end_step"] > 0
+        # Epoch metrics: WandbMetricsLogger's keys (Keras 3), the same from tf_keras.
+        logged = [d for name, d in wandb_calls["log"] if name == row["run_id"]]
+        assert [d["epoch/epoch"] for d in logged] == [0, 1]
+        for key in ("epoch/sparsity", "epoch/accuracy", "epoch/val_accuracy",
+                    "epoch/learning_rate", "epoch/density/fc1", "epoch/density/logits"):
+            assert key in logged[-1], (row["method"], key)
+        assert logged[-1]["epoch/sparsity"] == pytest.approx(row["target_sparsity"], abs=1e-3)
+        if row["method"] == "rigl":
+            assert "epoch/itop" in logged[-1] and "epoch/mask_churn" in logged[-1]
+        (summary,) = [s for name, s in wandb_calls["summary"] if name == row["run_id"]]
+        assert summary["test_accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+def test_separate_processes_share_a_folder_and_merge(tmp_path, capsys):
+    """Like parallel W&B agents: each run writes its own file; a merge builds the table."""
+    out = tmp_path / "out"
+    base = [str(TINY), "--out", str(out), "--resume"]
+    assert run.main([*base, "--method", "dense"]) == 0
+    assert run.main([*base, "--method", "static"]) == 0
+    assert run.main([*base, "--method", "static"]) == 0  # resumed: skipped
+    assert "skipped (--resume)" in capsys.readouterr().out
+    (out / "runs.csv").unlink()
+    assert report.main([str(out)]) == 0
+    rows = report.read_csv(out / "runs.csv")
+    assert sorted(r["run_id"] for r in rows) == ["dense-none-s0-seed0", "static-erk-s0.9-seed0"]
+    assert "| static | erk |" in (out / "summary.md").read_text()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "No results in" in capsys.readouterr().err
 
 
 def test_wandb_mode_defaults(monkeypatch, tmp_path):
