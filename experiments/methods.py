@@ -88,7 +88,7 @@ class Method:
         """The figure label of this method with `distribution`."""
         if self.distribution_field is None:
             return self.label
-        return f"{self.label} ({distribution})"
+        return f"{self.label}, {distribution}"
 
 
 # Display order: baselines, then pruning, then dynamic sparse training.

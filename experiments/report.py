@@ -213,7 +213,8 @@ def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
     """Test accuracy vs target sparsity, one line per method and distribution, ±1 std.
 
     Each method has its colour and marker (experiments/methods.py); the line
-    style tells its distributions apart (solid ERK, dashed uniform, dotted ER).
+    style tells its distributions apart (solid ERK, dashed uniform, dotted ER);
+    lines are shifted slightly sideways so that equal values stay visible.
     The dense baseline is a black dashed line with a ±1 std band. Sparsities
     are evenly spaced on the x axis (0.9, 0.95, 0.98, 0.99 would crowd together
     on a linear one).
@@ -223,6 +224,10 @@ def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
     groups = group(rows)
     sparsities = sorted({k[2] for k in groups if methods.get(k[0]).sparse})
     position = {s: i for i, s in enumerate(sparsities)}
+    lines = list(dict.fromkeys((m, d) for m, d, _ in groups if methods.get(m).sparse))
+    # Each line is shifted a little sideways so that equal values stay visible.
+    dodge = {line: (j - (len(lines) - 1) / 2) * 0.15 / max(len(lines), 1)
+             for j, line in enumerate(lines)}
     for m, d in dict.fromkeys((m, d) for m, d, _ in groups):
         if not methods.get(m).sparse:
             mean, std = _stats([r["test_accuracy"] for r in groups[(m, d, 0.0)]])
@@ -232,7 +237,7 @@ def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
             continue
         keys = sorted(k for k in groups if k[:2] == (m, d))
         stats = [_stats([r["test_accuracy"] for r in groups[k]]) for k in keys]
-        ax.errorbar([position[k[2]] for k in keys], [100 * s[0] for s in stats],
+        ax.errorbar([position[k[2]] + dodge[(m, d)] for k in keys], [100 * s[0] for s in stats],
                     yerr=[100 * s[1] for s in stats], capsize=3, markersize=6,
                     **_style(m, d))
     ax.set_xticks(range(len(sparsities)))
@@ -246,8 +251,9 @@ def plot_accuracy(rows: Sequence[Mapping], path: str | Path) -> None:
     plt.close(fig)
 
 
-SCHEDULE_LABELS = {"dense": "dense", "constant": "sparse from the start",
-                   "gradual": "gradual pruning"}
+# Sparsity schedules (`sparsity_schedule` in the method table): label and colour.
+SCHEDULES = {"dense": ("dense", "black"), "constant": ("sparse from the start", "tab:purple"),
+             "gradual": ("gradual pruning", "tab:green")}
 
 
 def plot_training(rows: Sequence[Mapping], histories: Mapping[str, Mapping],
@@ -280,7 +286,7 @@ def plot_training(rows: Sequence[Mapping], histories: Mapping[str, Mapping],
                 continue
             curves, labels = by_schedule[method.sparsity_schedule]
             curves += [h["sparsity"] for h in hs if "sparsity" in h]
-            labels.append(method.display(d))
+            labels.append(method.label)
             acc_key = "val_accuracy" if "val_accuracy" in hs[0] else "accuracy"
             acc = [h[acc_key] for h in hs if acc_key in h]
             if acc:
@@ -295,17 +301,18 @@ def plot_training(rows: Sequence[Mapping], histories: Mapping[str, Mapping],
             n = min(len(c) for c in curves)
             epochs = range(1, n + 1)
             values = [[c[e] for c in curves] for e in range(n)]
-            line, = axes[i][0].plot(
-                epochs, [statistics.fmean(v) for v in values], marker=".",
-                label=f"{SCHEDULE_LABELS[schedule]}: {', '.join(dict.fromkeys(labels))}")
+            name, color = SCHEDULES[schedule]
+            axes[i][0].plot(epochs, [statistics.fmean(v) for v in values], marker=".",
+                            color=color,
+                            label=f"{name}: {', '.join(dict.fromkeys(labels))}")
             axes[i][0].fill_between(epochs, [min(v) for v in values],
-                                    [max(v) for v in values], color=line.get_color(),
-                                    alpha=0.2)
+                                    [max(v) for v in values], color=color, alpha=0.2)
         axes[i][0].set_ylabel("sparsity")
         axes[i][1].set_ylabel(acc_label)
         for ax in axes[i]:
             ax.set_title(f"target sparsity {s:g}", fontsize=9)
             ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7,
