@@ -193,8 +193,8 @@ class Config(_Strict):
         description="target sparsities in (0, 1)")
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_as_list)] = Field(
         description="random seeds")
-    epochs: PositiveInt
-    batch_size: PositiveInt
+    epochs: PositiveInt = Field(description="training epochs of every run")
+    batch_size: PositiveInt = Field(description="examples per optimizer step")
     optimizer: Annotated[Optimizer, _shorthand("optimizer")] = Field(
         description="a name (adam, sgd, ...) or {name: adam, learning_rate: 0.001, ...}")
     backend: Annotated[Literal[BACKENDS], BeforeValidator(_lower)] = Field(
@@ -215,8 +215,10 @@ class Config(_Strict):
     sparse_init: bool = Field(default=False, description="dst.sparsify(sparse_init=...)")
     val_split: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
         default=0.0, description="held-out fraction of the training set; 0: validate on test")
-    max_train_samples: PositiveInt | None = None
-    max_test_samples: PositiveInt | None = None
+    max_train_samples: PositiveInt | None = Field(
+        default=None, description="keep only the first N training examples")
+    max_test_samples: PositiveInt | None = Field(
+        default=None, description="keep only the first N test examples")
     data_dir: str | None = Field(default=None, description="folder with MNIST IDX files")
     verbose: Literal[0, 1, 2] = Field(default=2, description="Keras fit verbosity")
     wandb: Annotated[WandbOptions, _shorthand("wandb")] = Field(

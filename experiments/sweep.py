@@ -17,9 +17,6 @@ import itertools
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -69,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
 
     def make_jobs():
-        sweep = yaml.safe_load(Path(args.sweep).read_text())
+        sweep = config_lib.read_yaml(args.sweep, "sweep file")
         base = args.config or base_config(sweep)
         extra = config_lib.parse_overrides(rest)
         jobs = []

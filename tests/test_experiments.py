@@ -384,6 +384,12 @@ def test_local_sweep_executor_expands_the_grid(capsys):
         sweep.grid_points(bayes)
 
 
+def test_missing_sweep_file_exits_2(tmp_path, capsys):
+    assert sweep.main([str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep file" in err and "does not exist" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
