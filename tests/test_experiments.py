@@ -172,6 +172,77 @@ def test_runs_without_wandb_installed(monkeypatch, tmp_path):
         assert wandb_log.start({"mode": "offline"}, {}, "x", tmp_path) is None
 
 
+# -- method table and plots -------------------------------------------------------
+def test_method_table_gives_each_method_its_own_style_and_a_dst_callback():
+    import dst
+
+    table = methods.TABLE.values()
+    assert len({m.color for m in table}) == len({m.marker for m in table}) == len(table)
+    for m in table:
+        if m.callback:
+            assert dst.callbacks.get(m.callback)  # a registered dst callback
+    with pytest.raises(ValueError, match=r"Unknown method 'lottery'\. Known methods: dense, "):
+        methods.get("lottery")
+
+
+def _fake_rows():
+    rows, histories = [], {}
+    for method, dist in [("dense", "none"), ("magnitude", "uniform"), ("tfmot", "uniform"),
+                         ("set", "erk"), ("set", "uniform"), ("rigl", "erk")]:
+        for s in ([0.0] if method == "dense" else [0.8, 0.9]):
+            for seed in (0, 1):
+                run_id = f"{method}-{dist}-s{s:g}-seed{seed}"
+                rows.append(dict(run_id=run_id, method=method, distribution=dist,
+                                 target_sparsity=s, seed=seed, test_accuracy=0.9 - s / 10))
+                final = 0.0 if method == "dense" else s
+                start = final if methods.get(method).sparsity_schedule != "gradual" else 0.0
+                histories[run_id] = {"sparsity": [start, final, final],
+                                     "val_accuracy": [0.5, 0.6, 0.7]}
+    return rows, histories
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the report functions draw, kept open for inspection."""
+    kept = []
+    plt = report._plt()
+    close = plt.close
+    monkeypatch.setattr(plt, "close", kept.append)
+    yield kept
+    for fig in kept:
+        close(fig)
+
+
+def test_accuracy_plot_uses_the_method_styles_and_an_outside_legend(tmp_path, figures):
+    rows, _ = _fake_rows()
+    report.plot_accuracy(rows, tmp_path / "a.png")
+    (fig,) = figures
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    # errorbar returns a container whose first element is the data line
+    drawn = {label: getattr(h, "lines", [h])[0] for h, label in zip(handles, labels)}
+    for label, method in [("SET, erk", "set"), ("SET, uniform", "set"), ("RigL, erk", "rigl"),
+                          ("magnitude (TF-MOT)", "tfmot")]:
+        assert drawn[label].get_color() == methods.get(method).color, label
+        assert drawn[label].get_marker() == methods.get(method).marker, label
+    assert drawn["SET, erk"].get_linestyle() != drawn["SET, uniform"].get_linestyle()
+    (legend,) = fig.legends
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_sparsity_panel_has_one_line_per_schedule(tmp_path, figures):
+    rows, histories = _fake_rows()
+    report.plot_training(rows, histories, tmp_path / "t.png", "test set")
+    (fig,) = figures
+    sparsity_ax = fig.axes[0]
+    labels = [line.get_label() for line in sparsity_ax.get_lines()]
+    assert labels == ["dense: dense", "gradual pruning: magnitude (dst), magnitude (TF-MOT)",
+                      "sparse from the start: SET, RigL"]
+    accuracy_ax = fig.axes[1]
+    assert len(accuracy_ax.get_lines()) == 6  # one per method and distribution
+
+
 # -- data -------------------------------------------------------------------------
 def _write_idx(path, array):
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(
