@@ -83,8 +83,13 @@ def wandb_calls(monkeypatch):
     """Records what runs log through W&B's public Run API (offline, real wandb)."""
     from wandb.sdk import wandb_run
 
-    calls = {"runs": [], "log": [], "summary": []}
+    calls = {"runs": [], "log": [], "summary": [], "define_metric": []}
     log, finish = wandb_run.Run.log, wandb_run.Run.finish
+    define_metric = wandb_run.Run.define_metric
+
+    def spy_define_metric(self, name, *args, **kwargs):
+        calls["define_metric"].append((self.name, name, kwargs.get("step_metric")))
+        return define_metric(self, name, *args, **kwargs)
 
     def spy_log(self, data, *args, **kwargs):
         calls["log"].append((self.name, dict(data)))
@@ -97,6 +102,7 @@ def wandb_calls(monkeypatch):
 
     monkeypatch.setattr(wandb_run.Run, "log", spy_log)
     monkeypatch.setattr(wandb_run.Run, "finish", spy_finish)
+    monkeypatch.setattr(wandb_run.Run, "define_metric", spy_define_metric)
     return calls
 
 
@@ -123,7 +129,9 @@ def test_wandb_offline_runs_follow_the_keras_conventions(tmp_path, monkeypatch, 
         assert config["method"] == row["method"]
         assert not {"methods", "sparsities", "seeds", "wandb"} & set(config)
         assert config["end_step"] == row["end_step"] > 0
-        # Epoch metrics: WandbMetricsLogger's keys (Keras 3), the same from tf_keras.
+        # Epoch metrics: WandbMetricsLogger's keys (Keras 3), the same from tf_keras,
+        # plotted against the epoch.
+        assert (row["run_id"], "epoch/*", "epoch/epoch") in wandb_calls["define_metric"]
         logged = [d for name, d in wandb_calls["log"] if name == row["run_id"]]
         assert [d["epoch/epoch"] for d in logged] == [0, 1]
         for key in ("epoch/sparsity", "epoch/accuracy", "epoch/val_accuracy",
