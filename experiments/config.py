@@ -1,86 +1,279 @@
-"""Experiment configs: load YAML, apply command-line overrides, validate.
+"""Experiment configs: a typed schema (pydantic), YAML loading, command-line overrides.
 
-Everything a run needs is checked here, before any data is loaded or any model
-trained, and every error names the field, the bad value and the allowed values.
+`load` reads a YAML file, applies overrides and checks everything a run needs
+before any data is loaded or any model trained. Every problem is reported at
+once, each with its field path (`methods.1`, `model.mlp.hidden`,
+`optimizer.name`), in one `ConfigError`. The only check that needs the data
+is `schedule_steps` (it needs the number of steps per epoch); the runner does
+it for every run before the first one trains, `--dry-run` included.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from experiments import methods as methods_lib
 
 DATASETS = ("digits", "teacher", "fashion_mnist", "mnist", "cifar10")
-MODELS = ("mlp", "cnn", "resnet")
-METHODS = ("dense", "static", "magnitude", "set", "rigl", "tfmot")
-DISTRIBUTIONS = ("uniform", "erk", "er")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
-# Methods whose layer-wise distribution is `distribution`; magnitude uses
-# `magnitude_distribution` (default uniform, like TF-MOT, which prunes every
-# layer to the same sparsity).
-DISTRIBUTED = ("static", "set", "rigl")
 IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")
-
-REQUIRED = (
-    "dataset", "model", "methods", "sparsities", "seeds", "epochs",
-    "batch_size", "optimizer",
-)
-DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "distribution": "erk",
-    "magnitude_distribution": "uniform",
-    "update_freq": 100,
-    "drop_fraction": 0.3,
-    "drop_fraction_schedule": "cosine",
-    "begin_step": 0,
-    "end_step": 0.75,
-    "sparse_init": False,
-    "val_split": 0.0,
-    "max_train_samples": None,
-    "max_test_samples": None,
-    "data_dir": None,
-    "verbose": 2,
-    "wandb": None,
-}
-MODEL_OPTIONS = {
-    "mlp": {"hidden": [300, 100]},
-    "cnn": {},
-    "resnet": {"blocks": 1, "width": 16},
-}
-WANDB_OPTIONS = {
-    "mode": "auto", "project": "keras-dst", "entity": None, "group": None,
-    "tags": [], "dir": None,
-}
+METHODS = methods_lib.NAMES
+BACKENDS = ("tensorflow", "jax", "torch")
 # Sweep-style singular names (`--method rigl --sparsity 0.9 --seed 0`).
 ALIASES = {"method": "methods", "sparsity": "sparsities", "seed": "seeds",
            "distributions": "distribution"}
-
-
-# Which key a plain string stands for in a mapping field.
+# Which key a plain string stands for in a mapping field (`optimizer: adam`).
 SHORTHAND = {"model": "name", "optimizer": "name", "wandb": "mode"}
 
 
 class ConfigError(ValueError):
-    """A config field is missing or has a value the runner cannot use."""
+    """A config is unreadable, or fields are missing or have unusable values.
+
+    Attributes:
+        problems: (field path, message) pairs, one per problem; the path is ""
+            for a problem with the file itself.
+    """
+
+    def __init__(self, problems: str | Sequence[tuple[str, str]], source: str = "config"):
+        self.problems = [("", problems)] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1 and not self.problems[0][0]:
+            text = self.problems[0][1]
+        else:
+            n = len(self.problems)
+            text = f"{n} problem{'s' * (n != 1)} in {source}:\n" + "\n".join(
+                f"  {path or '(config)'}: {msg}" for path, msg in self.problems)
+        super().__init__(text)
 
 
+# -- the schema ------------------------------------------------------------------
+def _lower(value):
+    return value.lower() if isinstance(value, str) else value
+
+
+def _as_list(value):
+    """A scalar stands for a one-element list (`seeds: 0`, `--sparsity 0.9`)."""
+    if value is None or isinstance(value, list | tuple):
+        return value
+    return [value]
+
+
+def _lower_list(value):
+    value = _as_list(value)
+    return [_lower(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+def _unique(items: list) -> list:
+    if not items:
+        raise ValueError("must not be empty")
+    return list(dict.fromkeys(items))
+
+
+def _sparsity(value):
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or math.isnan(value) or not 0.0 < value < 1.0:
+        raise ValueError(f"must be a number in (0, 1), the fraction of zero weights "
+                         f"(0.9 keeps 10%); got {value!r}")
+    return float(value)
+
+
+def _step(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"must be a fraction of training in [0, 1] (e.g. 0.75) or a "
+                         f"step count (integer >= 0); got {value!r}")
+    if isinstance(value, float) and value > 1.0:
+        raise ValueError(f"as a float is a fraction of training and must be in [0, 1]; "
+                         f"give an integer for a step count; got {value!r}")
+    return value
+
+
+Distribution = Literal["uniform", "erk", "er"]
+Distributions = Annotated[list[Distribution], BeforeValidator(_lower_list)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Sparsity = Annotated[float, BeforeValidator(_sparsity)]
+Step = Annotated[int | float, BeforeValidator(_step)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", validate_default=True)
+
+
+class MLP(_Strict):
+    """LeNet-300-100-style MLP."""
+
+    name: Literal["mlp"]
+    hidden: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        default=[300, 100], description="widths of the hidden layers")
+
+
+class CNN(_Strict):
+    """LeNet-5-like CNN (image data only)."""
+
+    name: Literal["cnn"]
+
+
+class ResNet(_Strict):
+    """CIFAR-style ResNet (image data only); blocks=1 is ResNet-8."""
+
+    name: Literal["resnet"]
+    blocks: PositiveInt = Field(default=1, description="residual blocks per stage")
+    width: PositiveInt = Field(default=16, description="filters of the first stage")
+
+
+class Optimizer(BaseModel):
+    """A Keras optimizer: `name` plus any constructor arguments."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    name: str
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _known(cls, value):
+        classes = optimizer_classes()
+        if not isinstance(value, str) or value.lower() not in classes:
+            raise ValueError(f"must be one of {', '.join(map(repr, classes))}; "
+                             f"got {value!r}")
+        return value.lower()
+
+    def kwargs(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class WandbOptions(_Strict):
+    """Weights & Biases options (see experiments/README.md, section W&B)."""
+
+    mode: Annotated[Literal["auto", "online", "offline", "disabled"],
+                    BeforeValidator(_lower)] = "auto"
+    project: str = "keras-dst"
+    entity: str | None = None
+    group: str | None = Field(default=None, description="default: the experiment name")
+    tags: list[str] = []
+    dir: str | None = None
+
+
+def _shorthand(field):
+    def convert(value):
+        if value is None and field == "wandb":
+            return {}
+        if isinstance(value, str):
+            return {SHORTHAND[field]: value.lower() if field == "model" else value}
+        return value
+    return BeforeValidator(convert)
+
+
+Model = Annotated[MLP | CNN | ResNet, Field(discriminator="name"), _shorthand("model")]
+
+
+class Config(_Strict):
+    """One experiment: every method x distribution x sparsity x seed."""
+
+    dataset: Annotated[Literal[DATASETS], BeforeValidator(_lower)] = Field(
+        description="digits and teacher need no download")
+    model: Model = Field(description="mlp (option hidden), cnn, or resnet "
+                                     "(options blocks, width); a name or a mapping")
+    methods: Annotated[list[Literal[METHODS]], BeforeValidator(_lower_list)] = Field(
+        description="methods to compare")
+    sparsities: Annotated[list[Sparsity], BeforeValidator(_as_list)] = Field(
+        description="target sparsities in (0, 1)")
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_as_list)] = Field(
+        description="random seeds")
+    epochs: PositiveInt = Field(description="training epochs of every run")
+    batch_size: PositiveInt = Field(description="examples per optimizer step")
+    optimizer: Annotated[Optimizer, _shorthand("optimizer")] = Field(
+        description="a name (adam, sgd, ...) or {name: adam, learning_rate: 0.001, ...}")
+    backend: Annotated[Literal[BACKENDS], BeforeValidator(_lower)] = Field(
+        default="tensorflow", description="Keras backend; tfmot needs tensorflow")
+    name: str | None = Field(default=None, description="experiment name (W&B group, "
+                                                       "default output folder); "
+                                                       "None: <dataset>_<model>")
+    distribution: Distributions = Field(
+        default=["erk"], description="layer-wise distribution(s) of static, set, rigl")
+    magnitude_distribution: Distributions = Field(
+        default=["uniform"], description="the same for magnitude (uniform is TF-MOT's rule)")
+    update_freq: PositiveInt = Field(default=100, description="steps between mask updates")
+    drop_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.3, description="SET/RigL drop fraction, in (0, 1]")
+    drop_fraction_schedule: str = Field(default="cosine", description="SET/RigL")
+    begin_step: Step = Field(default=0, description="fraction of training or step count")
+    end_step: Step = Field(default=0.75, description="fraction of training or step count")
+    sparse_init: bool = Field(default=False, description="dst.sparsify(sparse_init=...)")
+    val_split: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
+        default=0.0, description="held-out fraction of the training set; 0: validate on test")
+    max_train_samples: PositiveInt | None = Field(
+        default=None, description="keep only the first N training examples")
+    max_test_samples: PositiveInt | None = Field(
+        default=None, description="keep only the first N test examples")
+    data_dir: str | None = Field(default=None, description="folder with MNIST IDX files")
+    verbose: Literal[0, 1, 2] = Field(default=2, description="Keras fit verbosity")
+    wandb: Annotated[WandbOptions, _shorthand("wandb")] = Field(
+        default_factory=WandbOptions, description="a mode (auto, online, offline, "
+                                                  "disabled) or {mode, project, ...}")
+
+    @field_validator("methods", "sparsities", "seeds", "distribution",
+                     "magnitude_distribution")
+    @classmethod
+    def _no_duplicates(cls, value: list) -> list:
+        return _unique(value)
+
+    @model_validator(mode="after")
+    def _default_name(self):
+        if self.name is None:
+            self.name = f"{self.dataset}_{self.model.name}"
+        return self
+
+
+def field_help() -> str:
+    """One line per config field: name, default (or "required") and meaning."""
+    lines = []
+    for name, info in Config.model_fields.items():
+        if info.is_required():
+            default = "required"
+        else:
+            value = info.get_default(call_default_factory=True)
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            default = f"default {value!r}"
+        lines.append(f"  {name:<24}{default}" + (
+            f"; {info.description}" if info.description else ""))
+    return "\n".join(lines)
+
+
+# -- loading ------------------------------------------------------------------------
 def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
     """Reads a YAML config, applies `overrides` and returns the checked config."""
+    return validate(apply_overrides(read_yaml(path, "config file"), overrides or {}),
+                    source=str(path))
+
+
+def read_yaml(path: str | Path, what: str) -> dict:
+    """The mapping in a YAML file; a missing file or bad YAML is a ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {str(path)!r} does not exist.")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"The {what} {str(path)!r} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"The {what} {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"Config file {str(path)!r} must hold a YAML mapping of fields, "
-            f"got {type(raw).__name__}."
-        )
-    return validate(apply_overrides(raw, overrides or {}))
+        raise ConfigError(f"The {what} {str(path)!r} must hold a YAML mapping of fields, "
+                          f"got {type(raw).__name__}.")
+    return raw
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
@@ -126,69 +319,146 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
                 raise ConfigError(f"Override {arg!r} has no value.")
             key, text = arg[2:], args[i + 1]
             i += 2
-        out[key] = yaml.safe_load(text) if text != "" else None
+        try:
+            out[key] = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Override --{key} is not a YAML value: {err}") from None
     return out
 
 
-def validate(raw: Mapping[str, Any]) -> dict:
-    """Checks every field and returns a normalized config with defaults filled in."""
-    known = set(REQUIRED) | set(DEFAULTS)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(
-            f"Unknown config field(s) {unknown}. Allowed fields: {sorted(known)}."
-        )
-    missing = [f for f in REQUIRED if raw.get(f) is None]
-    if missing:
-        raise ConfigError(
-            f"Missing config field(s) {missing}. Every config needs "
-            f"{list(REQUIRED)}; e.g. dataset: one of {list(DATASETS)}, "
-            f"methods: a list from {list(METHODS)}."
-        )
-    cfg = {**DEFAULTS, **raw}
-    cfg["dataset"] = _choice("dataset", cfg["dataset"], DATASETS)
-    cfg["model"] = _model(cfg["model"], cfg["dataset"])
-    cfg["methods"] = _unique([
-        _choice("methods", m, METHODS) for m in _as_list("methods", cfg["methods"])
-    ])
-    cfg["sparsities"] = _unique([_sparsity(s) for s in _as_list("sparsities", cfg["sparsities"])])
-    cfg["seeds"] = _unique([_int("seeds", s, 0) for s in _as_list("seeds", cfg["seeds"])])
-    cfg["epochs"] = _int("epochs", cfg["epochs"], 1)
-    cfg["batch_size"] = _int("batch_size", cfg["batch_size"], 1)
-    cfg["optimizer"] = _optimizer(cfg["optimizer"])
-    cfg["distribution"] = _unique([
-        _choice("distribution", d, DISTRIBUTIONS)
-        for d in _as_list("distribution", cfg["distribution"])
-    ])
-    cfg["magnitude_distribution"] = _unique([
-        _choice("magnitude_distribution", d, DISTRIBUTIONS)
-        for d in _as_list("magnitude_distribution", cfg["magnitude_distribution"])
-    ])
-    cfg["update_freq"] = _int("update_freq", cfg["update_freq"], 1)
-    cfg["drop_fraction"] = _float("drop_fraction", cfg["drop_fraction"], 0.0, 1.0, low_open=True)
-    if not isinstance(cfg["drop_fraction_schedule"], str):
-        raise ConfigError(
-            "`drop_fraction_schedule` must be a schedule name such as 'cosine'. "
-            f"Received: drop_fraction_schedule={cfg['drop_fraction_schedule']!r}."
-        )
-    cfg["begin_step"] = _step("begin_step", cfg["begin_step"])
-    cfg["end_step"] = _step("end_step", cfg["end_step"])
-    cfg["sparse_init"] = _bool("sparse_init", cfg["sparse_init"])
-    cfg["val_split"] = _float("val_split", cfg["val_split"], 0.0, 0.5, high_open=True)
-    for field in ("max_train_samples", "max_test_samples"):
-        if cfg[field] is not None:
-            cfg[field] = _int(field, cfg[field], 1)
-    if cfg["data_dir"] is not None:
-        cfg["data_dir"] = str(cfg["data_dir"])
-    cfg["verbose"] = _choice("verbose", cfg["verbose"], (0, 1, 2))
-    cfg["wandb"] = _wandb(cfg["wandb"])
-    if cfg["name"] is None:
-        cfg["name"] = f"{cfg['dataset']}_{cfg['model']['name']}"
-    cfg["name"] = str(cfg["name"])
-    _check_dst_callbacks(cfg)
-    return cfg
+def validate(raw: Mapping[str, Any], source: str = "config") -> dict:
+    """Checks every field and returns the config as a plain dict, defaults filled in.
+
+    Raises:
+        ConfigError: listing every problem, each with its field path.
+    """
+    # `seeds: null` (or `--seeds ""`) is a missing field, not a wrong type.
+    raw = {k: v for k, v in raw.items()
+           if v is not None or k not in Config.model_fields or not _required(k)}
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError([_problem(e) for e in err.errors()], source) from None
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    out = cfg.model_dump()
+    out["optimizer"] = {"name": cfg.optimizer.name, **cfg.optimizer.kwargs()}
+    return out
 
 
+def _required(field: str) -> bool:
+    return Config.model_fields[field].is_required()
+
+
+def _problem(error: Mapping) -> tuple[str, str]:
+    path = ".".join(str(p) for p in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        msg = "required field is missing"
+    elif error["type"] == "extra_forbidden":
+        msg = "unknown field"
+        if len(error["loc"]) == 1:
+            close = difflib.get_close_matches(str(error["loc"][0]), Config.model_fields, n=1)
+            msg += (f" (did you mean {close[0]!r}?)" if close else "") + (
+                f"; allowed fields: {', '.join(Config.model_fields)}")
+    elif error["type"] not in ("value_error", "union_tag_invalid"):
+        msg += f"; got {error['input']!r}"
+    return path, msg
+
+
+# -- checks across fields and against Keras, TF-MOT and dst -----------------------------
+def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+    problems = []
+    if cfg.model.name in ("cnn", "resnet") and cfg.dataset not in IMAGE_DATASETS:
+        problems.append(("model", f"{cfg.model.name!r} needs image data; dataset "
+                                  f"{cfg.dataset!r} is a vector task. Use model 'mlp', or a "
+                                  f"dataset from {', '.join(IMAGE_DATASETS)}."))
+    frameworks = {methods_lib.get(m).framework for m in cfg.methods}
+    tf_keras_methods = [m for m in cfg.methods if methods_lib.get(m).framework == "tf_keras"]
+    if tf_keras_methods and cfg.backend != "tensorflow":
+        problems.append(("backend", f"method(s) {tf_keras_methods} run on tf_keras and need "
+                                    f"backend 'tensorflow'; got {cfg.backend!r}."))
+    for framework in sorted(frameworks):  # "keras" first; one report is enough
+        found = _check_optimizer(cfg.optimizer, framework, tf_keras_methods)
+        problems += found
+        if found:
+            break
+    kwargs = _fake_schedule_kwargs(cfg)
+    for i, method in enumerate(cfg.methods):
+        problems += _check_callback(i, methods_lib.get(method), kwargs)
+    return problems
+
+
+def optimizer_classes(framework: str = "keras") -> dict[str, str]:
+    """Lower-case name -> class name of the optimizers of Keras 3 (or tf_keras)."""
+    if framework == "keras":
+        import keras as k
+    else:
+        import tf_keras as k
+    names = {
+        n for n, c in vars(k.optimizers).items()
+        if inspect.isclass(c) and issubclass(c, k.optimizers.Optimizer)
+        and n not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer", "OptimizerMap")
+    }
+    return {n.lower(): n for n in sorted(names)}
+
+
+def make_optimizer(spec: Mapping[str, Any], framework: str = "keras"):
+    """Builds the optimizer `{name, **kwargs}` with Keras 3 (or tf_keras)."""
+    if framework == "keras":
+        import keras as k
+    else:
+        import tf_keras as k
+    cls = getattr(k.optimizers, optimizer_classes(framework)[spec["name"]])
+    return cls(**{a: v for a, v in spec.items() if a != "name"})
+
+
+def _check_optimizer(opt: Optimizer, framework: str, tf_keras_methods) -> list:
+    spec = {"name": opt.name, **opt.kwargs()}
+    if framework == "tf_keras":
+        try:
+            classes = optimizer_classes("tf_keras")
+        except ImportError:
+            return [("methods", f"{tf_keras_methods} need TF-MOT and tf_keras: pip install "
+                                "'keras-dst[tfmot]', or drop them from `methods`.")]
+        if opt.name not in classes:
+            return [("optimizer.name", f"{opt.name!r} exists in Keras 3 but not in tf_keras, "
+                                       f"which method(s) {tf_keras_methods} train with. "
+                                       f"Use one of {', '.join(map(repr, classes))}.")]
+    try:
+        make_optimizer(spec, framework)
+    except (TypeError, ValueError) as err:
+        where = "Keras 3" if framework == "keras" else "tf_keras"
+        return [("optimizer", f"{where} {opt.name!r} rejected its arguments "
+                              f"{opt.kwargs()}: {err}")]
+    return []
+
+
+def _fake_schedule_kwargs(cfg: Config) -> dict:
+    return dict(cfg=cfg.model_dump(), sparsity=cfg.sparsities[0], seed=0, begin=1, end=2)
+
+
+def _check_callback(i: int, method: methods_lib.Method, kw: dict) -> list:
+    """Builds the method's dst callback once, so dst's own checks run before training."""
+    if method.callback is None:
+        return []
+    import dst
+
+    try:
+        cls = dst.callbacks.get(method.callback)
+    except (AttributeError, ValueError) as err:
+        return [(f"methods.{i}", f"{method.name!r}: this dst has no callback "
+                                 f"{method.callback!r} ({err}).")]
+    try:
+        cls(**method.callback_kwargs(distribution=method.distributions(kw["cfg"])[0], **kw))
+    except (TypeError, ValueError) as err:
+        return [(f"methods.{i}", f"{method.name!r}: dst.callbacks.{cls.__name__} rejected "
+                                 f"the config: {err}")]
+    return []
+
+
+# -- the schedule: needs the number of steps per epoch ----------------------------------
 def schedule_steps(cfg: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, int]:
     """Resolves begin_step/end_step (fractions or steps) to integer steps.
 
@@ -196,6 +466,9 @@ def schedule_steps(cfg: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, i
     below the last step, so that a pruning schedule that updates every
     `update_freq` steps (TF-MOT's PolynomialDecay, dst's MagnitudePruning)
     actually reaches its final sparsity.
+
+    Raises:
+        ConfigError: when no update fits in training.
     """
     total = steps_per_epoch * cfg["epochs"]
     freq = cfg["update_freq"]
@@ -206,206 +479,11 @@ def schedule_steps(cfg: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, i
     begin, end = to_step(cfg["begin_step"]), min(to_step(cfg["end_step"]), total - 1)
     end = begin + (end - begin) // freq * freq
     if end <= begin:
-        raise ConfigError(
-            f"The update schedule does not fit in training: {cfg['epochs']} "
+        raise ConfigError([("update_freq", (
+            f"the update schedule does not fit in training: {cfg['epochs']} "
             f"epoch(s) x {steps_per_epoch} steps = {total} steps, "
             f"begin_step={cfg['begin_step']!r}, end_step={cfg['end_step']!r}, "
             f"update_freq={freq}. Lower `update_freq` (at most "
             f"{max(1, (to_step(cfg['end_step']) - begin) // 2)} here), or train "
-            "for more steps."
-        )
+            "for more steps."))], cfg.get("name", "config"))
     return begin, end
-
-
-# -- field checks --------------------------------------------------------------
-def _fmt(allowed) -> str:
-    return ", ".join(repr(a) for a in allowed)
-
-
-def _choice(field, value, allowed):
-    key = value.lower() if isinstance(value, str) else value
-    if isinstance(key, bool) or key not in allowed:
-        raise ConfigError(
-            f"`{field}` must be one of {_fmt(allowed)}. Received: {field}={value!r}."
-        )
-    return key
-
-
-def _as_list(field, value) -> list:
-    items = value if isinstance(value, list | tuple) else [value]
-    if not items:
-        raise ConfigError(f"`{field}` must not be empty.")
-    return list(items)
-
-
-def _unique(items: list) -> list:
-    return list(dict.fromkeys(items))
-
-
-def _int(field, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(
-            f"`{field}` must be an integer >= {low}. Received: {field}={value!r}."
-        )
-    return int(value)
-
-
-def _float(field, value, low, high, *, low_open=False, high_open=False) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ConfigError(
-            f"`{field}` must be a number in {lo}{low}, {high}{hi}. "
-            f"Received: {field}={value!r}."
-        )
-    return float(value)
-
-
-def _bool(field, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"`{field}` must be true or false. Received: {field}={value!r}.")
-    return value
-
-
-def _sparsity(value) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not 0.0 < value < 1.0 or math.isnan(value):
-        raise ConfigError(
-            "`sparsities` must hold numbers in (0, 1), the fraction of zero "
-            f"weights (0.9 keeps 10%). Received: sparsities entry {value!r}."
-        )
-    return float(value)
-
-
-def _step(field, value):
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(
-            f"`{field}` must be a fraction of training in [0, 1] (e.g. 0.75) or "
-            f"a step count (integer >= 0). Received: {field}={value!r}."
-        )
-    if isinstance(value, float) and value > 1.0:
-        raise ConfigError(
-            f"`{field}` as a float is a fraction of training and must be in "
-            f"[0, 1]; give an integer for a step count. Received: {field}={value!r}."
-        )
-    return value
-
-
-def _model(value, dataset) -> dict:
-    spec = {"name": value} if isinstance(value, str) else value
-    if not isinstance(spec, Mapping) or "name" not in spec:
-        raise ConfigError(
-            f"`model` must be one of {_fmt(MODELS)} or a mapping with `name` and "
-            f"options. Received: model={value!r}."
-        )
-    name = _choice("model", spec["name"], MODELS)
-    options = dict(MODEL_OPTIONS[name])
-    extra = sorted(set(spec) - {"name"} - set(options))
-    if extra:
-        raise ConfigError(
-            f"Unknown option(s) {extra} for model {name!r}. Allowed options: "
-            f"{sorted(options) or 'none'}."
-        )
-    options.update({k: v for k, v in spec.items() if k != "name"})
-    if name == "mlp":
-        hidden = options["hidden"]
-        if not isinstance(hidden, list) or not hidden or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-        ):
-            raise ConfigError(
-                "`model.hidden` must be a list of positive layer widths, e.g. "
-                f"[300, 100]. Received: hidden={hidden!r}."
-            )
-    if name == "resnet":
-        options["blocks"] = _int("model.blocks", options["blocks"], 1)
-        options["width"] = _int("model.width", options["width"], 1)
-    if name in ("cnn", "resnet") and dataset not in IMAGE_DATASETS:
-        raise ConfigError(
-            f"`model` {name!r} needs image data; dataset {dataset!r} is a "
-            f"vector task. Use model 'mlp', or a dataset from {_fmt(IMAGE_DATASETS)}."
-        )
-    return {"name": name, **options}
-
-
-def optimizer_classes() -> dict[str, str]:
-    """Lower-case name -> class name of optimizers both Keras 3 and tf_keras have."""
-    import keras
-
-    names = {
-        n for n, c in vars(keras.optimizers).items()
-        if inspect.isclass(c) and issubclass(c, keras.optimizers.Optimizer)
-        and n not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")
-    }
-    return {n.lower(): n for n in sorted(names)}
-
-
-def _optimizer(value) -> dict:
-    spec = {"name": value} if isinstance(value, str) else value
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ConfigError(
-            "`optimizer` must be a name (e.g. adam) or a mapping with `name` and "
-            f"constructor arguments. Received: optimizer={value!r}."
-        )
-    classes = optimizer_classes()
-    if spec["name"].lower() not in classes:
-        raise ConfigError(
-            f"`optimizer` must be one of {_fmt(classes)}. Received: "
-            f"optimizer name {spec['name']!r}."
-        )
-    name = spec["name"].lower()
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    import keras
-
-    try:
-        getattr(keras.optimizers, classes[name])(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"`optimizer` {name!r} rejected its arguments {kwargs}: {err}") from err
-    return {"name": name, **kwargs}
-
-
-def _wandb(value) -> dict:
-    spec = {"mode": value} if isinstance(value, str) else dict(value or {})
-    extra = sorted(set(spec) - set(WANDB_OPTIONS))
-    if extra:
-        raise ConfigError(
-            f"Unknown `wandb` option(s) {extra}. Allowed options: {sorted(WANDB_OPTIONS)}."
-        )
-    out = {**WANDB_OPTIONS, **spec}
-    out["mode"] = _choice("wandb.mode", out["mode"], WANDB_MODES)
-    return out
-
-
-def _check_dst_callbacks(cfg) -> None:
-    """Builds each dst callback once, so dst's own checks run before training."""
-    needed = [m for m in cfg["methods"] if m in ("magnitude", "set", "rigl")]
-    if not needed:
-        return
-    import dst
-
-    for method in needed:
-        try:
-            cls = dst.callbacks.get(method)
-        except AttributeError as err:
-            raise ConfigError(
-                f"`methods` includes {method!r}, but this dst has no callbacks "
-                f"({err}). Upgrade keras-dst or drop {method!r}."
-            ) from err
-        try:
-            cls(**callback_kwargs(cfg, method, cfg["sparsities"][0], 0, 1, 2))
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"dst.callbacks.{cls.__name__} rejected the config: {err}") from err
-
-
-def callback_kwargs(cfg, method, sparsity, seed, begin, end, distribution=None) -> dict:
-    """Constructor arguments of the dst callback for `method`."""
-    if method == "magnitude":
-        return dict(final_sparsity=sparsity, initial_sparsity=0.0, begin_step=begin,
-                    end_step=end, update_freq=cfg["update_freq"], power=3,
-                    distribution=distribution or cfg["magnitude_distribution"][0],
-                    seed=seed)
-    return dict(update_freq=cfg["update_freq"], drop_fraction=cfg["drop_fraction"],
-                drop_fraction_schedule=cfg["drop_fraction_schedule"],
-                begin_step=begin, end_step=end, seed=seed)

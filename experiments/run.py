@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
-from experiments import report  # noqa: E402
+from experiments import methods, report  # noqa: E402
 from experiments.train import Reference, RunSpec, train_run  # noqa: E402
 
 # Overrides that do not make a run a different variant: what the run id or
@@ -64,18 +64,11 @@ def plan(cfg: Mapping, tag: str = "") -> list[Job]:
     Seed-major, so that a partial runs.csv already holds whole tables.
     """
     jobs = []
-    for seed, method in itertools.product(cfg["seeds"], cfg["methods"]):
-        if method == "dense":
-            variants = [("none", 0.0)]
-        elif method in config_lib.DISTRIBUTED:
-            variants = [(d, s) for d in cfg["distribution"] for s in cfg["sparsities"]]
-        elif method == "magnitude":
-            variants = [(d, s) for d in cfg["magnitude_distribution"]
-                        for s in cfg["sparsities"]]
-        else:  # tfmot prunes every layer to the same sparsity
-            variants = [("uniform", s) for s in cfg["sparsities"]]
-        for dist, s in variants:
-            jobs.append(Job(dict(cfg), RunSpec(method, dist, s, seed), tag))
+    for seed, name in itertools.product(cfg["seeds"], cfg["methods"]):
+        method = methods.get(name)
+        sparsities = cfg["sparsities"] if method.sparse else [0.0]
+        for dist, s in itertools.product(method.distributions(cfg), sparsities):
+            jobs.append(Job(dict(cfg), RunSpec(name, dist, s, seed), tag))
     return jobs
 
 
@@ -86,36 +79,41 @@ def run_jobs(
     resume: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Trains `jobs` and writes runs.csv, histories.json, summary.md and plots.
+    """Trains `jobs` and writes DIR/results/<run id>.json per run, then merges
+    them into runs.csv, histories.json, summary.md and plots.
 
-    With `resume`, rows already in DIR/runs.csv are kept and their runs skipped.
+    Every run writes its own file, so several processes (W&B sweep agents) can
+    share DIR; each merge reads all the files there. Without `resume`, earlier
+    results in DIR are removed first; with it, runs that have a file are skipped.
     Data is loaded, and every schedule checked, before the first run trains.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = list({job.run_id: job for job in jobs}.values())
-    rows, histories = _previous(out) if resume else ({}, {})
-    datasets, references, schedules = {}, {}, []
-    for job in jobs:  # load everything and check every schedule first
+    datasets, schedules = prepare(jobs)
+    results = out / report.RESULTS
+    results.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        stale = sorted(results.glob("*.json"))
+        for path in stale:
+            path.unlink()
+        if stale:
+            print_fn(f"Removed {len(stale)} earlier result(s) from {results} "
+                     "(--resume keeps them).")
+    references = {}
+    for job in jobs:
         key = _data_key(job.cfg)
-        if key not in datasets:
-            datasets[key] = _prepare(job.cfg)
-        data, _ = datasets[key]
-        steps = -(-len(data.x_train) // job.cfg["batch_size"])
-        schedules.append(config_lib.schedule_steps(job.cfg, steps))
         ref_key = (key, json.dumps(job.cfg["model"], sort_keys=True))
         if ref_key not in references:
+            data, _ = datasets[key]
             references[ref_key] = Reference.build(job.cfg["model"], data.input_shape,
                                                   data.num_classes)
-    (out / "config.json").write_text(json.dumps(
-        [{"run_id": j.run_id, **j.cfg} for j in jobs], indent=1, default=str))
     for i, (job, schedule) in enumerate(zip(jobs, schedules), start=1):
         s = job.spec
         print_fn(f"run {i}/{len(jobs)}: method={s.method}, distribution={s.distribution}, "
                  f"sparsity={s.sparsity:g}, seed={s.seed}"
                  + (f", {job.tag}" if job.tag else ""))
-        if job.run_id in rows:
-            print_fn("  already in runs.csv; skipped (--resume)")
+        if report.result_path(out, job.run_id).is_file():
+            print_fn(f"  already in {report.RESULTS}/; skipped (--resume)")
             continue
         key = _data_key(job.cfg)
         data, val_data = datasets[key]
@@ -124,23 +122,13 @@ def run_jobs(
         row, history = train_run(s, job.cfg, data, val_data, ref, schedule=schedule,
                                  out_dir=out)
         row["run_id"], row["variant"] = job.run_id, job.tag
-        rows[job.run_id], histories[job.run_id] = row, history
-        report.write_csv(list(rows.values()), out / "runs.csv")
-        report.write_histories(histories, out / "histories.json")
+        report.write_result(out, job.run_id, row, history, job.cfg)
         print_fn(f"  -> test_accuracy={row['test_accuracy']:.4f}, "
                  f"achieved_sparsity={row['achieved_sparsity']:.4f}, "
                  f"epoch_seconds={row['epoch_seconds']:.3f}, "
                  f"flops_ratio={row['flops_ratio']:.3f} "
                  f"({time.perf_counter() - start:.1f} s)")
-    all_rows = list(rows.values())
-    title = f"{jobs[0].cfg['name']}: {jobs[0].cfg['dataset']}, {jobs[0].cfg['model']['name']}"
-    text = report.summary_markdown(all_rows, title=title)
-    (out / "summary.md").write_text(text)
-    print_fn("")
-    print_fn(text)
-    report.plot_accuracy(all_rows, out / "accuracy_vs_sparsity.png")
-    report.plot_training(all_rows, histories, out / "training_curves.png",
-                         "held-out val_split" if jobs[0].cfg["val_split"] else "test set")
+    all_rows = report.build(out, print_fn=print_fn)
     first = jobs[0].cfg
     data, _ = datasets[_data_key(first)]
     report.plot_layer_density(
@@ -151,6 +139,39 @@ def run_jobs(
              "accuracy_vs_sparsity.png, training_curves.png, layer_density.png "
              f"in {out}.")
     return all_rows
+
+
+def prepare(jobs: Sequence[Job]) -> tuple[dict, list[tuple[int, int]]]:
+    """Loads every dataset the jobs need and resolves every job's update schedule.
+
+    Returns:
+        ({data key: (data, validation data)}, [(begin, end) step of each job]).
+
+    Raises:
+        ConfigError: listing every job whose schedule does not fit in training.
+        DatasetUnavailableError: when a dataset cannot be loaded.
+    """
+    datasets, schedules, problems = {}, [], {}
+    for job in jobs:
+        key = _data_key(job.cfg)
+        if key not in datasets:
+            datasets[key] = _prepare(job.cfg)
+        data, _ = datasets[key]
+        steps = -(-len(data.x_train) // job.cfg["batch_size"])
+        if not methods.get(job.spec.method).schedule:
+            schedules.append((0, 0))  # no mask updates: nothing to fit in training
+            continue
+        try:
+            schedules.append(config_lib.schedule_steps(job.cfg, steps))
+        except config_lib.ConfigError as err:
+            for path, msg in err.problems:
+                problems.setdefault((path, msg), []).append(job.run_id)
+            schedules.append(None)
+    if problems:
+        raise config_lib.ConfigError(
+            [(path, f"{msg} (runs: {', '.join(ids)})") for (path, msg), ids in problems.items()],
+            jobs[0].cfg["name"])
+    return datasets, schedules
 
 
 def layer_densities(cfg: Mapping, data, sparsities: Sequence[float]) -> dict:
@@ -189,27 +210,23 @@ def _prepare(cfg):
     return data, (data.x_test, data.y_test)
 
 
-def _previous(out: Path):
-    rows = {r["run_id"]: r for r in report.read_csv(out / "runs.csv")} \
-        if (out / "runs.csv").is_file() else {}
-    histories = json.loads((out / "histories.json").read_text()) \
-        if (out / "histories.json").is_file() else {}
-    return rows, histories
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.run",
-        description="Compare dense, static, magnitude, SET, RigL and TF-MOT training.",
+        description="Compare " + ", ".join(methods.NAMES) + " training.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any other --field value (or --field=value) overrides a config field; "
-               "--method/--sparsity/--seed set one value (W&B sweep style).",
+               "values are read as YAML.\n--method/--sparsity/--seed set one value "
+               "(W&B sweep style); --optimizer.learning_rate=0.01 sets a nested one.\n\n"
+               "Config fields:\n" + config_lib.field_help(),
     )
     p.add_argument("config", help="YAML config, e.g. experiments/configs/digits.yaml")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
-                   help="keep rows already in OUT/runs.csv and skip their runs")
+                   help="keep the results already in OUT/results/ and skip their runs")
     p.add_argument("--dry-run", action="store_true",
-                   help="check the config and list the runs without training")
+                   help="run every check (config, data, update schedules) and list the "
+                        "runs, without training")
     return p
 
 
@@ -217,12 +234,14 @@ def execute(make_jobs: Callable[[], tuple[list, Path]], *, dry_run: bool, resume
     """Plans with `make_jobs() -> (jobs, out)`, then lists or runs the jobs.
 
     The command-line tail shared by this runner and `experiments.sweep`:
-    a bad config or an unavailable dataset becomes a one-line error and
-    exit status 2, before any training.
+    a bad config (every problem listed), an impossible schedule or an
+    unavailable dataset becomes an error message and exit status 2, before
+    any training.
     """
     try:
         jobs, out = make_jobs()
         if dry_run:
+            prepare(jobs)
             for i, job in enumerate(jobs, start=1):
                 print(f"run {i}/{len(jobs)}: {job.run_id}")
             return 0

@@ -17,9 +17,6 @@ import itertools
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -64,12 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="base config (default: from the sweep's command)")
     p.add_argument("--resume", action="store_true",
-                   help="keep rows already in OUT/runs.csv and skip their runs")
+                   help="keep the results already in OUT/results/ and skip their runs")
     p.add_argument("--dry-run", action="store_true", help="list the runs without training")
     args, rest = p.parse_known_args(argv)
 
     def make_jobs():
-        sweep = yaml.safe_load(Path(args.sweep).read_text())
+        sweep = config_lib.read_yaml(args.sweep, "sweep file")
         base = args.config or base_config(sweep)
         extra = config_lib.parse_overrides(rest)
         jobs = []

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from experiments import config as config_lib
-from experiments import models, wandb_log
+from experiments import methods, models, wandb_log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,16 +91,17 @@ def gzip_size(model) -> int:
 
 
 class _Monitor:
-    """Times epochs (without validation) and adds weight sparsity to the logs.
+    """Times epochs (without validation) and adds sparsity and layer densities to the logs.
 
     Mixed into `keras.callbacks.Callback` or `tf_keras.callbacks.Callback` by
-    `_monitor`, so TF-MOT runs are measured the same way.
+    `_monitor`, so TF-MOT runs are measured the same way. It must come before
+    the W&B logger in the callback list, which logs what it adds:
+    `sparsity`, `epoch_seconds` and `density/<layer>`.
     """
 
-    def __init__(self, names, wandb_run=None):
+    def __init__(self, names):
         super().__init__()
         self.names = names
-        self.wandb_run = wandb_run
 
     def on_train_begin(self, logs=None):
         self.epoch_seconds = []
@@ -119,16 +120,21 @@ class _Monitor:
         self.epoch_seconds.append(end - self._start)
         self._start = None
         counts = nonzeros(self.model)
-        densities = {n: nz / size for n, (nz, size) in zip(self.names, counts)}
-        logs = logs if logs is not None else {}
+        if logs is None:
+            return
         logs.setdefault("sparsity", 1.0 - sum(c[0] for c in counts) / sum(c[1] for c in counts))
         logs["epoch_seconds"] = self.epoch_seconds[-1]
-        wandb_log.log_epoch(self.wandb_run, epoch, logs, densities)
+        for name, (nz, size) in zip(self.names, counts):
+            logs[f"density/{name}"] = nz / size
 
 
-def _monitor(base, names, wandb_run):
+def _monitor(base, names):
     cls = type("RunMonitor", (_Monitor, base), {})
-    return cls(names, wandb_run)
+    return cls(names)
+
+
+def _callbacks(*callbacks) -> list:
+    return [c for c in callbacks if c is not None]
 
 
 def train_run(
@@ -150,12 +156,12 @@ def train_run(
         "seed": spec.seed, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
         "steps_per_epoch": steps, "optimizer": cfg["optimizer"]["name"],
         "update_freq": cfg["update_freq"], "drop_fraction": cfg["drop_fraction"],
-        "begin_step": schedule[0], "end_step": schedule[1],
+        "begin_step": schedule[0], "end_step": schedule[1], "val_split": cfg["val_split"],
     }
-    run_config = {**{k: v for k, v in cfg.items() if k != "wandb"}, **row}
-    run = wandb_log.start(cfg["wandb"], run_config, spec.run_id, out_dir)
+    run = wandb_log.start(cfg["wandb"], wandb_log.run_config(cfg, spec, schedule),
+                          spec.run_id, out_dir, group=cfg["name"], job_type=spec.method)
     try:
-        fit = _fit_tfmot if spec.method == "tfmot" else _fit_dst
+        fit = _fit_tfmot if methods.get(spec.method).framework == "tf_keras" else _fit_dst
         start = time.perf_counter()
         final, history, monitor = fit(spec, cfg, data, val_data, reference, schedule, run)
         row["train_seconds"] = time.perf_counter() - start
@@ -176,11 +182,6 @@ def _history(h) -> dict:
     return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 
-def _optimizer(k, spec):
-    cls = config_lib.optimizer_classes()[spec["name"]]
-    return getattr(k.optimizers, cls)(**{a: v for a, v in spec.items() if a != "name"})
-
-
 def _fit_args(cfg, data, val_data):
     return dict(
         x=data.x_train, y=data.y_train, batch_size=cfg["batch_size"],
@@ -197,21 +198,23 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
     keras.backend.clear_session()
     keras.utils.set_random_seed(spec.seed)
     model = models.build(cfg["model"], data.input_shape, data.num_classes, keras)
+    method = methods.get(spec.method)
     callbacks = []
-    if spec.method in ("static", "set", "rigl"):
+    if method.sparsify:
         dst.sparsify(model, spec.sparsity, spec.distribution, seed=spec.seed,
                      sparse_init=cfg["sparse_init"])
-    if spec.method in ("magnitude", "set", "rigl"):
-        kwargs = config_lib.callback_kwargs(cfg, spec.method, spec.sparsity, spec.seed,
-                                            *schedule, distribution=spec.distribution)
-        callbacks.append(dst.callbacks.get(spec.method)(**kwargs))
-    monitor = _monitor(keras.callbacks.Callback, reference.names, run)
+    if method.callback:
+        kwargs = method.callback_kwargs(cfg, spec.sparsity, spec.seed, *schedule,
+                                        distribution=spec.distribution)
+        callbacks.append(dst.callbacks.get(method.callback)(**kwargs))
+    monitor = _monitor(keras.callbacks.Callback, reference.names)
     model.compile(
-        optimizer=_optimizer(keras, cfg["optimizer"]),
+        optimizer=config_lib.make_optimizer(cfg["optimizer"], "keras"),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    h = model.fit(**_fit_args(cfg, data, val_data), callbacks=[*callbacks, monitor])
+    h = model.fit(**_fit_args(cfg, data, val_data),
+                  callbacks=_callbacks(*callbacks, monitor, wandb_log.metrics_logger(run, "keras")))
     final = dst.strip(model)
     final.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -239,12 +242,13 @@ def _fit_tfmot(spec, cfg, data, val_data, reference, schedule, run):
             end_step=end, power=3, frequency=cfg["update_freq"],
         ),
     )
-    monitor = _monitor(tf_keras.callbacks.Callback, reference.names, run)
+    monitor = _monitor(tf_keras.callbacks.Callback, reference.names)
     loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=_optimizer(tf_keras, cfg["optimizer"]), loss=loss,
+    model.compile(optimizer=config_lib.make_optimizer(cfg["optimizer"], "tf_keras"), loss=loss,
                   metrics=["accuracy"])
     h = model.fit(**_fit_args(cfg, data, val_data),
-                  callbacks=[pruning.UpdatePruningStep(), monitor])
+                  callbacks=_callbacks(pruning.UpdatePruningStep(), monitor,
+                                       wandb_log.metrics_logger(run, "tf_keras")))
     final = pruning.strip_pruning(model)
     final.compile(loss=loss, metrics=["accuracy"])
     return final, _history(h), monitor

@@ -1,26 +1,36 @@
-"""Optional Weights & Biases logging, and a reader for offline run files.
+"""Optional Weights & Biases logging, following W&B's Keras conventions.
 
 `wandb` is imported only when a run is logged; without it everything else works.
 The mode comes from WANDB_MODE, else from the config's `wandb.mode`, else
 "online" when an API key is configured (WANDB_API_KEY or ~/.netrc) and
-"offline" otherwise. Offline runs are written to
-`<dir>/wandb/offline-run-*/run-*.wandb`; `offline_history` reads them back
-without a W&B server.
+"offline" otherwise.
+
+Each training run is one W&B run: `group` is the experiment (the config's
+`name`, or `wandb.group`), `job_type` the method, `name` the run id, and
+`config` that run's own hyperparameters. Keras 3 runs log their epoch metrics
+with W&B's own `WandbMetricsLogger` (keys `epoch/<metric>`, plotted against
+`epoch/epoch`); TF-MOT runs train in tf_keras, whose callbacks are another
+class, and log the same keys with `TfKerasMetricsLogger`. The results row
+goes into the run summary. Offline runs are written to
+`<dir>/wandb/offline-run-*/` and uploaded later with `wandb sync <run dir>`.
 """
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
-import struct
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_BLOCK = 32768  # the .wandb file is a LevelDB-style log of 32 KiB blocks
-_HEADER = 7  # checksum (4), length (2), type (1)
+# The fields of a config that are the same for every run of an experiment and
+# describe it (the lists that plan the runs are replaced by the run's values).
+RUN_FIELDS = (
+    "name", "dataset", "model", "backend", "epochs", "batch_size", "optimizer",
+    "update_freq", "drop_fraction", "drop_fraction_schedule", "sparse_init",
+    "val_split", "max_train_samples", "max_test_samples",
+)
 
 
 def resolve_mode(config_mode: str = "auto") -> str:
@@ -46,9 +56,30 @@ def has_api_key() -> bool:
         return False
 
 
-def start(options: Mapping[str, Any], run_config: Mapping[str, Any], name: str,
-          out_dir: str | Path):
-    """Starts a W&B run, or returns None when W&B is disabled or not installed."""
+def run_config(cfg: Mapping[str, Any], spec, schedule: tuple[int, int]) -> dict:
+    """One run's own hyperparameters: its method, distribution, sparsity, seed and
+    resolved schedule, plus the experiment fields every run shares."""
+    return {
+        **{k: cfg[k] for k in RUN_FIELDS if k in cfg},
+        "method": spec.method, "distribution": spec.distribution,
+        "sparsity": spec.sparsity, "seed": spec.seed,
+        "begin_step": schedule[0], "end_step": schedule[1],
+    }
+
+
+def start(options: Mapping[str, Any], config: Mapping[str, Any], name: str,
+          out_dir: str | Path, *, group: str | None = None, job_type: str | None = None):
+    """Starts a W&B run, or returns None when W&B is disabled or not installed.
+
+    Args:
+        options: the config's `wandb` mapping (mode, project, entity, group, tags, dir).
+        config: the run's hyperparameters (`run_config`).
+        name: the run's name (its run id).
+        out_dir: where the `wandb/` folder goes unless `options["dir"]` or
+            WANDB_DIR says otherwise.
+        group: the W&B group when `options["group"]` is not set (the experiment).
+        job_type: the W&B job type (the method).
+    """
     mode = resolve_mode(options.get("mode", "auto"))
     if mode == "disabled":
         return None
@@ -66,10 +97,11 @@ def start(options: Mapping[str, Any], run_config: Mapping[str, Any], name: str,
     return wandb.init(
         project=options.get("project"),
         entity=options.get("entity"),
-        group=options.get("group"),
+        group=options.get("group") or group,
+        job_type=job_type,
         tags=list(options.get("tags") or []),
         name=name,
-        config=dict(run_config),
+        config=dict(config),
         dir=directory,
         mode=mode,
         reinit="finish_previous",
@@ -77,15 +109,41 @@ def start(options: Mapping[str, Any], run_config: Mapping[str, Any], name: str,
     )
 
 
-def log_epoch(run, epoch: int, logs: Mapping[str, Any],
-              densities: Mapping[str, float]) -> None:
-    """Logs one epoch's metrics and per-layer densities (`density/<layer>`)."""
+def metrics_logger(run, framework: str):
+    """The `fit` callback that logs epoch metrics to `run`, or None without a run.
+
+    Keras 3: W&B's `WandbMetricsLogger`. tf_keras (TF-MOT):
+    `TfKerasMetricsLogger`, which logs the same keys.
+    """
     if run is None:
-        return
-    row = {k: float(v) for k, v in logs.items() if _is_number(v)}
-    row.update({f"density/{name}": float(d) for name, d in densities.items()})
-    row["epoch"] = epoch
-    run.log(row, step=epoch)
+        return None
+    if framework == "keras":
+        from wandb.integration.keras import WandbMetricsLogger
+
+        return WandbMetricsLogger()
+    import tf_keras
+
+    class TfKerasMetricsLogger(tf_keras.callbacks.Callback):
+        """`WandbMetricsLogger`'s epoch logging, as a tf_keras callback."""
+
+        def on_train_begin(self, logs=None):
+            define_epoch_metrics(run)
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {f"epoch/{k}": v for k, v in (logs or {}).items()}
+            row["epoch/epoch"] = epoch
+            lr = self.model.optimizer.learning_rate
+            if not callable(lr):  # a schedule has no single value to log
+                row["epoch/learning_rate"] = float(tf_keras.backend.get_value(lr))
+            run.log(row)
+
+    return TfKerasMetricsLogger()
+
+
+def define_epoch_metrics(run) -> None:
+    """Plots every `epoch/*` metric against `epoch/epoch`, as WandbMetricsLogger does."""
+    run.define_metric("epoch/epoch")
+    run.define_metric("epoch/*", step_metric="epoch/epoch")
 
 
 def finish(run, row: Mapping[str, Any]) -> None:
@@ -94,71 +152,3 @@ def finish(run, row: Mapping[str, Any]) -> None:
         return
     run.summary.update({k: v for k, v in row.items() if v is not None})
     run.finish()
-
-
-def _is_number(v) -> bool:
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return not isinstance(v, str | bool)
-
-
-# -- reading offline runs --------------------------------------------------------
-def _chunks(path: Path) -> Iterator[bytes]:
-    data = path.read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file.")
-    pos, pending = _HEADER, b""
-    while pos + _HEADER <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _HEADER:  # block tail padding
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
-        chunk = data[pos + _HEADER : pos + _HEADER + length]
-        pos += _HEADER + length
-        if kind == 1:  # full
-            yield chunk
-        elif kind == 2:  # first
-            pending = chunk
-        elif kind == 3:  # middle
-            pending += chunk
-        elif kind == 4:  # last
-            yield pending + chunk
-        else:
-            return
-
-
-def read_records(path: str | Path) -> Iterator[Any]:
-    """Yields the protobuf `Record`s stored in a `run-*.wandb` file."""
-    from wandb.proto import wandb_internal_pb2
-
-    for chunk in _chunks(Path(path)):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(chunk)
-        yield record
-
-
-def offline_history(run_dir: str | Path) -> list[dict]:
-    """The logged history rows of one offline run directory, oldest first."""
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    rows = []
-    for record in read_records(path):
-        if record.WhichOneof("record_type") == "history":
-            rows.append({
-                item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                for item in record.history.item
-            })
-    return rows
-
-
-def offline_summary(run_dir: str | Path) -> dict:
-    """The final summary (results row included) of one offline run directory."""
-    (path,) = Path(run_dir).glob("run-*.wandb")
-    out: dict = {}
-    for record in read_records(path):
-        if record.WhichOneof("record_type") == "summary":
-            for item in record.summary.update:
-                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return out

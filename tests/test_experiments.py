@@ -8,6 +8,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 ROOT = Path(__file__).resolve().parents[1]
 
 import gzip  # noqa: E402
+import re  # noqa: E402
 import struct  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -16,7 +17,7 @@ import yaml  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
-from experiments import report, run, sweep, wandb_log  # noqa: E402
+from experiments import methods, report, run, sweep, wandb_log  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow_only  # tf.distribute / TF-MOT / experiments
 
@@ -40,10 +41,12 @@ def test_tiny_config_runs_every_method(tmp_path):
     lines = []
     rows = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lines.append)
 
-    assert sorted(r["method"] for r in rows) == sorted(config_lib.METHODS)
+    assert sorted(r["method"] for r in rows) == sorted(methods.NAMES)
     assert any(line.startswith("run 6/6: method=") for line in lines)
     csv_rows = report.read_csv(tmp_path / "runs.csv")
     assert len(csv_rows) == 6
+    assert sorted(p.stem for p in (tmp_path / "results").glob("*.json")) == sorted(
+        r["run_id"] for r in rows)
     for column in ("method", "distribution", "target_sparsity", "seed",
                    "test_accuracy", "achieved_sparsity", "epoch_seconds"):
         assert all(r[column] is not None for r in csv_rows), column
@@ -77,24 +80,87 @@ def test_conv_models_train_with_dst_and_tfmot(model, tmp_path):
         assert r["sparse_flops"] < r["dense_flops"]
 
 
-def test_wandb_offline_run_logs_history(tmp_path, monkeypatch):
+@pytest.fixture
+def wandb_calls(monkeypatch):
+    """Records what runs log through W&B's public Run API (offline, real wandb)."""
+    from wandb.sdk import wandb_run
+
+    calls = {"runs": [], "log": [], "summary": [], "define_metric": []}
+    log, finish = wandb_run.Run.log, wandb_run.Run.finish
+    define_metric = wandb_run.Run.define_metric
+
+    def spy_define_metric(self, name, *args, **kwargs):
+        calls["define_metric"].append((self.name, name, kwargs.get("step_metric")))
+        return define_metric(self, name, *args, **kwargs)
+
+    def spy_log(self, data, *args, **kwargs):
+        calls["log"].append((self.name, dict(data)))
+        return log(self, data, *args, **kwargs)
+
+    def spy_finish(self, *args, **kwargs):
+        calls["runs"].append(self)
+        calls["summary"].append((self.name, dict(self.summary)))
+        return finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(wandb_run.Run, "log", spy_log)
+    monkeypatch.setattr(wandb_run.Run, "finish", spy_finish)
+    monkeypatch.setattr(wandb_run.Run, "define_metric", spy_define_metric)
+    return calls
+
+
+def test_wandb_offline_runs_follow_the_keras_conventions(tmp_path, monkeypatch, wandb_calls):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg = tiny(methods=["rigl"], wandb={"mode": "auto"})
-    run.run_jobs(run.plan(cfg), tmp_path / "out", print_fn=lambda *_: None)
+    cfg = tiny(methods=["rigl", "tfmot"], sparsities=[0.8, 0.9], epochs=2,
+               wandb={"mode": "auto"})
+    rows = run.run_jobs(run.plan(cfg), tmp_path / "out", print_fn=lambda *_: None)
 
-    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
-    history = wandb_log.offline_history(run_dir)
-    assert len(history) == cfg["epochs"]
-    for key in ("sparsity", "accuracy", "val_accuracy", "mask_churn", "itop",
-                "density/fc1", "density/logits"):
-        assert key in history[-1], key
-    assert history[-1]["sparsity"] == pytest.approx(0.9, abs=1e-3)
-    summary = wandb_log.offline_summary(run_dir)
-    assert summary["method"] == "rigl"
-    assert summary["test_accuracy"] == pytest.approx(
-        report.read_csv(tmp_path / "out" / "runs.csv")[0]["test_accuracy"])
+    # One offline run folder per training run, each with its .wandb file.
+    run_dirs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == len(rows) == 4
+    assert all(len(list(d.glob("run-*.wandb"))) == 1 for d in run_dirs)
+    by_name = {r.name: r for r in wandb_calls["runs"]}
+    assert sorted(by_name) == sorted(r["run_id"] for r in rows)
+    for row in rows:
+        wb = by_name[row["run_id"]]
+        assert wb.group == "tiny" and wb.job_type == row["method"]
+        config = dict(wb.config)
+        # The run's own hyperparameters, not the experiment's lists.
+        assert config["sparsity"] == row["target_sparsity"] and config["seed"] == 0
+        assert config["method"] == row["method"]
+        assert not {"methods", "sparsities", "seeds", "wandb"} & set(config)
+        assert config["end_step"] == row["end_step"] > 0
+        # Epoch metrics: WandbMetricsLogger's keys (Keras 3), the same from tf_keras,
+        # plotted against the epoch.
+        assert (row["run_id"], "epoch/*", "epoch/epoch") in wandb_calls["define_metric"]
+        logged = [d for name, d in wandb_calls["log"] if name == row["run_id"]]
+        assert [d["epoch/epoch"] for d in logged] == [0, 1]
+        for key in ("epoch/sparsity", "epoch/accuracy", "epoch/val_accuracy",
+                    "epoch/learning_rate", "epoch/density/fc1", "epoch/density/logits"):
+            assert key in logged[-1], (row["method"], key)
+        assert logged[-1]["epoch/sparsity"] == pytest.approx(row["target_sparsity"], abs=1e-3)
+        if row["method"] == "rigl":
+            assert "epoch/itop" in logged[-1] and "epoch/mask_churn" in logged[-1]
+        (summary,) = [s for name, s in wandb_calls["summary"] if name == row["run_id"]]
+        assert summary["test_accuracy"] == pytest.approx(row["test_accuracy"])
+
+
+def test_separate_processes_share_a_folder_and_merge(tmp_path, capsys):
+    """Like parallel W&B agents: each run writes its own file; a merge builds the table."""
+    out = tmp_path / "out"
+    base = [str(TINY), "--out", str(out), "--resume"]
+    assert run.main([*base, "--method", "dense"]) == 0
+    assert run.main([*base, "--method", "static"]) == 0
+    assert run.main([*base, "--method", "static"]) == 0  # resumed: skipped
+    assert "skipped (--resume)" in capsys.readouterr().out
+    (out / "runs.csv").unlink()
+    assert report.main([str(out)]) == 0
+    rows = report.read_csv(out / "runs.csv")
+    assert sorted(r["run_id"] for r in rows) == ["dense-none-s0-seed0", "static-erk-s0.9-seed0"]
+    assert "| static | erk |" in (out / "summary.md").read_text()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "No results in" in capsys.readouterr().err
 
 
 def test_wandb_mode_defaults(monkeypatch, tmp_path):
@@ -114,6 +180,77 @@ def test_runs_without_wandb_installed(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.warns(UserWarning, match="wandb is not installed"):
         assert wandb_log.start({"mode": "offline"}, {}, "x", tmp_path) is None
+
+
+# -- method table and plots -------------------------------------------------------
+def test_method_table_gives_each_method_its_own_style_and_a_dst_callback():
+    import dst
+
+    table = methods.TABLE.values()
+    assert len({m.color for m in table}) == len({m.marker for m in table}) == len(table)
+    for m in table:
+        if m.callback:
+            assert dst.callbacks.get(m.callback)  # a registered dst callback
+    with pytest.raises(ValueError, match=r"Unknown method 'lottery'\. Known methods: dense, "):
+        methods.get("lottery")
+
+
+def _fake_rows():
+    rows, histories = [], {}
+    for method, dist in [("dense", "none"), ("magnitude", "uniform"), ("tfmot", "uniform"),
+                         ("set", "erk"), ("set", "uniform"), ("rigl", "erk")]:
+        for s in ([0.0] if method == "dense" else [0.8, 0.9]):
+            for seed in (0, 1):
+                run_id = f"{method}-{dist}-s{s:g}-seed{seed}"
+                rows.append(dict(run_id=run_id, method=method, distribution=dist,
+                                 target_sparsity=s, seed=seed, test_accuracy=0.9 - s / 10))
+                final = 0.0 if method == "dense" else s
+                start = final if methods.get(method).sparsity_schedule != "gradual" else 0.0
+                histories[run_id] = {"sparsity": [start, final, final],
+                                     "val_accuracy": [0.5, 0.6, 0.7]}
+    return rows, histories
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the report functions draw, kept open for inspection."""
+    kept = []
+    plt = report._plt()
+    close = plt.close
+    monkeypatch.setattr(plt, "close", kept.append)
+    yield kept
+    for fig in kept:
+        close(fig)
+
+
+def test_accuracy_plot_uses_the_method_styles_and_an_outside_legend(tmp_path, figures):
+    rows, _ = _fake_rows()
+    report.plot_accuracy(rows, tmp_path / "a.png")
+    (fig,) = figures
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    # errorbar returns a container whose first element is the data line
+    drawn = {label: getattr(h, "lines", [h])[0] for h, label in zip(handles, labels)}
+    for label, method in [("SET, erk", "set"), ("SET, uniform", "set"), ("RigL, erk", "rigl"),
+                          ("magnitude (TF-MOT)", "tfmot")]:
+        assert drawn[label].get_color() == methods.get(method).color, label
+        assert drawn[label].get_marker() == methods.get(method).marker, label
+    assert drawn["SET, erk"].get_linestyle() != drawn["SET, uniform"].get_linestyle()
+    (legend,) = fig.legends
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_sparsity_panel_has_one_line_per_schedule(tmp_path, figures):
+    rows, histories = _fake_rows()
+    report.plot_training(rows, histories, tmp_path / "t.png", "test set")
+    (fig,) = figures
+    sparsity_ax = fig.axes[0]
+    labels = [line.get_label() for line in sparsity_ax.get_lines()]
+    assert labels == ["dense: dense", "gradual pruning: magnitude (dst), magnitude (TF-MOT)",
+                      "sparse from the start: SET, RigL"]
+    accuracy_ax = fig.axes[1]
+    assert len(accuracy_ax.get_lines()) == 6  # one per method and distribution
 
 
 # -- data -------------------------------------------------------------------------
@@ -171,22 +308,36 @@ def test_missing_idx_files_are_named(tmp_path):
 
 # -- bad configs --------------------------------------------------------------------
 BAD = [
-    ({"methods": ["dense", "lottery"]}, r"`methods` must be one of 'dense', 'static', "
-     r"'magnitude', 'set', 'rigl', 'tfmot'\. Received: methods='lottery'"),
-    ({"dataset": "imagenet"}, r"`dataset` must be one of 'digits', 'teacher', "
-     r"'fashion_mnist', 'mnist', 'cifar10'\. Received: dataset='imagenet'"),
-    ({"sparsities": [0.9, 1.0]}, r"`sparsities` must hold numbers in \(0, 1\).*1\.0"),
-    ({"sparsities": [1.5]}, r"`sparsities` must hold numbers in \(0, 1\).*1\.5"),
-    ({"seeds": None}, r"Missing config field\(s\) \['seeds'\]"),
-    ({"model": "transformer"}, r"`model` must be one of 'mlp', 'cnn', 'resnet'"),
-    ({"distribution": "random"}, r"`distribution` must be one of 'uniform', 'erk', 'er'"),
-    ({"optimizer": "adamx"}, r"`optimizer` must be one of .*'adam'.*'sgd'"),
-    ({"epochs": 0}, r"`epochs` must be an integer >= 1"),
-    ({"batch_size": "big"}, r"`batch_size` must be an integer >= 1"),
-    ({"lr": 0.1}, r"Unknown config field\(s\) \['lr'\]\. Allowed fields: "),
-    ({"dataset": "teacher", "model": "cnn"}, r"`model` 'cnn' needs image data"),
-    ({"wandb": "sometimes"}, r"`wandb.mode` must be one of 'auto', 'online'"),
-    ({"drop_fraction": 0.0}, r"`drop_fraction` must be a number in \(0.0, 1.0\]"),
+    ({"methods": ["dense", "lottery"]}, r"methods\.1: Input should be 'dense', 'static', "
+     r"'magnitude', 'tfmot', 'set' or 'rigl'; got 'lottery'"),
+    ({"dataset": "imagenet"}, r"dataset: Input should be 'digits', 'teacher', "
+     r"'fashion_mnist', 'mnist' or 'cifar10'; got 'imagenet'"),
+    ({"sparsities": [0.9, 1.0]}, r"sparsities\.1: must be a number in \(0, 1\).*got 1\.0"),
+    ({"sparsities": [1.5]}, r"sparsities\.0: must be a number in \(0, 1\).*1\.5"),
+    ({"seeds": None}, r"seeds: required field is missing"),
+    ({"model": "transformer"}, r"model: Input tag 'transformer'.*'mlp', 'cnn', 'resnet'"),
+    ({"model": {"name": "mlp", "hidden": [300, 0]}},
+     r"model\.mlp\.hidden\.1: Input should be greater than or equal to 1; got 0"),
+    ({"model": {"name": "mlp", "width": 3}}, r"model\.mlp\.width: unknown field"),
+    ({"distribution": "random"}, r"distribution\.0: Input should be 'uniform', 'erk' or 'er'"),
+    ({"optimizer": "adamx"}, r"optimizer\.name: must be one of .*'adam'.*'sgd'"),
+    ({"optimizer": {"name": "adam", "lr": 0.1}},
+     r"optimizer: Keras 3 'adam' rejected its arguments \{'lr': 0\.1\}"),
+    ({"epochs": 0}, r"epochs: Input should be greater than or equal to 1; got 0"),
+    ({"batch_size": "big"}, r"batch_size: Input should be a valid integer; got 'big'"),
+    ({"lr": 0.1}, r"lr: unknown field; allowed fields: dataset, model, "),
+    ({"update_frq": 5}, r"update_frq: unknown field \(did you mean 'update_freq'\?\)"),
+    ({"dataset": "teacher", "model": "cnn"}, r"model: 'cnn' needs image data"),
+    ({"wandb": "sometimes"}, r"wandb\.mode: Input should be 'auto', 'online'"),
+    ({"drop_fraction": 0.0}, r"drop_fraction: Input should be greater than 0"),
+    ({"end_step": 1.5}, r"end_step: as a float is a fraction of training"),
+    ({"drop_fraction_schedule": "zigzag"},
+     r"methods\.3: 'set': dst\.callbacks\.SET rejected the config: .*zigzag"),
+    ({"backend": "theano"}, r"backend: Input should be 'tensorflow', 'jax' or 'torch'"),
+    ({"backend": "jax"}, r"backend: method\(s\) \['tfmot'\] run on tf_keras and need "
+     r"backend 'tensorflow'"),
+    # Lamb is a Keras 3 optimizer only: TF-MOT (tf_keras) would fail after training.
+    ({"optimizer": "lamb"}, r"optimizer\.name: 'lamb' exists in Keras 3 but not in tf_keras"),
 ]
 
 
@@ -196,28 +347,97 @@ def test_bad_config_is_rejected(override, message):
         tiny(**override)
 
 
+def test_every_problem_is_reported_at_once_with_its_path():
+    with pytest.raises(config_lib.ConfigError) as info:
+        tiny(methods=["dense", "lottery"], model={"name": "mlp", "hidden": [0]},
+             sparsities=[0.9, 2.0], epochs=0, lr=0.1)
+    paths = [path for path, _ in info.value.problems]
+    assert sorted(paths) == sorted(
+        ["methods.1", "model.mlp.hidden.0", "sparsities.1", "epochs", "lr"])
+    assert str(info.value).startswith("5 problems in ")
+    assert all(f"  {p}: " in str(info.value) for p in paths)
+
+
+def test_keras_only_optimizer_is_accepted_without_tfmot():
+    cfg = tiny(optimizer="lamb", methods=["dense", "rigl"], backend="jax")
+    assert cfg["optimizer"] == {"name": "lamb"} and cfg["backend"] == "jax"
+
+
+def test_defaults_and_shorthands_are_filled_in():
+    cfg = tiny(model="MLP", seeds=3, wandb=None, methods="RigL")
+    assert cfg["model"] == {"name": "mlp", "hidden": [300, 100]}
+    assert cfg["seeds"] == [3] and cfg["methods"] == ["rigl"]
+    assert cfg["backend"] == "tensorflow" and cfg["distribution"] == ["erk"]
+    assert cfg["wandb"]["mode"] == "auto" and cfg["name"] == "tiny"
+
+
 def test_missing_field_in_file_is_rejected(tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     del raw["dataset"]
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(config_lib.ConfigError, match=r"Missing config field\(s\) \['dataset'\]"):
+    with pytest.raises(config_lib.ConfigError, match=r"dataset: required field is missing"):
         config_lib.load(path)
 
 
-def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
+def _no_training(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained despite a bad config")
 
     monkeypatch.setattr(run, "train_run", no_training)
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, r"config file '.*nope\.yaml' does not exist"),
+    ("dataset: [digits\n", r"is not valid YAML"),
+    ("- just\n- a list\n", r"must hold a YAML mapping of fields, got list"),
+    ("dataset: digits\nmodle: mlp\n", r"modle: unknown field \(did you mean 'model'\?\)"),
+])
+def test_cli_user_errors_exit_2_without_traceback(text, message, tmp_path, capsys,
+                                                  monkeypatch):
+    _no_training(monkeypatch)
+    path = tmp_path / "nope.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert run.main([str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
     code = run.main([str(TINY), "--out", str(tmp_path), "--sparsity", "1.0"])
     assert code == 2
-    assert "`sparsities` must hold numbers in (0, 1)" in capsys.readouterr().err
+    assert "sparsities.0: must be a number in (0, 1)" in capsys.readouterr().err
     # An update schedule that cannot fit is found after loading data, before training.
     code = run.main([str(TINY), "--out", str(tmp_path), "--update_freq", "1000"])
     assert code == 2
-    assert "Lower `update_freq`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "update_freq: the update schedule does not fit in training" in err
+    assert "Lower `update_freq`" in err and "rigl-erk-s0.9-seed0" in err
+    assert "dense-none" not in err  # dense has no schedule to fit
     assert not (tmp_path / "runs.csv").exists()
+
+
+def test_dry_run_checks_the_schedule_too(tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    assert run.main([str(TINY), "--out", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "run 6/6: tfmot-uniform-s0.9-seed0"
+    args = [str(TINY), "--out", str(tmp_path), "--dry-run", "--update_freq", "1000"]
+    assert run.main(args) == 2
+    assert "the update schedule does not fit" in capsys.readouterr().err
+
+
+def test_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit) as info:
+        run.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for field in config_lib.Config.model_fields:
+        assert re.search(rf"^  {field} +(required|default )", out, re.M), field
+    assert re.search(r"^  update_freq +default 100; ", out, re.M)
+    assert re.search(r"^  backend +default 'tensorflow'; ", out, re.M)
 
 
 # -- overrides and sweeps -----------------------------------------------------------------
@@ -243,6 +463,12 @@ def test_local_sweep_executor_expands_the_grid(capsys):
     bayes = yaml.safe_load((GRID.parent / "bayes.yaml").read_text())
     with pytest.raises(config_lib.ConfigError, match="grid sweeps only"):
         sweep.grid_points(bayes)
+
+
+def test_missing_sweep_file_exits_2(tmp_path, capsys):
+    assert sweep.main([str(tmp_path / "none.yaml"), "--out", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep file" in err and "does not exist" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "configs").glob("*.yaml")),
