@@ -28,6 +28,7 @@ __all__ = [
     "KerasSaveable",
     "LeafSaveable",
     "StatelessScope",
+    "is_mapped",
     "track_state",
     "untrack_state",
     "build_shapes",
@@ -167,3 +168,11 @@ def untrack_state(layer, variables) -> None:
     holders[:] = [h for h in holders
                   if not (isinstance(h, _StateHolder) and id(h.state) in ids)]
 
+
+
+def is_mapped(variable) -> bool:
+    """Whether the active `StatelessScope` holds a value for `variable`."""
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+    scope = get_stateless_scope()
+    return scope is not None and scope.get_current_value(variable) is not None

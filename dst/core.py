@@ -195,7 +195,7 @@ def sparsify(
         constraint = MaskConstraint(inner=t.variable.constraint)
         constraint.attach(mask)
         install(t, constraint)
-        value = t.variable.numpy()
+        value = keras.ops.convert_to_numpy(t.variable)
         if sparse_init:
             value = _sparse_init(value, mask, _n_out_axes(t))
         t.variable.assign(np.where(mask, value, 0).astype(value.dtype))

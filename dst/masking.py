@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
+from dst import _compat
 from dst._compat import LeafSaveable
 
 __all__ = ["MaskConstraint", "MaskGroup", "pack_mask", "unpack_mask"]
@@ -122,6 +123,7 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         if self.mask is None:
             return self.inner(w) if self.inner is not None else w
         # `where`, not `w * mask`: masked entries become +0.0, never -0.0.
+        _check_readable(self.mask)
         mask = self.mask.value
         w = keras.ops.where(mask, _value(w), keras.ops.zeros(w.shape, w.dtype))
         if self.inner is None:
@@ -153,6 +155,23 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         # masked entries non-zero until the next optimizer step.
         _load_mask(store, "", self)
         self.zero_masked()
+
+
+def _check_readable(variable) -> None:
+    """A clear error for a mask whose value Keras' JAX trainer holds elsewhere.
+
+    During a dst `fit` on JAX the masks are part of the threaded state (see
+    `dst.backend.jax`) and the trainer drops the variables' own values; a fit
+    that ended with an exception leaves them registered until the next dst
+    fit ends. A train function built without dst in between cannot see them.
+    """
+    if getattr(variable, "_value", True) is None and not _compat.is_mapped(variable):
+        raise RuntimeError(
+            "dst: this model's masks are still registered as JAX training state by a "
+            "dst fit that ended with an exception, and this step was built without "
+            "dst. Train with a dst callback (e.g. `dst.callbacks.FixedMasks()` to keep "
+            "the masks as they are): it releases them when it ends."
+        )
 
 
 def _value(x):

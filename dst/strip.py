@@ -38,13 +38,14 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
     constraints = [t.constraint for t in targets]
     # Bake the zeros in, even where a weight was assigned after its last step.
     masked = {
-        id(t.variable): np.where(t.constraint.numpy(), t.variable.numpy(), 0).astype(
+        id(t.variable): np.where(t.constraint.numpy(), keras.ops.convert_to_numpy(t.variable), 0).astype(
             t.variable.dtype
         )
         for t in targets
         if t.constraint.mask is not None
     }
-    weights = [masked[id(w)] if id(w) in masked else w.numpy() for w in model.weights]
+    weights = [masked[id(w)] if id(w) in masked else keras.ops.convert_to_numpy(w)
+               for w in model.weights]
     for t in targets:
         uninstall(t)
     if inplace:

@@ -10,8 +10,12 @@ weights, random gradients) through the public updater API, as a fraction of
 100 dense steps (target <= 0.02). `--jit` compiles every model with
 `jit_compile=True` (the update then runs in XLA); `--resnet50` times one
 update of ResNet50 (weights=None, 32x32 inputs, 90% ERK) instead.
+`--backend` picks the Keras backend (default: KERAS_BACKEND, else
+tensorflow); each ratio is to dense Keras on that same backend. The separate
+timing of one update runs on TensorFlow only (inside `fit`, the epoch times
+include the updates on every backend: one update per 100-step epoch).
 
-    python -m experiments.bench_overhead [--rounds 8] [--epochs 2] [--steps 100] [--jit]
+    python -m experiments.bench_overhead [--backend jax] [--rounds 8] [--epochs 2] [--steps 100] [--jit]
     python -m experiments.bench_overhead --resnet50 [--jit]
 """
 
@@ -20,13 +24,28 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _backend_from_argv() -> str | None:
+    """The `--backend` value, read before Keras is imported (it fixes the backend)."""
+    for i, arg in enumerate(sys.argv):
+        if arg == "--backend" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if _backend_from_argv() in BACKENDS:
+    os.environ["KERAS_BACKEND"] = _backend_from_argv()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import dst  # noqa: E402
 
@@ -96,12 +115,12 @@ def bench(name, build, x, y, rounds, epochs, jit=False):
             models[variant].fit(x, y, batch_size=128, epochs=epochs, verbose=0, callbacks=cbs)
             this_round[variant] = statistics.median(timer.times[1:])  # the first epoch traces
             times[variant].extend(timer.times[1:])
-            if extra is not None and r < 2:
+            if extra is not None and r < 2 and keras.backend.backend() == "tensorflow":
                 update_ms[variant].extend(time_update(extra.updater, models[variant], jit))
         for variant in VARIANTS:
             ratios[variant].append(this_round[variant] / this_round["dense"])
     mode = " (jit_compile=True)" if jit else ""
-    print(f"\n{name}{mode}: {rounds} rounds, median seconds per epoch, median of per-round ratios")
+    print(f"\n{name}{mode} on {keras.backend.backend()}: {rounds} rounds, median seconds per epoch, median of per-round ratios")
     print(f"{'variant':<18}{'s/epoch':>10}{'ratio':>8}{'min':>8}{'max':>8}")
     for variant in VARIANTS:
         rs = ratios[variant]
@@ -122,6 +141,8 @@ def time_update(updater, model, jit, repeats=8):
     in a `tf.function`, as inside `fit`: masks computed by numpy on the host
     (`tf.numpy_function`), or, with `jit`, in an XLA-compiled function.
     """
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     grads = [rng.normal(size=v.shape).astype("float32") for v in model.trainable_variables]
     step = updater.schedule.steps()[0]
@@ -168,7 +189,13 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
     parser.add_argument("--resnet50", action="store_true", help="time one ResNet50 update")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="Keras backend (default: KERAS_BACKEND, else tensorflow)")
+    parser.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the CNN")
     args = parser.parse_args()
+    if args.resnet50 and keras.backend.backend() != "tensorflow":
+        parser.error("--resnet50 times the update through tf.function: TensorFlow only")
     if args.resnet50:
         bench_resnet50(args.jit)
         return
@@ -177,8 +204,9 @@ def main():
     y = rng.integers(0, 10, n)
     bench("MLP 784-1000-1000-10", mlp, rng.normal(size=(n, 784)).astype("float32"), y,
           args.rounds, args.epochs, args.jit)
-    bench("CNN (2 conv + 2 dense)", cnn, rng.normal(size=(n, 28, 28, 1)).astype("float32"), y,
-          args.rounds, args.epochs, args.jit)
+    if args.cnn:
+        bench("CNN (2 conv + 2 dense)", cnn, rng.normal(size=(n, 28, 28, 1)).astype("float32"),
+              y, args.rounds, args.epochs, args.jit)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def test_custom_training_loop_with_updater():
     counts = {p: int(m.sum()) for p, m in dst.get_masks(model).items()}
     updated = 0
     for step in range(8):
-        target = y[step * 8:(step + 1) * 8]
+        target = keras.ops.convert_to_tensor(y[step * 8:(step + 1) * 8])
         grads = gradients(model, x[step * 8:(step + 1) * 8],
                           lambda out, t=target: keras.ops.mean((out - t) ** 2))
         opt.apply(grads, model.trainable_variables)

@@ -245,7 +245,7 @@ def test_masked_weights_stay_zero_in_a_custom_loop(opt):
     optimizer = OPTIMIZERS[opt]()
     x, y = data(model)
     for step in range(3):
-        target = y[step * 8:(step + 1) * 8]
+        target = keras.ops.convert_to_tensor(y[step * 8:(step + 1) * 8])
         grads = gradients(model, x[step * 8:(step + 1) * 8],
                           lambda out, t=target: keras.ops.mean((out - t) ** 2))
         optimizer.apply(grads, model.trainable_variables)

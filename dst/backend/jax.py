@@ -47,6 +47,15 @@ def _state_variables(state) -> list:
 
 def sparse_train_function(model, optimizer, fn, state):
     """The model's train function with `fn` hooked into `optimizer` (see module)."""
+    if optimizer is not model.optimizer:
+        raise ValueError(
+            "On the JAX backend dst drives the optimizer given to `model.compile` "
+            f"(here {getattr(model.optimizer, 'name', None)!r}); a train_step that steps "
+            f"its own optimizer ({getattr(optimizer, 'name', optimizer)!r}) keeps that "
+            "optimizer's state outside Keras' stateless step, which dst cannot thread. "
+            "Use the TensorFlow or PyTorch backend for such a train_step, or a custom "
+            "loop with `updater.update(step, grads)`."
+        )
     for layer, variables in state:
         _compat.track_state(layer, variables)
     extra = _state_variables(state)

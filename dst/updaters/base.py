@@ -184,7 +184,7 @@ class Updater:
         >>> up.bind(model, optimizer=opt)
         >>> with up.attach():
         ...     for _ in range(3):
-        ...         opt.apply([np.ones(v.shape) for v in model.trainable_variables],
+        ...         opt.apply([keras.ops.ones(v.shape) for v in model.trainable_variables],
         ...                   model.trainable_variables)
         >>> int(dst.get_masks(model)[model.layers[0].kernel.path].sum())
         6
