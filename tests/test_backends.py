@@ -161,3 +161,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.tensorflow_only
+def test_jax_multi_process_masks_are_the_same_in_both_processes_and_as_in_one(tmp_path):
+    # Keras 3's multi-host path: jax.distributed.initialize, then DataParallel
+    # over the devices of all processes (here 2 processes on 127.0.0.1).
+    port = str(_free_port())
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "jax_multiprocess.py"), str(p),
+                               "2", port, str(tmp_path / f"p{p}.npz")], env=env,
+                              stderr=subprocess.PIPE, text=True) for p in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-4000:]
+    _run_script("jax_multiprocess.py", "0", "1", str(_free_port()), str(tmp_path / "one.npz"),
+                backend="jax")
+    p0, p1, one = (np.load(tmp_path / f"{n}.npz") for n in ("p0", "p1", "one"))
+    assert bool(p0["changed"])
+    masks = [k for k in p0.files if k.startswith("mask:")]
+    assert masks
+    for k in masks:
+        np.testing.assert_array_equal(p0[k], p1[k])
+        np.testing.assert_array_equal(p0[k], one[k])
+    for k in p0.files:
+        if k.startswith("weight"):
+            np.testing.assert_allclose(p0[k], one[k], atol=1e-5)
