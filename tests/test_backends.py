@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, data
+from conftest import BACKEND, assert_unchanged, data, mlp, state
 
 import dst
 
@@ -187,3 +187,26 @@ def test_jax_multi_process_masks_are_the_same_in_both_processes_and_as_in_one(tm
     for k in p0.files:
         if k.startswith("weight"):
             np.testing.assert_allclose(p0[k], one[k], atol=1e-5)
+
+
+def test_gradient_accumulation_is_refused_before_anything_changes():
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), "mse")
+    before = state(model)
+    with pytest.raises(ValueError, match=r"does not support gradient accumulation.*"
+                                         r"gradient_accumulation_steps=2"):
+        model.fit(*data(), batch_size=8, verbose=0,
+                  callbacks=[dst.callbacks.SET(update_freq=1, end_step=2, seed=0)])
+    assert_unchanged(model, before)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's stateless train step only")
+def test_jax_refuses_a_train_step_with_its_own_optimizer():
+    model = mlp()
+    model.compile("sgd", "mse")
+    own = keras.optimizers.SGD(0.1)
+    own.build(model.trainable_variables)
+    with pytest.raises(ValueError, match=r"On the JAX backend dst drives the optimizer given "
+                                         r"to `model.compile`"):
+        model.fit(*data(), batch_size=8, verbose=0,
+                  callbacks=[dst.callbacks.SET(update_freq=1, end_step=2, seed=0, optimizer=own)])
