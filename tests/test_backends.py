@@ -50,7 +50,7 @@ def test_the_same_seed_gives_the_same_masks_on_every_backend(tmp_path, method):
                 np.testing.assert_allclose(runs[backend][k], reference[k], atol=1e-5)
 
 
-def _fit(steps_per_execution, method=dst.callbacks.SET):
+def _fit(steps_per_execution, method=dst.callbacks.SET, jit_compile="auto"):
     x, y = data(n=96)
     rng = np.random.default_rng(1)
     model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
@@ -59,7 +59,7 @@ def _fit(steps_per_execution, method=dst.callbacks.SET):
                        for w in model.get_weights()])
     dst.sparsify(model, 0.7, "uniform", seed=0)
     model.compile(keras.optimizers.SGD(0.05), "mse",
-                  steps_per_execution=steps_per_execution)
+                  steps_per_execution=steps_per_execution, jit_compile=jit_compile)
     history = []
 
     class Record(keras.callbacks.Callback):
@@ -85,6 +85,18 @@ def test_a_mask_changed_inside_a_compiled_call_is_used_by_the_next_step():
             np.testing.assert_array_equal(a, b)
         for a, b in zip(weights_1, weights_4):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+@pytest.mark.parametrize("method", [dst.callbacks.SET, dst.callbacks.RigL])
+def test_an_eager_step_gives_the_masks_of_a_compiled_one(method):
+    # On JAX the eager step selects on the host, the compiled one in-graph.
+    eager = _fit(1, method, jit_compile=False)[1]
+    auto = _fit(1, method)[1]
+    for (masks_e, weights_e), (masks_a, weights_a) in zip(eager, auto, strict=True):
+        for a, b in zip(masks_e.values(), masks_a.values(), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(weights_e, weights_a, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+
 
 def test_grown_connections_train_and_dropped_ones_stay_zero():
     model = _fit(1)[0]

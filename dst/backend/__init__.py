@@ -19,6 +19,9 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
   variable's gradient.
 - `in_graph(model)`: whether the step is compiled, so masks are computed with
   `keras.ops` (`dst._select.OPS`) rather than numpy on the host.
+- `is_traced(x)` / `cond(pred, true_fn, false_fn)`: on JAX, whether a value
+  is traced, and a conditional that branches in Python on a concrete
+  predicate.
 - `FUNCTIONAL`: True where a conditional branch cannot assign variables
   (JAX), so the update computes new values and assigns them after the branch.
 """
@@ -30,8 +33,10 @@ _BACKEND = keras.backend.backend()
 if _BACKEND == "tensorflow":
     from dst.backend.tensorflow import (
         FUNCTIONAL,
+        cond,
         host_call,
         in_graph,
+        is_traced,
         no_autograph,
         release,
         sparse_train_function,
@@ -41,8 +46,10 @@ if _BACKEND == "tensorflow":
 elif _BACKEND == "jax":
     from dst.backend.jax import (
         FUNCTIONAL,
+        cond,
         host_call,
         in_graph,
+        is_traced,
         no_autograph,
         release,
         sparse_train_function,
@@ -52,8 +59,10 @@ elif _BACKEND == "jax":
 elif _BACKEND == "torch":
     from dst.backend.torch import (
         FUNCTIONAL,
+        cond,
         host_call,
         in_graph,
+        is_traced,
         no_autograph,
         release,
         sparse_train_function,
@@ -69,8 +78,10 @@ else:
 
 __all__ = [
     "FUNCTIONAL",
+    "cond",
     "host_call",
     "in_graph",
+    "is_traced",
     "no_autograph",
     "release",
     "sparse_train_function",

@@ -16,17 +16,20 @@ its assignments would be lost. So, for the duration of a dst `fit`:
   so no traced value crosses a conditional's boundary.
 
 Inside, the update runs as in the other backends (`dst.backend._generic`),
-with masks computed by `keras.ops` (`dst._select.OPS`): the step is always
-traced, even with `run_eagerly=True`.
+with masks computed by `keras.ops` (`dst._select.OPS`) in a traced step, and
+with numpy when the step runs eagerly (`jit_compile=False`).
 """
 
 from __future__ import annotations
 
+import jax
+import numpy as np
+
 from dst import _compat
 from dst.backend._generic import no_autograph, step_hook, variable_key
 
-__all__ = ["FUNCTIONAL", "host_call", "in_graph", "no_autograph", "release",
-           "sparse_train_function", "step_hook", "variable_key"]
+__all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
+           "release", "sparse_train_function", "step_hook", "variable_key"]
 
 # `lax.cond` branches cannot assign variables: they return values.
 FUNCTIONAL = True
@@ -38,7 +41,22 @@ def in_graph(model) -> bool:
 
 
 def host_call(fn, inputs, dtypes):
-    raise RuntimeError("dst computes masks in-graph on JAX; no host call is made.")
+    """Runs `fn` on numpy copies of concrete (untraced) `inputs`."""
+    return fn(*[np.asarray(x) for x in inputs])
+
+
+def is_traced(x) -> bool:
+    """Whether `x` is a value of a function being traced (then masks are
+    computed in-graph) rather than a concrete array (then on the host)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def cond(pred, true_fn, false_fn):
+    """`lax.cond` when tracing; a plain branch on a concrete predicate (an
+    eager `lax.cond` would compile both branches at every call)."""
+    if not is_traced(pred):
+        return true_fn() if bool(pred) else false_fn()
+    return jax.lax.cond(pred, true_fn, false_fn)
 
 
 def _state_variables(state) -> list:

@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import contextlib
 
+import keras
 import tensorflow as tf
 
 from dst._compat import inner_optimizer
 
-__all__ = ["FUNCTIONAL", "host_call", "in_graph", "no_autograph", "release",
-           "sparse_train_function", "step_hook", "variable_key"]
+__all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
+           "release", "sparse_train_function", "step_hook", "variable_key"]
 
 _HOOKED = "_distributed_tf_update_step"
 # `tf.cond` branches may assign variables.
 FUNCTIONAL = False
+
+
+def is_traced(x) -> bool:
+    """Unused here: the path is chosen by `in_graph` (see `dst.backend.jax`)."""
+    return False
+
+
+def cond(pred, true_fn, false_fn):
+    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def in_graph(model) -> bool:

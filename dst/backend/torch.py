@@ -11,10 +11,19 @@ import keras
 
 from dst.backend._generic import no_autograph, step_hook, variable_key
 
-__all__ = ["FUNCTIONAL", "host_call", "in_graph", "no_autograph", "release",
-           "sparse_train_function", "step_hook", "variable_key"]
+__all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
+           "release", "sparse_train_function", "step_hook", "variable_key"]
 
 FUNCTIONAL = False
+
+
+def is_traced(x) -> bool:
+    """Unused here: the path is chosen by `in_graph` (see `dst.backend.jax`)."""
+    return False
+
+
+def cond(pred, true_fn, false_fn):
+    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def in_graph(model) -> bool:

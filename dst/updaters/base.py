@@ -287,7 +287,7 @@ class Updater:
                 update()
             return [scope.get_current_value(v) for v in touched]
 
-        new = keras.ops.cond(self._is_update_tensor(step), run, lambda: current)
+        new = backend.cond(self._is_update_tensor(step), run, lambda: current)
         for v, value in zip(touched, new):
             v.assign(value)
 
@@ -295,7 +295,7 @@ class Updater:
         t = self.targets[index]
         mask, weight = t.constraint.mask, t.variable
         old = keras.ops.convert_to_tensor(mask)
-        if self.jit:
+        if self.jit if not backend.FUNCTIONAL else backend.is_traced(old):
             new, ok = self._masks_in_graph(index, step, weight, old, grad)
         else:
             new, ok = self._masks_on_host(index, step, weight, old, grad)
