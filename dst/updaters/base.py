@@ -252,7 +252,7 @@ class Updater:
                 self._update_target(index, at, by_index.get(index))
 
         if backend.FUNCTIONAL:
-            self._functional_update(step, update)
+            self._functional_update(step, by_index)
             return
         if not self.jit:
             keras.ops.cond(self._is_update_tensor(step), update, lambda: None)
@@ -270,38 +270,50 @@ class Updater:
 
         ops.while_loop(lambda at: at < stop, body, (first,))
 
-    def _functional_update(self, step, update) -> None:
-        """The update where branches cannot assign (JAX): the taken branch
-        returns the new values of every variable the update touches, which
-        are assigned after it."""
-        touched, seen = [], set()
-        for index, t in enumerate(self.targets):
-            for v in [*t.constraint.state_variables, t.variable, *self.state.variables_of(index)]:
-                if id(v) not in seen:
-                    seen.add(id(v))
-                    touched.append(v)
-        current = [v.value for v in touched]
+    def _functional_update(self, step, by_index) -> None:
+        """The update where branches cannot assign (JAX).
 
-        def run():
-            with _compat.StatelessScope(state_mapping=list(zip(touched, current))) as scope:
-                update()
-            return [scope.get_current_value(v) for v in touched]
+        The conditional returns only the new masks (the old ones when this
+        is not an update step); the writes that follow are elementwise and
+        unconditional, and change nothing when the masks did not change, so
+        XLA fuses them with the optimizer's own update instead of copying
+        every weight and slot through a conditional at every step.
+        """
+        ops = keras.ops
+        olds = [ops.convert_to_tensor(t.constraint.mask) for t in self.targets]
+        pred = self._is_update_tensor(step)
+        if not backend.is_traced(pred) and not bool(pred):
+            return  # an eager step that is not an update step
 
-        new = backend.cond(self._is_update_tensor(step), run, lambda: current)
-        for v, value in zip(touched, new):
-            v.assign(value)
+        def compute():
+            return [self._new_mask(i, step, by_index.get(i), olds[i])
+                    for i in range(len(self.targets))]
+
+        def keep():
+            return [(old, ops.convert_to_tensor(True)) for old in olds]
+
+        for index, (new, ok) in enumerate(backend.cond(pred, compute, keep)):
+            self._write(index, olds[index], new, ok)
 
     def _update_target(self, index, step, grad) -> None:
-        t = self.targets[index]
-        mask, weight = t.constraint.mask, t.variable
-        old = keras.ops.convert_to_tensor(mask)
+        old = keras.ops.convert_to_tensor(self.targets[index].constraint.mask)
+        new, ok = self._new_mask(index, step, grad, old)
+        self._write(index, old, new, ok)
+
+    def _new_mask(self, index, step, grad, old):
+        """(new mask, whether the update ran) of the `index`-th weight."""
+        weight = self.targets[index].variable
         if self.jit if not backend.FUNCTIONAL else backend.is_traced(old):
-            new, ok = self._masks_in_graph(index, step, weight, old, grad)
-        else:
-            new, ok = self._masks_on_host(index, step, weight, old, grad)
+            return self._masks_in_graph(index, step, weight, old, grad)
+        return self._masks_on_host(index, step, weight, old, grad)
+
+    def _write(self, index, old, new, ok) -> None:
+        """Writes a new mask and everything that follows from it, in one place."""
+        t = self.targets[index]
+        weight = t.variable
         kept = keras.ops.logical_and(new, old)
         grown = keras.ops.logical_and(new, keras.ops.logical_not(old))
-        mask.assign(new)
+        t.constraint.mask.assign(new)
         t.constraint.ever.assign(keras.ops.logical_or(t.constraint.ever.value, new))
         weight.assign(keras.ops.where(kept, weight.value,
                                       keras.ops.zeros(weight.shape, weight.dtype)))
