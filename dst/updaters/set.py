@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from dst._validate import as_float
+from dst.blocks import blockwise, counted_in_blocks
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
 
@@ -59,6 +60,7 @@ class SET(Updater):
     def step_value(self, step: int, index: int) -> float:
         return self.drop_fraction_at(step)
 
+    @blockwise  # block masks: the same rule on the grid of blocks (dst/blocks.py)
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)
@@ -67,6 +69,10 @@ class SET(Updater):
         grown = kit.select(self.grow_scores(kit, weight, mask, grad),
                            xp.logical_not(mask), k, salt(1), largest=True)
         return xp.logical_or(xp.logical_and(mask, xp.logical_not(dropped)), grown)
+
+    @counted_in_blocks
+    def expected_active(self, index, old, step):
+        return super().expected_active(index, old, step)
 
     def grow_scores(self, kit, weight, mask, grad):
         """Higher scores grow first; None means uniformly at random (SET)."""
