@@ -167,9 +167,9 @@ class TFLiteModel:
     """A TFLite flatbuffer run by `ai-edge-litert`'s interpreter on numpy batches.
 
     The default delegates (XNNPACK on CPU) are used when they can allocate the
-    model. TFLite's XNNPACK delegate refuses some sparse int8 files (those whose
-    weights are stored sparse and rebuilt at load); such a file then runs on the
-    built-in kernels and `delegate` is "none" (a warning says so).
+    model. TFLite's XNNPACK delegate refuses some int8 and "dynamic" files (int8
+    weights stored sparse, or int8 models at some batch sizes); such a file then
+    runs on the built-in kernels and `delegate` is "none" (a warning says so).
 
     Attributes:
         delegate: "default" or "none".
@@ -196,22 +196,29 @@ class TFLiteModel:
         try:
             self._interpreter.allocate_tensors()
         except RuntimeError as err:
-            resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            self.delegate = "none"
-            self._interpreter = self._new_interpreter(resolver)
-            self._interpreter.allocate_tensors()
-            warnings.warn(
-                "dst.export.load: TFLite's default delegate (XNNPACK) could not "
-                f"allocate this model ({str(err).strip().splitlines()[0]}); it runs "
-                "on the built-in kernels. Pass OpResolverType."
-                "BUILTIN_WITHOUT_DEFAULT_DELEGATES to the interpreter where you "
-                "deploy it.",
-                UserWarning,
-                stacklevel=3,
-            )
+            self._without_delegates(err, stacklevel=4)
         self._inputs = self._interpreter.get_input_details()
         self._outputs = self._interpreter.get_output_details()
         self._shapes = [tuple(d["shape"]) for d in self._inputs]
+
+    def _without_delegates(self, err, stacklevel: int = 3) -> None:
+        """Falls back to the built-in kernels when XNNPACK refuses the model."""
+        if self.delegate != "default":
+            raise err
+        resolver = self._litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.delegate = "none"
+        self._interpreter = self._new_interpreter(resolver)
+        self._interpreter.allocate_tensors()
+        self._shapes = None
+        warnings.warn(
+            "dst.export.load: TFLite's default delegate (XNNPACK) could not "
+            f"run this model ({str(err).strip().splitlines()[0]}); it runs on the "
+            "built-in kernels. Pass experimental_op_resolver_type=OpResolverType."
+            "BUILTIN_WITHOUT_DEFAULT_DELEGATES to the interpreter where you "
+            "deploy it.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
 
     def _new_interpreter(self, resolver=None):
         kwargs = {"model_content": self.content, "num_threads": self.num_threads}
@@ -225,8 +232,15 @@ class TFLiteModel:
             raise ValueError(
                 f"This TFLite model takes {len(self._inputs)} inputs; received {len(xs)}."
             )
-        it = self._interpreter
         xs = [np.asarray(a, dtype=d["dtype"]) for a, d in zip(xs, self._inputs)]
+        try:
+            return self._run(xs)
+        except RuntimeError as err:  # XNNPACK may refuse only at a new batch size
+            self._without_delegates(err)
+            return self._run(xs)
+
+    def _run(self, xs):
+        it = self._interpreter
         shapes = [a.shape for a in xs]
         if shapes != self._shapes:
             for a, d in zip(xs, self._inputs):
