@@ -26,10 +26,13 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
+from dst import _csr
+from dst._csr import CSRModel
 from dst._model import check_keras3_model, masked_targets
 
-__all__ = ["convert", "save", "load", "TFLiteModel", "QUANTIZE_MODES"]
+__all__ = ["convert", "save", "load", "TFLiteModel", "CSRModel", "FORMATS", "QUANTIZE_MODES"]
 
+FORMATS = ("tflite", "npz")
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
 _EXTRA = "pip install 'keras-dst[export]'"
 
@@ -37,11 +40,12 @@ _EXTRA = "pip install 'keras-dst[export]'"
 def convert(
     model: keras.Model,
     *,
+    format: str = "tflite",
     quantize: str | None = None,
     representative_data=None,
     max_calibration_batches: int = 100,
 ) -> bytes:
-    """Converts a (sparse or stripped) Keras 3 model to a TFLite flatbuffer.
+    """Converts a (sparse or stripped) Keras 3 model to a TFLite flatbuffer or a CSR file.
 
     Masked weights are exported as zeros even where `set_weights` wrote
     values since the last optimizer step; the model itself is left
@@ -51,6 +55,10 @@ def convert(
     Args:
         model: a built Keras 3 model, sparsified with dst or already
             stripped with `dst.strip`.
+        format: "tflite" (a TFLite flatbuffer) or "npz" (the Dense kernels
+            as scipy CSR matrices, for a numpy/scipy forward pass on CPU
+            servers; `keras.Sequential` models of Dense, Flatten, Dropout,
+            Activation and ReLU layers only). Defaults to "tflite".
         quantize: None (float32), "float16" (float16 weights), "dynamic"
             (int8 weights, float activations) or "int8" (int8 weights and
             activations, float32 inputs and outputs). Defaults to None.
@@ -62,10 +70,11 @@ def convert(
             calibration. Defaults to 100.
 
     Returns:
-        The TFLite flatbuffer as bytes.
+        The file's content as bytes.
 
     Raises:
-        ValueError: an unknown `quantize`, `quantize="int8"` without
+        ValueError: an unknown `format` or `quantize`, a layer the "npz"
+            format cannot run (named), `quantize="int8"` without
             `representative_data` or with empty data, or ops that TFLite's
             built-in kernels cannot run (the message names them).
         ImportError: TensorFlow is not installed.
@@ -80,6 +89,19 @@ def convert(
     True
     """
     check_keras3_model(model, "dst.export.convert")
+    if format not in FORMATS:
+        raise ValueError(
+            f"`format` must be one of {list(FORMATS)} for dst.export. "
+            f"Received: format={format!r}."
+        )
+    if format == "npz":
+        if quantize is not None or representative_data is not None:
+            raise ValueError(
+                "format='npz' stores float32 CSR matrices: `quantize` and "
+                f"`representative_data` don't apply. Received: quantize={quantize!r}."
+            )
+        with _MaskedValues(model):
+            return _csr.to_npz(model)
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
             f"`quantize` must be one of {list(QUANTIZE_MODES)} for dst.export. "
@@ -133,8 +155,8 @@ def save(model: keras.Model, path: str | os.PathLike, **kwargs) -> str:
     Args:
         model: a built Keras 3 model.
         path: the file to write (conventionally `.tflite`).
-        **kwargs: `quantize`, `representative_data`, `max_calibration_batches`
-            as for `convert`.
+        **kwargs: `format`, `quantize`, `representative_data`,
+            `max_calibration_batches` as for `convert`.
 
     Returns:
         `path`, as a string.
@@ -145,22 +167,33 @@ def save(model: keras.Model, path: str | os.PathLike, **kwargs) -> str:
     return os.fspath(path)
 
 
-def load(path_or_bytes: str | os.PathLike | bytes, *, num_threads: int | None = 1) -> TFLiteModel:
-    """A callable that runs a TFLite file on numpy batches (`ai-edge-litert`).
+def load(path_or_bytes: str | os.PathLike | bytes, *,
+         num_threads: int | None = 1) -> TFLiteModel | CSRModel:
+    """A callable that runs an exported file on numpy batches.
 
     Args:
-        path_or_bytes: a `.tflite` file or the bytes `convert` returned.
-        num_threads: CPU threads of the interpreter. Defaults to 1.
+        path_or_bytes: a file written by `save` or the bytes `convert`
+            returned: TFLite (run by `ai-edge-litert`'s interpreter) or npz
+            (run with scipy CSR products).
+        num_threads: CPU threads of the TFLite interpreter. Defaults to 1.
 
     Returns:
-        A `TFLiteModel`: `runner(x)` returns the model's output for the
-        batch `x` (a list of arrays for several inputs or outputs).
+        A `TFLiteModel` or `CSRModel`: `runner(x)` returns the model's
+        output for the batch `x` (a list of arrays for several inputs or
+        outputs).
 
     Raises:
-        ImportError: `ai-edge-litert` is not installed (it is in the
-            `[export]` extra).
+        ImportError: `ai-edge-litert` (TFLite) or `scipy` (npz) is not
+            installed; both are in the `[export]` extra.
     """
-    return TFLiteModel(path_or_bytes, num_threads=num_threads)
+    if isinstance(path_or_bytes, bytes | bytearray):
+        content = bytes(path_or_bytes)
+    else:
+        with open(path_or_bytes, "rb") as f:
+            content = f.read()
+    if content[:2] == b"PK":  # a zip archive: np.savez
+        return CSRModel(content)
+    return TFLiteModel(content, num_threads=num_threads)
 
 
 class TFLiteModel:

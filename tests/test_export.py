@@ -184,3 +184,32 @@ def test_runner_takes_any_batch_size():
         np.testing.assert_allclose(runner(x), model.predict(x, verbose=0), atol=1e-5)
     with pytest.raises(ValueError, match="takes 1 inputs; received 2"):
         runner([x, x])
+
+
+def test_npz_csr_export_matches_predict(tmp_path):
+    pytest.importorskip("scipy")
+    model = trained_digits_mlp()
+    _, _, x, _ = digits()
+    path = dst.export.save(model, tmp_path / "digits.npz", format="npz")
+    runner = dst.export.load(path)
+    assert isinstance(runner, dst.export.CSRModel)
+    assert relative_error(runner(x), model.predict(x, verbose=0)) < 1e-5
+    masks = dst.get_masks(model)
+    stored = sum(int(m.sum()) for m in masks.values())
+    assert sum(layer[0].nnz for layer in runner._layers if layer) <= stored
+
+
+def test_npz_refuses_what_it_cannot_run():
+    model = small_cnn()
+    with pytest.raises(ValueError, match=r"supports keras.Sequential models"):
+        dst.export.convert(model, format="npz")
+    seq = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3)])
+    with pytest.raises(ValueError, match=r"cannot run layer 'conv2d.*' \(Conv2D\)"):
+        dst.export.convert(seq, format="npz")
+    seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="elu")])
+    with pytest.raises(ValueError, match=r"cannot run activation 'elu'"):
+        dst.export.convert(seq, format="npz")
+    with pytest.raises(ValueError, match="`quantize` and `representative_data` don't apply"):
+        dst.export.convert(seq, format="npz", quantize="int8")
+    with pytest.raises(ValueError, match=r"`format` must be one of \['tflite', 'npz'\]"):
+        dst.export.convert(seq, format="onnx")
