@@ -10,9 +10,10 @@ resources (a 3.6 kB file that outputs NaN), so it is not used.
 
 The converter stores a weight in a sparse format when it is sparse enough to pay.
 TFLite's runtime then either rebuilds the dense weight at load (a DENSIFY op:
-smaller file, same speed; what unstructured masks get) or, for float32 weights whose
-non-zeros form blocks of 1×4 or 1×16 consecutive inputs of one output unit (dst's
-`block=(4, 1)` or `(16, 1)` on a Dense kernel), runs a sparse kernel.
+smaller file, same speed; what unstructured masks get) or, for weights whose
+non-zeros form blocks of consecutive inputs of one output unit (dst's
+`block=(4, 1)` to `(16, 1)` on a Dense kernel; measured in the README), runs
+XNNPACK's sparse kernels.
 """
 
 from __future__ import annotations

@@ -268,6 +268,31 @@ def shapes_table(args) -> str:
     return "\n".join(lines)
 
 
+def csr_table(args) -> str:
+    """format="npz" (scipy CSR) vs dense Keras on the MLP: does the CSR path pay?"""
+    keras.utils.set_random_seed(args.seed)
+    dense = keras_model("mlp", args.small)
+    sparse = keras.models.clone_model(dense)
+    dst.sparsify(sparse, args.shape_sparsity, "uniform", seed=args.seed)
+    csr = dst.export.load(dst.export.convert(sparse, format="npz"))
+    plain = dst.strip(sparse)
+    fns = {"npz (scipy CSR)": csr,
+           "Keras predict": lambda x: plain.predict(x, verbose=0),
+           "Keras predict_on_batch": plain.predict_on_batch,
+           "Keras model(x)": lambda x: plain(x, training=False)}
+    lines = [f"### MLP at sparsity {args.shape_sparsity:g} (uniform, random masks): median µs "
+             "per call, ratio = Keras time / CSR time", "",
+             "| batch | " + " | ".join(fns) + " | predict / CSR | predict_on_batch / CSR |",
+             "|---|" + "---|" * (len(fns) + 2)]
+    for batch in (1, 8, 64):
+        x = np.random.default_rng(batch).random((batch, 28, 28, 1)).astype("float32")
+        np.testing.assert_allclose(csr(x), plain.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+        med = latencies(list(fns.values()), x, args.calls, warmup=5)
+        lines.append(f"| {batch} | " + " | ".join(f"{m * 1e6:.0f}" for m in med)
+                     + f" | {med[1] / med[0]:.1f}× | {med[2] / med[0]:.1f}× |")
+    return "\n".join(lines)
+
+
 def gz(content: bytes) -> int:
     return len(gzip.compress(content, compresslevel=9))
 
@@ -288,6 +313,8 @@ def main(argv=None) -> str:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--shapes", action="store_true",
                    help="only the block-shape table (random masks, no training)")
+    p.add_argument("--csr", action="store_true",
+                   help="only the npz (scipy CSR) vs dense Keras table (random masks)")
     p.add_argument("--shape-sparsity", type=float, default=0.95)
     p.add_argument("--out", default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
@@ -301,8 +328,9 @@ def main(argv=None) -> str:
         except ImportError:
             print("TF-MOT is not installed: its path is left out.", file=sys.stderr)
             args.no_tfmot = True
-    if args.shapes:
-        tables = [shapes_table(args)]
+    if args.shapes or args.csr:
+        tables = [shapes_table(args)] if args.shapes else []
+        tables += [csr_table(args)] if args.csr else []
         return _finish(tables, args, argv)
     data = data_lib.load("fashion_mnist", data_dir=args.data_dir,
                          max_train_samples=2000 if args.small else None,

@@ -25,6 +25,10 @@ class SET(Updater):
     Magnitude is the common modern form of SET's drop rule (the paper drops
     the smallest positive and the largest negative weights).
 
+    Block masks (`dst.sparsify(..., block=...)`): the same rule on the grid of
+    blocks, with block L2 norms of the weights (and of the gradient, RigL);
+    counts are in blocks (see `dst.blocks`).
+
     Args:
         update_freq: steps between updates. Defaults to 100.
         drop_fraction: α, the fraction replaced at `begin_step`, in (0, 1).
