@@ -213,3 +213,24 @@ def test_npz_refuses_what_it_cannot_run():
         dst.export.convert(seq, format="npz", quantize="int8")
     with pytest.raises(ValueError, match=r"`format` must be one of \['tflite', 'npz'\]"):
         dst.export.convert(seq, format="onnx")
+
+
+def test_readme_export_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Sparse deployment.*?```python\n(.*?)```", text, re.S).group(1)
+    x, y, x_test, _ = digits()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, name="logits")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    monkeypatch.chdir(tmp_path)
+    scope = {"dst": dst, "model": model, "x": x, "y": y, "x_test": x_test}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fit's and the XNNPACK fallback's
+        exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["logits"].shape == (64, 10)
+    got = dst.export.load(tmp_path / "model.tflite")(x_test)
+    assert relative_error(got, model.predict(x_test, verbose=0)) < 1e-5
