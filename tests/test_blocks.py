@@ -185,3 +185,12 @@ def test_sparse_dense_with_blocks():
     with pytest.raises(ValueError, match=r"block=\(16, 1\) does not fit"):
         keras.Sequential([keras.Input((8,)), dst.layers.SparseDense(3, density=0.5,
                                                                      block=(16, 1))])
+
+
+def test_strip_removes_block_constraints():
+    model = block_mlp((4, 1), 0.8)
+    plain = dst.strip(model)
+    assert "dst" not in str(plain.get_config())
+    x, _ = xy(8)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-6, atol=1e-6)
