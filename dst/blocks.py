@@ -26,7 +26,7 @@ import numpy as np
 from dst import _select
 from dst.masking import MaskConstraint
 
-__all__ = ["BlockMaskConstraint", "check_block", "block_of", "grid_shape",
+__all__ = ["BlockMaskConstraint", "check_block", "block_of", "grid_shape", "count_units",
            "to_blocks", "from_blocks", "random_block_mask", "is_union_of_blocks"]
 
 
@@ -127,6 +127,17 @@ def random_block_mask(shape, block, n_blocks: int, rng: np.random.Generator) -> 
 
 def n_blocks(shape, block) -> int:
     return math.prod(grid_shape(shape, block))
+
+
+def count_units(target) -> int:
+    """Active blocks of a blocked target's mask, active entries otherwise.
+
+    The unit `new_mask` counts in: what an updater's per-weight counts
+    (`Updater.active` on main) must hold for block masks.
+    """
+    mask = target.constraint.numpy()
+    block = block_of(target.constraint)
+    return int(mask.sum() if block is None else to_blocks(np, mask, block, "any").sum())
 
 
 # -- updaters -----------------------------------------------------------------

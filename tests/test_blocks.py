@@ -7,7 +7,8 @@ from conftest import assert_unchanged, state
 
 import dst
 from dst import _select
-from dst.blocks import grid_shape, is_union_of_blocks, to_blocks
+from dst._model import masked_targets
+from dst.blocks import count_units, grid_shape, is_union_of_blocks, to_blocks
 
 
 def block_mlp(block=(16, 1), sparsity=0.8, seed=0):
@@ -38,6 +39,15 @@ def test_sparsify_with_blocks_counts_whole_blocks():
         # Not the same blocks everywhere: both full and edge blocks are drawn.
     first = dst.get_masks(model)["mlp/fc1/kernel"]
     assert first[:48].any() and not is_union_of_blocks(first, (1, 2))
+
+
+def test_count_units_counts_blocks_of_blocked_weights_only():
+    model = block_mlp((16, 1), 0.8)
+    for t in masked_targets(model):
+        assert count_units(t) == n_active_blocks(t.constraint.numpy(), (16, 1))
+    plain = keras.Sequential([keras.Input((50,)), keras.layers.Dense(40)])
+    dst.sparsify(plain, 0.5, "uniform", seed=0)
+    assert [count_units(t) for t in masked_targets(plain)] == [1000]
 
 
 def test_conv_kernel_blocks_span_input_and_output_channels():
