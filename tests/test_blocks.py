@@ -130,7 +130,8 @@ def test_rigl_drops_smallest_block_norms_and_grows_largest_gradient_norms():
     mask = dst.get_masks(model)["mlp/fc1/kernel"]
     weight = np.where(mask, rng.normal(size=mask.shape), 0).astype("float32")
     grad = rng.normal(size=mask.shape).astype("float32")
-    new = up.new_mask(_select.NUMPY, weight, mask, grad, 0.25,
+    assert up.targets[0].path == "mlp/fc1/kernel"
+    new = up.new_mask(_select.NUMPY, weight, mask, grad, up.step_value(0, 0),
                       lambda role: int(_select.salt(np, 0, 0, 0, role)))
     old_b, new_b = (to_blocks(np, m, (4, 1), "any") for m in (mask, new))
     w_norm, g_norm = to_blocks(np, weight, (4, 1), "norm"), to_blocks(np, grad, (4, 1), "norm")
