@@ -1,6 +1,6 @@
 """keras-dst: sparse and dynamic sparse training for Keras 3."""
 
-from dst import callbacks, distributions, layers
+from dst import callbacks, distributions, export, layers
 from dst.core import get_masks, set_masks, sparsify, sparsity
 from dst.masking import MaskConstraint
 from dst.strip import strip
@@ -12,6 +12,7 @@ __all__ = [
     "MaskConstraint",
     "callbacks",
     "distributions",
+    "export",
     "get_masks",
     "layers",
     "set_masks",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 import keras
 import numpy as np
 
+from dst import blocks as blocks_lib
 from dst import distributions as dist_lib
 from dst._model import (
     Target,
@@ -115,6 +116,7 @@ def sparsify(
     erk_power_scale: float = 1.0,
     seed: int | None = None,
     sparse_init: bool = False,
+    block: tuple[int, int] | None = None,
 ) -> keras.Model:
     """Attaches a random binary mask to every sparsifiable weight of `model`.
 
@@ -152,7 +154,8 @@ def sparsify(
         ValueError: bad sparsity, erk_power_scale, seed or sparse_init,
             unknown distribution, a distribution whose densities are missing,
             extra or not in (0, 1], unbuilt model, nothing left to sparsify,
-            an `exclude` entry that matches nothing, or a model that is
+            an `exclude` entry that matches nothing, a `block` that is not
+            two ints >= 1 or is longer than a weight's axis, or a model that is
             already sparsified (dst refuses to re-sparsify; use
             `dst.set_masks` to change masks or `dst.strip` to start over).
         TypeError: a legacy tf_keras model, or a distribution callable that
@@ -172,6 +175,7 @@ def sparsify(
     if seed is not None:
         seed = as_int(seed, "seed", "dst.sparsify", minimum=0)
     sparse_init = as_bool(sparse_init, "sparse_init", "dst.sparsify")
+    block = blocks_lib.check_block(block, "dst.sparsify")
     if any(not t.constraint.fixed for t in masked_targets(model)):
         raise ValueError(
             f"Model '{model.name}' is already sparsified. dst.sparsify refuses "
@@ -187,12 +191,22 @@ def sparsify(
             + ". dst sparsifies trainable weights with ndim >= 2 outside "
             "normalization layers, biases excepted."
         )
+    if block is not None:
+        for t in targets:
+            blocks_lib.check_fits(t.shape, block, t.path, "dst.sparsify")
     densities = _densities(targets, sparsity, distribution, erk_power_scale)
-    counts = dist_lib.active_counts({t.path: t.shape for t in targets}, densities)
+    grids = {t.path: blocks_lib.grid_shape(t.shape, block) if block else t.shape
+             for t in targets}
+    counts = dist_lib.active_counts(grids, densities)
     rng = np.random.default_rng(seed)
     for t in targets:
-        mask = random_mask(t.shape, counts[t.path], rng)
-        constraint = MaskConstraint(inner=t.variable.constraint)
+        if block is None:
+            mask = random_mask(t.shape, counts[t.path], rng)
+            constraint = MaskConstraint(inner=t.variable.constraint)
+        else:
+            mask = blocks_lib.random_block_mask(t.shape, block, counts[t.path], rng)
+            constraint = blocks_lib.BlockMaskConstraint(inner=t.variable.constraint,
+                                                        block=block)
         constraint.attach(mask)
         install(t, constraint)
         value = keras.ops.convert_to_numpy(t.variable)
@@ -332,6 +346,13 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
                 f"dst.set_masks: mask for '{path}' has no active entry. A weight "
                 "whose every connection is masked is dead and can never "
                 "regrow; keep at least one entry True."
+            )
+        block = blocks_lib.block_of(constraint)
+        if block is not None and not blocks_lib.is_union_of_blocks(arr, block):
+            raise ValueError(
+                f"dst.set_masks: mask for '{path}' must be a union of whole {block} "
+                "blocks: the weight was sparsified with block="
+                f"{block}. Set every block entirely to 0 or to 1."
             )
         checked[path] = arr.astype(bool)
     installed = False

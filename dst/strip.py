@@ -73,7 +73,7 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
 def _plain_layer(layer):
     config = layer.get_config()
     if isinstance(layer, SparseDense):
-        for key in ("density", "connectivity", "seed"):
+        for key in ("density", "connectivity", "seed", "block"):
             config.pop(key)
         return keras.layers.Dense.from_config(config)
     return layer.__class__.from_config(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from dst import blocks as blocks_lib
 from dst._validate import as_float, as_int
 from dst.masking import MaskConstraint, pack_mask, unpack_mask
 
@@ -26,6 +27,12 @@ class SparseDense(keras.layers.Dense):
             when `connectivity` is not given. Defaults to None.
         connectivity: 0/1 array of shape (input_dim, units). Defaults to None.
         seed: seed for the random connectivity. Defaults to None.
+        block: (inputs, outputs) block shape: the connectivity is a union of
+            whole blocks (drawn at random by blocks, round(density × blocks)
+            of them and at least one per block column; a given
+            `connectivity` must be such a union). Blocks cut short at the
+            edge are fine; an axis shorter than the block is an error.
+            Defaults to None (unstructured).
         activation, use_bias, **dense_kwargs: as for `keras.layers.Dense`.
 
     Numbers may be numpy scalars (`np.int64(3)`); they are stored, and saved
@@ -47,7 +54,7 @@ class SparseDense(keras.layers.Dense):
     """
 
     def __init__(self, units, *, density=None, connectivity=None, seed=None,
-                 activation=None, use_bias=True, **dense_kwargs):
+                 block=None, activation=None, use_bias=True, **dense_kwargs):
         if (density is None) == (connectivity is None):
             raise ValueError(
                 "SparseDense needs exactly one of `density` or `connectivity`. "
@@ -60,6 +67,7 @@ class SparseDense(keras.layers.Dense):
                                low_open=True)
         if seed is not None:
             seed = as_int(seed, "seed", "SparseDense", minimum=0)
+        block = blocks_lib.check_block(block, "SparseDense")
         if isinstance(connectivity, dict):
             connectivity = unpack_mask(connectivity)
         if connectivity is not None:
@@ -78,9 +86,24 @@ class SparseDense(keras.layers.Dense):
                     f"`connectivity` leaves output units {empty.tolist()} with "
                     "no input. Give every unit at least one input."
                 )
+            if block is not None:
+                blocks_lib.check_fits(connectivity.shape, block, "connectivity",
+                                      "SparseDense")
+                if not blocks_lib.is_union_of_blocks(connectivity, block):
+                    raise ValueError(
+                        f"`connectivity` must be a union of whole {block} blocks "
+                        f"for SparseDense(block={block}). Set every block "
+                        "entirely to 0 or to 1."
+                    )
+        if block is not None and units < block[1]:
+            raise ValueError(
+                f"SparseDense: block={block} does not fit {units} units: the "
+                "output axis must be at least as long as the block."
+            )
         self.density = density
         self.connectivity = connectivity
         self.seed = seed
+        self.block = block
         inner = dense_kwargs.pop("kernel_constraint", None)
         super().__init__(units, activation=activation, use_bias=use_bias,
                          kernel_constraint=MaskConstraint(inner, fixed=True),
@@ -89,8 +112,11 @@ class SparseDense(keras.layers.Dense):
     def build(self, input_shape):
         input_dim = int(input_shape[-1])
         if self.connectivity is None:
+            if self.block is not None:
+                blocks_lib.check_fits((input_dim, self.units), self.block,
+                                      f"{self.name}/kernel", "SparseDense")
             self.connectivity = _random_connectivity(
-                input_dim, self.units, self.density, self.seed)
+                input_dim, self.units, self.density, self.seed, self.block or (1, 1))
         elif self.connectivity.shape[0] != input_dim:
             raise ValueError(
                 f"SparseDense '{self.name}': `connectivity` has "
@@ -113,6 +139,7 @@ class SparseDense(keras.layers.Dense):
         config.update(
             density=self.density,
             seed=self.seed,
+            block=None if self.block is None else list(self.block),
             connectivity=None if self.connectivity is None else pack_mask(self.connectivity),
         )
         if self.connectivity is not None:
@@ -120,14 +147,15 @@ class SparseDense(keras.layers.Dense):
         return config
 
 
-def _random_connectivity(n_in, units, density, seed) -> np.ndarray:
+def _random_connectivity(n_in, units, density, seed, block=(1, 1)) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    size = n_in * units
-    n_active = int(min(size, max(units, round(density * size))))
+    rows, cols = blocks_lib.grid_shape((n_in, units), block)
+    size = rows * cols
+    n_active = int(min(size, max(cols, round(density * size))))
     mask = np.zeros(size, dtype=bool)
-    # One guaranteed input per unit, the rest uniformly at random.
-    first = rng.integers(0, n_in, size=units) * units + np.arange(units)
+    # One guaranteed input (block) per unit (block column), the rest uniformly at random.
+    first = rng.integers(0, rows, size=cols) * cols + np.arange(cols)
     mask[first] = True
     rest = np.flatnonzero(~mask)
-    mask[rng.choice(rest, size=n_active - units, replace=False)] = True
-    return mask.reshape(n_in, units)
+    mask[rng.choice(rest, size=n_active - cols, replace=False)] = True
+    return blocks_lib.from_blocks(np, mask.reshape(rows, cols), (n_in, units), block)

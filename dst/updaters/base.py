@@ -30,6 +30,7 @@ import numpy as np
 
 from dst import _compat, _select, backend
 from dst._model import Target, check_keras3_model, dynamic_targets
+from dst.blocks import count_units
 from dst._validate import as_float, as_int
 from dst.backend import host_call, no_autograph, step_hook, variable_key
 from dst.schedules import UpdateSteps
@@ -136,7 +137,7 @@ class Updater:
         self.jit = backend.in_graph(model) if jit is None or backend.FUNCTIONAL else bool(jit)
         self._table = None
         self.skipped = [t.constraint.skipped for t in self.targets]
-        self.active = [int(t.constraint.numpy().sum()) for t in self.targets]
+        self.active = [count_units(t) for t in self.targets]  # in blocks for block masks
         self._keys = {variable_key(t.variable): i for i, t in enumerate(self.targets)}
 
     def _targets(self, model) -> list[Target]:

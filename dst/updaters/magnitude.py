@@ -5,6 +5,7 @@ from __future__ import annotations
 from dst import distributions as dist_lib
 from dst._model import dynamic_targets
 from dst._validate import as_float
+from dst.blocks import block_of, blockwise, counted_in_blocks, grid_shape
 from dst.core import sparsify
 from dst.schedules import PolynomialSparsity
 from dst.updaters.base import Updater
@@ -64,21 +65,26 @@ class MagnitudePruning(Updater):
         self.sparsity_schedule = PolynomialSparsity(
             self.initial_sparsity, self.final_sparsity, self.begin_step, self.end, self.power)
         self._shapes = {t.path: t.shape for t in self.targets}
+        # Counts are in blocks for block masks: density × number of blocks.
+        self._grids = {t.path: grid_shape(t.shape, block_of(t.constraint))
+                       if block_of(t.constraint) else t.shape for t in self.targets}
         self._counts = {}
 
     def target_counts(self, step: int) -> dict[str, int]:
         """Active connections each weight keeps at `step`."""
         if step not in self._counts:
             s = self.sparsity_schedule(step)
-            self._counts[step] = dist_lib.active_counts(self._shapes, self._fn(self._shapes, s))
+            self._counts[step] = dist_lib.active_counts(self._grids, self._fn(self._shapes, s))
         return self._counts[step]
 
     def step_value(self, step: int, index: int) -> int:
         return int(self.target_counts(step)[self.targets[index].path])
 
+    @counted_in_blocks
     def expected_active(self, index, old, step) -> int:
         return min(int(self.step_value(step, index)), int(old.sum()))
 
+    @blockwise
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from dst._validate import as_float
+from dst.blocks import blockwise, counted_in_blocks
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
 
@@ -23,6 +24,10 @@ class SET(Updater):
 
     Magnitude is the common modern form of SET's drop rule (the paper drops
     the smallest positive and the largest negative weights).
+
+    Block masks (`dst.sparsify(..., block=...)`): the same rule on the grid of
+    blocks, with block L2 norms of the weights (and of the gradient, RigL);
+    counts are in blocks (see `dst.blocks`).
 
     Args:
         update_freq: steps between updates. Defaults to 100.
@@ -61,6 +66,7 @@ class SET(Updater):
         the n connections the weight had active at `bind` (SET keeps n)."""
         return floor_fraction(self.drop_fraction_at(step), self.active[index])
 
+    @blockwise  # block masks: the same rule on the grid of blocks (dst/blocks.py)
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)
@@ -70,6 +76,10 @@ class SET(Updater):
         grown = kit.select(self.grow_scores(kit, weight, mask, grad),
                            xp.logical_not(mask), k, salt(1), largest=True)
         return xp.logical_or(xp.logical_and(mask, xp.logical_not(dropped)), grown)
+
+    @counted_in_blocks
+    def expected_active(self, index, old, step):
+        return super().expected_active(index, old, step)
 
     def grow_scores(self, kit, weight, mask, grad):
         """Higher scores grow first; None means uniformly at random (SET)."""

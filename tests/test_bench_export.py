@@ -1,0 +1,29 @@
+"""experiments.bench_export --small: dst and TF-MOT rows, sizes and ratios."""
+
+import re
+
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("tensorflow_model_optimization")
+data_lib = pytest.importorskip("experiments.data")
+
+
+def test_small_benchmark_prints_dst_and_tfmot_rows(tmp_path):
+    try:
+        data_lib.load("fashion_mnist", max_train_samples=1, max_test_samples=1)
+    except data_lib.DatasetUnavailableError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    from experiments import bench_export
+
+    out = tmp_path / "bench.md"
+    text = bench_export.main(["--small", "--models", "mlp", "--masks", "blocks 16x1",
+                              "--calls", "5", "--out", str(out)])
+    assert out.read_text() == text
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0:3] for r in rows] == [
+        ["| dense", "-", "0"], ["| dst rigl", "blocks 16x1", "0.9"],
+        ["| TF-MOT", "blocks 16x1", "0.9"]]
+    # Size ratio to dense float32: 1.0 for dense, > 4 for 90% sparse files.
+    ratios = [float(re.search(r"\| ([\d.]+)× \(gz", r).group(1)) for r in rows]
+    assert ratios[0] == 1.0 and min(ratios[1:]) > 4, ratios
