@@ -30,9 +30,9 @@ import numpy as np
 
 from dst import _compat, _select, backend
 from dst._model import Target, check_keras3_model, dynamic_targets
-from dst.blocks import count_units
 from dst._validate import as_float, as_int
 from dst.backend import host_call, no_autograph, step_hook, variable_key
+from dst.blocks import count_units
 from dst.schedules import UpdateSteps
 from dst.updaters.slots import OptimizerState
 
