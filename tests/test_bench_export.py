@@ -4,6 +4,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.tensorflow_only  # TFLite conversion goes through TensorFlow
+
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tensorflow_model_optimization")
 data_lib = pytest.importorskip("experiments.data")

@@ -17,6 +17,8 @@ if keras.backend.backend() != "tensorflow":
 
 from conftest import assert_unchanged, state  # noqa: E402
 
+pytestmark = pytest.mark.tensorflow_only  # TFLite conversion goes through TensorFlow
+
 
 @functools.cache
 def digits():
