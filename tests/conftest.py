@@ -14,6 +14,8 @@ import pytest  # noqa: E402
 import dst  # noqa: E402
 
 BACKEND = keras.backend.backend()
+# Scripts the tests run in subprocesses, not test modules.
+collect_ignore = ["scripts"]
 
 
 def pytest_collection_modifyitems(config, items):
