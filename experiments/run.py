@@ -210,6 +210,39 @@ def _prepare(cfg):
     return data, (data.x_test, data.y_test)
 
 
+def _config_backend(path) -> str | None:
+    """The `backend:` field of a config file, read before Keras is imported."""
+    try:
+        import yaml
+
+        raw = yaml.safe_load(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - config_lib.load reports a bad file properly
+        return None
+    return raw.get("backend") if isinstance(raw, dict) else None
+
+
+def use_backend(name) -> None:
+    """Runs Keras on backend `name` (tensorflow, jax or torch).
+
+    Keras fixes its backend when first imported: before that, this sets
+    KERAS_BACKEND; after, a different backend is a config error.
+    """
+    if not isinstance(name, str) or name.lower() not in config_lib.BACKENDS:
+        return  # config_lib.load reports a bad value
+    name = name.lower()
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = name
+        return
+    import keras
+
+    if keras.backend.backend() != name:
+        raise config_lib.ConfigError(
+            f"backend: {name!r} was asked for, but this process already runs Keras on "
+            f"{keras.backend.backend()!r}. Run `KERAS_BACKEND={name} python -m "
+            "experiments.run ...` instead."
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.run",
@@ -257,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def make_jobs():
         overrides = config_lib.parse_overrides(rest)
+        use_backend(overrides.get("backend") or _config_backend(args.config))
         cfg = config_lib.load(args.config, overrides)
         return plan(cfg, variant_tag(overrides)), args.out or Path("runs") / cfg["name"]
 

@@ -137,6 +137,15 @@ def _callbacks(*callbacks) -> list:
     return [c for c in callbacks if c is not None]
 
 
+def _backend_of(method: str) -> str:
+    """The Keras backend a method's run trains on (tf_keras for TF-MOT)."""
+    if methods.get(method).framework == "tf_keras":
+        return "tf_keras"
+    import keras
+
+    return keras.backend.backend()
+
+
 def train_run(
     spec: RunSpec,
     cfg: Mapping[str, Any],
@@ -157,6 +166,7 @@ def train_run(
         "steps_per_epoch": steps, "optimizer": cfg["optimizer"]["name"],
         "update_freq": cfg["update_freq"], "drop_fraction": cfg["drop_fraction"],
         "begin_step": schedule[0], "end_step": schedule[1], "val_split": cfg["val_split"],
+        "backend": _backend_of(spec.method),
     }
     run = wandb_log.start(cfg["wandb"], wandb_log.run_config(cfg, spec, schedule),
                           spec.run_id, out_dir, group=cfg["name"], job_type=spec.method)

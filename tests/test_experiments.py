@@ -7,9 +7,11 @@ from pathlib import Path
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 ROOT = Path(__file__).resolve().parents[1]
 
+import csv  # noqa: E402
 import gzip  # noqa: E402
 import re  # noqa: E402
 import struct  # noqa: E402
+import subprocess  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -476,3 +478,18 @@ def test_missing_sweep_file_exits_2(tmp_path, capsys):
 def test_shipped_configs_are_valid(path):
     cfg = config_lib.load(path)
     assert run.plan(cfg)
+
+
+def test_the_backend_field_runs_the_dst_methods_on_that_backend(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled")
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "experiments/configs/tiny.yaml", "--out",
+         str(out), "--backend", "jax", "--methods", "[dense, rigl]"],
+        capture_output=True, text=True, timeout=600, env=env,
+        cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert sorted(r["method"] for r in rows) == ["dense", "rigl"]
+    assert {r["backend"] for r in rows} == {"jax"}
