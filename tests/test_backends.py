@@ -222,3 +222,13 @@ def test_jax_refuses_a_train_step_with_its_own_optimizer():
                                          r"to `model.compile`"):
         model.fit(*data(), batch_size=8, verbose=0,
                   callbacks=[dst.callbacks.SET(update_freq=1, end_step=2, seed=0, optimizer=own)])
+
+
+@pytest.mark.tensorflow_only  # spawns its own process
+def test_an_unsupported_backend_is_named_in_the_error():
+    env = dict(os.environ, KERAS_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", "import dst"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert ("dst runs on Keras 3's TensorFlow, JAX and PyTorch backends; this process runs "
+            "Keras on 'numpy'") in proc.stderr
