@@ -2,7 +2,7 @@
 
 from dst import callbacks, distributions, export, layers
 from dst.core import get_masks, set_masks, sparsify, sparsity
-from dst.masking import MaskConstraint
+from dst.masking import MaskConstraint, MaskGroup
 from dst.strip import strip
 from dst.summary import summary
 
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MaskConstraint",
+    "MaskGroup",
     "callbacks",
     "distributions",
     "export",
