@@ -29,6 +29,7 @@ __all__ = [
     "LeafSaveable",
     "StatelessScope",
     "is_mapped",
+    "to_numpy",
     "track_state",
     "untrack_state",
     "build_shapes",
@@ -176,3 +177,20 @@ def is_mapped(variable) -> bool:
 
     scope = get_stateless_scope()
     return scope is not None and scope.get_current_value(variable) is not None
+
+
+def to_numpy(x):
+    """A numpy array of a keras.Variable's (or tensor's) value, on any backend.
+
+    Avoids `np.array(variable)`: the TensorFlow and PyTorch variables behind
+    Keras' raise numpy 2's DeprecationWarning about `__array__`'s `copy`
+    keyword, and torch parameters that require grad refuse `.numpy()`.
+    """
+    import numpy as np
+
+    value = x.value if isinstance(x, keras.Variable) else x
+    if hasattr(value, "detach"):  # torch
+        value = value.detach().cpu()
+    if hasattr(value, "numpy"):  # TensorFlow and torch
+        return np.asarray(value.numpy())
+    return np.asarray(value)  # JAX arrays, numpy

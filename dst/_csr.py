@@ -13,6 +13,8 @@ import io
 import keras
 import numpy as np
 
+from dst import _compat
+
 __all__ = ["CSRModel", "to_npz"]
 
 _ACTIVATIONS = {
@@ -61,7 +63,7 @@ def to_npz(model) -> bytes:
             )
         if isinstance(layer, keras.layers.Dense):
             i = len(steps)
-            kernel = np.asarray(keras.ops.convert_to_numpy(layer.kernel), np.float32).T
+            kernel = np.asarray(_compat.to_numpy(layer.kernel), np.float32).T
             rows, cols = np.nonzero(kernel)  # row-major: CSR order
             indptr = np.zeros(kernel.shape[0] + 1, dtype=np.int32)
             np.cumsum(np.bincount(rows, minlength=kernel.shape[0]), out=indptr[1:])
@@ -69,7 +71,7 @@ def to_npz(model) -> bytes:
             arrays[f"{i}_indices"] = cols.astype(np.int32)
             arrays[f"{i}_indptr"] = indptr
             arrays[f"{i}_shape"] = np.asarray(kernel.shape, np.int64)
-            bias = (keras.ops.convert_to_numpy(layer.bias) if layer.use_bias
+            bias = (_compat.to_numpy(layer.bias) if layer.use_bias
                     else np.zeros(kernel.shape[0]))
             arrays[f"{i}_bias"] = np.asarray(bias, np.float32)
             steps.append(f"dense:{_activation_name(layer.activation, layer)}")

@@ -223,7 +223,7 @@ def count_active(targets: list[Target], where: str) -> list[int]:
     counts, stray = [], []
     for t in targets:
         mask = t.constraint.numpy()
-        live = mask | (keras.ops.convert_to_numpy(t.variable) != 0)
+        live = mask | (_compat.to_numpy(t.variable) != 0)
         counts.append(int(live.sum()))
         if counts[-1] > int(mask.sum()):
             stray.append(t.path)

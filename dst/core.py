@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 import keras
 import numpy as np
 
+from dst import _compat
 from dst import blocks as blocks_lib
 from dst import distributions as dist_lib
 from dst._model import (
@@ -209,7 +210,7 @@ def sparsify(
                                                         block=block)
         constraint.attach(mask)
         install(t, constraint)
-        value = keras.ops.convert_to_numpy(t.variable)
+        value = _compat.to_numpy(t.variable)
         if sparse_init:
             value = _sparse_init(value, mask, _n_out_axes(t))
         t.variable.assign(np.where(mask, value, 0).astype(value.dtype))

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import keras
 import numpy as np
 
-from dst import _csr
+from dst import _compat, _csr
 from dst._csr import CSRModel
 from dst._model import check_keras3_model, masked_targets
 
@@ -313,7 +313,7 @@ class _MaskedValues:
 
     def __enter__(self):
         for t in self.targets:
-            value = keras.ops.convert_to_numpy(t.variable)
+            value = _compat.to_numpy(t.variable)
             masked = np.where(t.constraint.numpy(), value, 0).astype(value.dtype)
             if not np.array_equal(masked, value):
                 self.saved.append((t.variable, value))

@@ -102,14 +102,14 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
 
     def numpy(self) -> np.ndarray:
         """The mask as a numpy bool array."""
-        return np.asarray(keras.ops.convert_to_numpy(self.mask), dtype=bool)
+        return np.asarray(_compat.to_numpy(self.mask), dtype=bool)
 
     @property
     def ever_active(self) -> np.ndarray | None:
         """The ITOP record as a numpy bool array: entries active at least once."""
         if self.ever is None:
             return None
-        return np.asarray(keras.ops.convert_to_numpy(self.ever), dtype=bool)
+        return np.asarray(_compat.to_numpy(self.ever), dtype=bool)
 
     def zero_masked(self) -> None:
         """Sets the masked entries of the weight to 0.0 (no-op when unbound)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from dst import _compat
 from dst._model import check_keras3_model, find_targets, install, uninstall
 from dst.layers import SparseDense
 
@@ -38,13 +39,13 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
     constraints = [t.constraint for t in targets]
     # Bake the zeros in, even where a weight was assigned after its last step.
     masked = {
-        id(t.variable): np.where(t.constraint.numpy(), keras.ops.convert_to_numpy(t.variable), 0).astype(
+        id(t.variable): np.where(t.constraint.numpy(), _compat.to_numpy(t.variable), 0).astype(
             t.variable.dtype
         )
         for t in targets
         if t.constraint.mask is not None
     }
-    weights = [masked[id(w)] if id(w) in masked else keras.ops.convert_to_numpy(w)
+    weights = [masked[id(w)] if id(w) in masked else _compat.to_numpy(w)
                for w in model.weights]
     for t in targets:
         uninstall(t)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras
 
+from dst import _compat
 from dst.backend._generic import no_autograph, step_hook, variable_key
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
@@ -33,7 +34,7 @@ def in_graph(model) -> bool:
 
 def host_call(fn, inputs, dtypes):
     """Runs `fn` on numpy copies of `inputs` (eager: a direct call)."""
-    return fn(*[keras.ops.convert_to_numpy(x) for x in inputs])
+    return fn(*[_compat.to_numpy(x) for x in inputs])
 
 
 def sparse_train_function(model, optimizer, fn, state):

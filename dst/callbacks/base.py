@@ -189,4 +189,4 @@ def _hold(step, grads):
 
 def _read(variable, kind=int):
     """A scalar variable's value on the host."""
-    return kind(keras.ops.convert_to_numpy(variable))
+    return kind(_compat.to_numpy(variable))

@@ -462,7 +462,7 @@ def _agreed_seed(model, seed: int) -> int:
         return seed
     with strategy.scope():
         agreed = keras.Variable(seed, dtype="int64", trainable=False, name="dst_seed")
-    return int(keras.ops.convert_to_numpy(agreed))
+    return int(_compat.to_numpy(agreed))
 
 
 def _check(target, old, new, want: int, who: str) -> None:

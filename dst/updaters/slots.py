@@ -134,7 +134,7 @@ def _initial_values(opt, variables, names) -> dict[str, list]:
             for p in proxies:
                 slot = fresh_lists[name][_compat.variable_index(fresh, p)]
                 values.append(None if slot is None else
-                              float(np.asarray(keras.ops.convert_to_numpy(slot)).ravel()[0]))
+                              float(_compat.to_numpy(slot).ravel()[0]))
             out[name] = values
         return out
     except Exception as err:  # noqa: BLE001 - re-raised with advice
