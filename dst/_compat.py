@@ -189,8 +189,8 @@ def to_numpy(x):
     import numpy as np
 
     value = x.value if isinstance(x, keras.Variable) else x
-    if hasattr(value, "detach"):  # torch
-        value = value.detach().cpu()
-    if hasattr(value, "numpy"):  # TensorFlow and torch
+    if hasattr(value, "detach"):  # torch: a copy, never a view of the parameter
+        return value.detach().cpu().numpy().copy()
+    if hasattr(value, "numpy"):  # TensorFlow
         return np.asarray(value.numpy())
     return np.asarray(value)  # JAX arrays, numpy

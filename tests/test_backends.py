@@ -28,14 +28,22 @@ def _run_script(name, *args, backend=BACKEND, env=None, timeout=300):
     return proc.stdout
 
 
+@pytest.fixture(scope="module")
+def agreement_runs(tmp_path_factory):
+    """{backend: directory with set.npz and rigl.npz}, one process per backend."""
+    out = {}
+    for backend in BACKENDS:
+        folder = tmp_path_factory.mktemp(backend)
+        _run_script("agreement.py", str(folder), "set", "rigl", backend=backend)
+        out[backend] = folder
+    return out
+
+
 @pytest.mark.tensorflow_only  # runs all three backends itself
 @pytest.mark.parametrize("method", ["set", "rigl"])
-def test_the_same_seed_gives_the_same_masks_on_every_backend(tmp_path, method):
-    runs = {}
-    for backend in BACKENDS:
-        out = tmp_path / f"{backend}.npz"
-        _run_script("agreement.py", method, str(out), backend=backend)
-        runs[backend] = dict(np.load(out))
+def test_the_same_seed_gives_the_same_masks_on_every_backend(agreement_runs, method):
+    runs = {backend: dict(np.load(folder / f"{method}.npz"))
+            for backend, folder in agreement_runs.items()}
     reference = runs["tensorflow"]
     masks = sorted(k for k in reference if not k.endswith(":weights"))
     first = {k.split(":", 1)[1]: reference[k] for k in masks if k.startswith("0:")}

@@ -1,6 +1,6 @@
 """One seeded SET or RigL run on the backend of KERAS_BACKEND; writes its masks.
 
-Usage: python agreement.py {set,rigl} OUT.npz
+Usage: python agreement.py OUT_DIR METHOD... (METHOD: set or rigl; writes OUT_DIR/METHOD.npz)
 
 The initial weights, data and batch order come from numpy, so every backend
 starts from the same model. The masks and weights after every step are saved.
@@ -44,4 +44,5 @@ def main(method: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    for name in sys.argv[2:]:
+        main(name, f"{sys.argv[1]}/{name}.npz")
