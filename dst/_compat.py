@@ -193,4 +193,4 @@ def to_numpy(x):
         return value.detach().cpu().numpy().copy()
     if hasattr(value, "numpy"):  # TensorFlow
         return np.asarray(value.numpy())
-    return np.asarray(value)  # JAX arrays, numpy
+    return np.array(value)  # JAX arrays (np.asarray would be a read-only view), numpy
