@@ -2,13 +2,16 @@
 
 Everything else in dst is written in `keras.ops`. A backend module provides:
 
-- `step_hook(optimizer, fn)`: a context manager under which `fn(step, grads)`
-  runs inside the optimizer's update, after the weights are stepped, with
-  `step` the optimizer's iteration count before this step and `grads`
-  {variable_key(variable): gradient} the gradients the optimizer applied
-  (all-reduced over replicas, unscaled, after the optimizer's clipping).
-- `sparse_train_function(model, optimizer, fn, state)`: builds the model's
-  train function with `fn` hooked into the optimizer's update as above;
+- `step_hook(optimizer, sparse)`: a context manager under which the
+  optimizer steps masked weights with masked gradients, and
+  `sparse.run(step, grads)` (a `SparseStep`, `dst.backend._hook`) runs inside
+  the optimizer's update, after the weights are stepped, with `step` the
+  optimizer's iteration count before this step and `grads`
+  {variable_key(variable): gradient} the dense gradients of the masked
+  weights (all-reduced over replicas, unscaled, unclipped) when
+  `sparse.dense`, else the masked ones the optimizer applied.
+- `sparse_train_function(model, optimizer, sparse, state)`: builds the
+  model's train function with `sparse` hooked into the optimizer as above;
   `state` lists (layer, variables) that the step reads and writes besides
   the weights and the optimizer (masks, ITOP records, counters).
 - `release(model, state)`: undoes what `sparse_train_function` registered.
@@ -27,6 +30,8 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
 """
 
 import keras
+
+from dst.backend._hook import SparseStep
 
 _BACKEND = keras.backend.backend()
 
@@ -78,6 +83,7 @@ else:
 
 __all__ = [
     "FUNCTIONAL",
+    "SparseStep",
     "cond",
     "host_call",
     "in_graph",

@@ -63,8 +63,8 @@ def _state_variables(state) -> list:
     return [v for _, variables in state for v in variables]
 
 
-def sparse_train_function(model, optimizer, fn, state):
-    """The model's train function with `fn` hooked into `optimizer` (see module)."""
+def sparse_train_function(model, optimizer, sparse, state):
+    """The model's train function with `sparse` hooked into `optimizer` (see module)."""
     if optimizer is not model.optimizer:
         raise ValueError(
             "On the JAX backend dst drives the optimizer given to `model.compile` "
@@ -84,7 +84,7 @@ def sparse_train_function(model, optimizer, fn, state):
         positions = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
         where = [positions[id(v)] for v in extra]
         carrier = {"in": [step_state[1][i] for i in where], "out": None}
-        with _Threaded(outer, inner, extra, carrier), step_hook(optimizer, fn):
+        with _Threaded(outer, inner, extra, carrier), step_hook(optimizer, sparse):
             logs, (tv, ntv, ov, mv) = original_step(step_state, data)
         ntv = list(ntv)
         for i, value in zip(where, carrier["out"]):

@@ -6,6 +6,9 @@ Keras' TensorFlow optimizer sums the gradients over replicas in
 dst runs its step right after that call: the weights are stepped, the
 gradients are the all-reduced ones, and assignments made there reach every
 replica. Without a strategy the same method runs under the default one.
+
+The gradients it receives are masked (`dst.backend._hook`); the dense ones,
+which RigL needs, are summed over replicas by dst when there are several.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from dst._compat import inner_optimizer
+from dst.backend._hook import SparseStep, masked_gradients
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
            "release", "sparse_train_function", "step_hook", "variable_key"]
@@ -39,8 +43,8 @@ def in_graph(model) -> bool:
     return bool(getattr(model, "jit_compile", False))
 
 
-def sparse_train_function(model, optimizer, fn, state):
-    """The model's train function, called with `fn` hooked into `optimizer`.
+def sparse_train_function(model, optimizer, sparse, state):
+    """The model's train function, called with `sparse` hooked into `optimizer`.
 
     `state` needs nothing here: TF functions read and write variables by
     reference.
@@ -49,7 +53,7 @@ def sparse_train_function(model, optimizer, fn, state):
     plain = model.train_function
 
     def call(*args):
-        with step_hook(optimizer, fn):
+        with step_hook(optimizer, sparse):
             return plain(*args)
 
     return call
@@ -60,8 +64,8 @@ def release(model, state) -> None:
 
 
 @contextlib.contextmanager
-def step_hook(optimizer, fn):
-    """Runs `fn(step, grads)` inside each update of `optimizer` (see module)."""
+def step_hook(optimizer, sparse: SparseStep):
+    """Runs `sparse.run(step, grads)` inside each update of `optimizer` (see module)."""
     opt = inner_optimizer(optimizer)
     if _HOOKED in vars(opt):
         raise RuntimeError(
@@ -69,23 +73,37 @@ def step_hook(optimizer, fn):
             "callbacks (or updaters) cannot drive the same optimizer at once."
         )
     original = getattr(opt, _HOOKED)
+    dense: dict = {}
 
     def hooked(distribution, grads_and_vars, learning_rate):
         grads_and_vars = list(grads_and_vars)
         result = original(distribution, grads_and_vars, learning_rate)
-        grads = {
-            id(var): distribution.experimental_local_results(grad)[0]
-            for grad, var in grads_and_vars
-            if grad is not None
-        }
-        fn(opt.iterations, grads)
+        if sparse.dense:
+            # Every replica stored the same all-reduced values: any one will do.
+            grads = dict(dense)
+        else:
+            grads = {
+                id(var): distribution.experimental_local_results(grad)[0]
+                for grad, var in grads_and_vars
+                if grad is not None
+            }
+        sparse.run(opt.iterations, grads)
         return result
 
     setattr(opt, _HOOKED, hooked)
     try:
-        yield
+        with masked_gradients(opt, sparse, dense, variable_key, _sum_over_replicas):
+            yield
     finally:
         delattr(opt, _HOOKED)
+
+
+def _sum_over_replicas(grads: list) -> list:
+    """The sum over replicas (as Keras sums the gradients it applies)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return grads
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
 
 def no_autograph(fn):

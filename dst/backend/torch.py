@@ -37,13 +37,13 @@ def host_call(fn, inputs, dtypes):
     return fn(*[_compat.to_numpy(x) for x in inputs])
 
 
-def sparse_train_function(model, optimizer, fn, state):
-    """The model's train function, called with `fn` hooked into `optimizer`."""
+def sparse_train_function(model, optimizer, sparse, state):
+    """The model's train function, called with `sparse` hooked into `optimizer`."""
     model.make_train_function(force=True)
     plain = model.train_function
 
     def call(*args):
-        with step_hook(optimizer, fn):
+        with step_hook(optimizer, sparse):
             return plain(*args)
 
     return call

@@ -164,8 +164,8 @@ class _SparseTrainFunction:
         self.model = model
         self.updater = updater
         self.state = updater.state_variables()
-        self.sparse = backend.sparse_train_function(model, optimizer, updater.sparse_step,
-                                                    self.state)
+        self.sparse = backend.sparse_train_function(model, optimizer,
+                                                    updater.as_sparse_step(), self.state)
         self.armed = False
 
     def __call__(self, *args):
@@ -176,7 +176,7 @@ class _SparseTrainFunction:
             # On JAX the state of this call already holds dst's variables (they
             # stay registered until a dst fit ends): thread them, update nothing.
             self.model.train_function = backend.sparse_train_function(
-                self.model, self.updater.optimizer, _hold, self.state)
+                self.model, self.updater.optimizer, backend.SparseStep(_hold), self.state)
         else:
             self.model.train_function = None
             self.model.make_train_function()

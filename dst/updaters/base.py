@@ -3,10 +3,14 @@
 An updater is bound to a model and the optimizer that steps its weights.
 Its `sparse_step(step, grads)` runs *inside* that optimizer's update (see
 `dst.backend`): after the weights are stepped, on the optimizer's own step
-count, with the gradients the optimizer applied (all-reduced over replicas,
-unscaled under mixed precision). A step the loss scaler skips never reaches
-it, and `steps_per_execution` or `jit_compile` change nothing. On an update
-step it computes every new mask, then in one place:
+count. As in the references, the optimizer itself sees masked gradients
+(zero for inactive connections), so `clipnorm`, `global_clipnorm` and its
+moment estimates ignore inactive weights; the sparse step gets the dense
+gradient (all-reduced over replicas, unscaled under mixed precision, not
+clipped) when the algorithm needs it (`needs_gradients`, RigL). A step the
+loss scaler skips never reaches it, and `steps_per_execution` or
+`jit_compile` change nothing. On an update step it computes every new mask,
+then in one place:
 
 - writes the mask and the ITOP record ("ever active"),
 - zeroes dropped weights and grown ones (grown connections start at 0.0),
@@ -29,7 +33,7 @@ import keras
 import numpy as np
 
 from dst import _compat, _select, backend
-from dst._model import Target, check_keras3_model, dynamic_targets
+from dst._model import Target, check_keras3_model, dynamic_targets, masked_targets
 from dst._validate import as_float, as_int
 from dst.backend import host_call, no_autograph, step_hook, variable_key
 from dst.blocks import count_units
@@ -139,6 +143,9 @@ class Updater:
         self.skipped = [t.constraint.skipped for t in self.targets]
         self.active = [count_units(t) for t in self.targets]  # in blocks for block masks
         self._keys = {variable_key(t.variable): i for i, t in enumerate(self.targets)}
+        # Every masked trainable weight (fixed masks too) gets a masked gradient.
+        self._gradient_masks = {id(t.variable): t.constraint.mask
+                                for t in masked_targets(model) if t.variable.trainable}
 
     def _targets(self, model) -> list[Target]:
         targets = dynamic_targets(model)
@@ -192,7 +199,16 @@ class Updater:
         """
         if self.schedule is None:
             raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
-        return step_hook(self.optimizer, self.sparse_step)
+        return step_hook(self.optimizer, self.as_sparse_step())
+
+    def as_sparse_step(self) -> backend.SparseStep:
+        """What a backend hooks into the optimizer: `sparse_step`, the masks
+        of the gradients the optimizer sees, and whether the step needs the
+        dense gradient."""
+        if self.schedule is None:
+            raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
+        return backend.SparseStep(self.sparse_step, dict(self._gradient_masks),
+                                  self.needs_gradients)
 
     def is_update_step(self, step: int) -> bool:
         """Whether masks change after optimizer step `step` (0-based)."""
