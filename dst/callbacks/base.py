@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from typing import Any, ClassVar
 
 import keras
 
@@ -36,18 +38,67 @@ class DSTCallback(keras.callbacks.Callback):
     optimizer dst drives does not advance during the first batch, `fit` stops
     with an error instead of training with masks that never change.
 
+    `DSTCallback(updater)` wraps any updater instance. The named callbacks
+    (`SET`, `RigL`, `MagnitudePruning`, `FixedMasks`, and one per name added
+    with `dst.updaters.register`, built by `dst.callbacks.get`) are
+    subclasses declared with `class RigL(DSTCallback, updater=updaters.RigL)`:
+    they take exactly the arguments of their updater's constructor, plus
+    `optimizer` and `verbose`, and `get_config` returns those arguments.
+
     Args:
-        updater: a `dst.updaters.Updater`.
+        updater: a `dst.updaters.Updater` instance (for `DSTCallback`
+            itself; the named subclasses take their updater's arguments).
         optimizer: the optimizer that steps the sparse weights. Defaults to
             `model.optimizer`.
         verbose: unused, kept for Keras' callback convention. Defaults to 0.
+
+    Examples:
+    >>> import dst
+    >>> cb = dst.callbacks.DSTCallback(dst.updaters.SET(update_freq=10, seed=0))
+    >>> cb.updater.update_freq
+    10
     """
 
-    def __init__(self, updater: Updater, optimizer=None, verbose: int = 0):
+    updater_class: ClassVar[type[Updater] | None] = None
+
+    def __init__(self, *args: Any, optimizer: Any = None, verbose: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__()
-        self.updater = updater
+        cls = type(self)
+        if cls.updater_class is None:
+            self._args: dict[str, Any] | None = None
+            self.updater = _given_updater(cls.__name__, args, kwargs)
+        else:
+            bound = _bind(cls, args, kwargs)
+            self.updater = cls.updater_class(*bound.args, **bound.kwargs)
+            self._args = _arguments(bound)
         self.optimizer = optimizer
         self.verbose = verbose
+
+    def __init_subclass__(cls, *, updater: type[Updater] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if updater is None:
+            if "__init__" in vars(cls):  # its own constructor: its own signature
+                cls.__signature__ = None
+            return
+        if not (isinstance(updater, type) and issubclass(updater, Updater)):
+            raise TypeError(
+                f"`updater` must be a subclass of dst.updaters.Updater for the callback "
+                f"class {cls.__name__}. Received: updater={updater!r}"
+            )
+        params = list(inspect.signature(updater).parameters.values())
+        clash = [p.name for p in params if p.name in ("optimizer", "verbose")]
+        if clash:
+            raise TypeError(
+                f"{updater.__name__}'s constructor takes {clash}, which its callback "
+                f"{cls.__name__} takes itself; rename that argument of the updater."
+            )
+        cls.updater_class = updater
+        var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+        cls.__signature__ = inspect.Signature(
+            [p for p in params if p not in var_kw] + _CALLBACK_PARAMETERS + var_kw)
+        cls.__doc__ = _document(cls, updater)
+        _BY_UPDATER.setdefault(updater, cls)
 
     # -- Keras hooks ------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -143,12 +194,20 @@ class DSTCallback(keras.callbacks.Callback):
                 )
         self._skipped_seen = counts
 
-    def get_config(self):
-        """The constructor arguments of the named subclass (SET, RigL, ...)."""
-        return {**getattr(self, "_args", {}), "verbose": self.verbose}
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments of a named callback (SET, RigL, ...): its
+        updater's arguments and `verbose` (not `optimizer`, an object)."""
+        if self._args is None:
+            raise NotImplementedError(
+                f"{type(self).__name__}(updater) has no config: it does not know the "
+                "arguments its updater was built with. Build it by name instead, "
+                "e.g. dst.callbacks.get('rigl', update_freq=100), to get a config."
+            )
+        return {**self._args, "verbose": self.verbose}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> DSTCallback:
+        """A callback from `get_config`'s output: `cls(**config)`."""
         return cls(**config)
 
 
@@ -190,3 +249,110 @@ def _hold(step, grads):
 def _read(variable, kind=int):
     """A scalar variable's value on the host."""
     return kind(_compat.to_numpy(variable))
+
+
+# updater class -> its callback class (the first declared, else one built by
+# `callback_class`).
+_BY_UPDATER: dict[type[Updater], type[DSTCallback]] = {}
+
+
+def callback_class(updater: type[Updater]) -> type[DSTCallback]:
+    """The callback class of an updater class: the one declared for it
+    (`dst.callbacks.RigL` for `dst.updaters.RigL`), else a subclass of
+    `DSTCallback` of the updater's name, built once."""
+    if updater not in _BY_UPDATER:
+        type(updater.__name__, (DSTCallback,), {"__module__": updater.__module__},
+             updater=updater)
+    return _BY_UPDATER[updater]
+
+
+# The keyword arguments every callback takes besides its updater's.
+_CALLBACK_PARAMETERS = [
+    inspect.Parameter("optimizer", inspect.Parameter.KEYWORD_ONLY, default=None),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=int),
+]
+DSTCallback.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("updater", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                       annotation=Updater)] + _CALLBACK_PARAMETERS)
+
+
+def _given_updater(who: str, args: tuple, kwargs: dict) -> Updater:
+    """The one updater instance passed to `DSTCallback(updater)`."""
+    try:
+        bound = inspect.signature(lambda updater: None).bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"{who} takes one updater instance (and `optimizer`, `verbose`): {err}. "
+            "For an algorithm by name, use dst.callbacks.get(name, **arguments)."
+        ) from None
+    updater = bound.arguments["updater"]
+    if not isinstance(updater, Updater):
+        raise TypeError(
+            f"`updater` must be a dst.updaters.Updater instance for {who}. Received: "
+            f"updater={updater!r}. For an algorithm by name, use "
+            "dst.callbacks.get(name, **arguments)."
+        )
+    return updater
+
+
+def _bind(cls: type, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    """Binds a named callback's arguments to its updater's constructor."""
+    try:
+        bound = inspect.signature(cls.updater_class).bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"{cls.__name__}: {err}. It takes the arguments of "
+            f"dst.updaters.{cls.updater_class.__name__}: {inspect.signature(cls)}."
+        ) from None
+    bound.apply_defaults()
+    return bound
+
+
+def _arguments(bound: inspect.BoundArguments) -> dict[str, Any]:
+    """Bound arguments as one flat {name: value} dict (**kwargs spread out)."""
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
+    return out
+
+
+def _document(cls: type, updater: type[Updater]) -> str:
+    """The callback's docstring with its updater's Args section, plus its own."""
+    own = inspect.cleandoc(cls.__dict__.get("__doc__") or updater.__doc__ or "")
+    # The Args of the class that defines the constructor (RigL's are SET's).
+    owner = next(c for c in updater.__mro__ if "__init__" in vars(c))
+    args = (_section(inspect.cleandoc(owner.__doc__ or ""), "Args:")
+            or _section(inspect.cleandoc(owner.__init__.__doc__ or ""), "Args:"))
+    if not args:
+        args = "".join(f"    {name}: see `{updater.__qualname__}`.\n"
+                       for name in inspect.signature(updater).parameters)
+    args = (f"Args (those of `dst.updaters.{updater.__qualname__}`, then the callback's):\n"
+            + args
+            + "    optimizer: the optimizer that steps the sparse weights, when\n"
+              "        `train_step` does not use `model.optimizer`. Defaults to None\n"
+              "        (`model.optimizer`).\n"
+              "    verbose: unused, kept for Keras' callback convention. Defaults to 0.\n")
+    lines = own.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.strip() in ("Examples:", "Example:")),
+              len(lines))
+    head = "\n".join(lines[:at]).rstrip()
+    tail = "\n".join(lines[at:])
+    return f"{head}\n\n{args}\n{tail}".rstrip() + "\n"
+
+
+def _section(doc: str, title: str) -> str:
+    """The indented body of a Google-style docstring section, or ''."""
+    lines = doc.splitlines()
+    if title not in (line.strip() for line in lines):
+        return ""
+    start = [line.strip() for line in lines].index(title) + 1
+    body = []
+    for line in lines[start:]:
+        if line and not line.startswith(" "):
+            break
+        body.append(line)
+    return "\n".join(body).rstrip() + "\n"
