@@ -39,6 +39,10 @@ _SHARED_CARRIERS = tuple(
 # Attribute prefix for masks of weights without a constraint attribute, and
 # for the members of a MaskGroup on their own projections.
 _HOOK = "_dst_mask_"
+# The prunable-weights protocol: a layer (or model) may define this method,
+# returning the list of its weights that dst may mask ([] for none). It
+# replaces dst's heuristics for every weight of that layer and its sublayers.
+PRUNABLE_WEIGHTS = "dst_prunable_weights"
 # Weights whose constraint attribute is not named after the weight.
 _CARRIER_OVERRIDES = {
     (keras.layers.DepthwiseConv1D, "kernel"): "depthwise_constraint",
@@ -129,6 +133,9 @@ def _is_bias(var) -> bool:
 def find_targets(model, *, frozen: bool = False) -> list[Target]:
     """Every trainable or masked non-bias weight with ndim >= 2 outside normalization.
 
+    A layer that defines `dst_prunable_weights()` decides instead, for its
+    own weights and those of its sublayers: exactly the weights it returns.
+
     A masked weight frozen afterwards (`layer.trainable = False`) stays a
     target, so that its mask is reported, saved and stripped; an unmasked
     frozen weight is not, so `dst.sparsify` leaves it dense. Each
@@ -160,13 +167,20 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
         parent = parents.get(id(layer))
         return isinstance(parent, _SERIALIZES_CHILDREN) and rebuilt(parent)
 
+    declared, covered = _declared(layers)
     seen, targets = set(), []
     for layer in layers:
-        if isinstance(layer, _NORMALIZATION):
-            continue
         # Created trainable, frozen since or not.
-        for var in _compat.own_trainable_variables(layer):
-            if id(var) in seen or len(var.shape) < 2 or _is_bias(var):
+        own = _compat.own_trainable_variables(layer)
+        if isinstance(layer, _NORMALIZATION) and not any(id(v) in declared for v in own):
+            continue
+        for var in own:
+            if id(var) in seen:
+                continue
+            if id(var) in covered:  # under a layer that declares: its word is final
+                if id(var) not in declared:
+                    continue
+            elif len(var.shape) < 2 or _is_bias(var):
                 continue
             if isinstance(var.constraint, MaskGroup):  # as loaded: use the member
                 group = var.constraint
@@ -187,6 +201,59 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
             if targets[-1].constraint is not None:
                 bind(targets[-1], targets[-1].constraint)
     return targets
+
+
+def _declared(layers: list) -> tuple[set[int], set[int]]:
+    """The prunable-weights protocol: (ids of the variables layers declare
+    prunable with `dst_prunable_weights()`, ids of every variable of those
+    layers, sublayers' included, declared or not)."""
+    created_trainable = {id(v) for layer in layers
+                         for v in _compat.own_trainable_variables(layer)}
+    declared: set[int] = set()
+    covered: set[int] = set()
+    for layer in layers:
+        method = getattr(layer, PRUNABLE_WEIGHTS, None)
+        if method is None:
+            continue
+        who = f"{type(layer).__name__} '{layer.name}'"
+        if not callable(method):
+            raise TypeError(
+                f"`{PRUNABLE_WEIGHTS}` of {who} must be a method returning a list of "
+                f"the layer's keras.Variable weights. Received: {method!r}"
+            )
+        weights = method()
+        if not isinstance(weights, list | tuple):
+            raise TypeError(
+                f"{who}.{PRUNABLE_WEIGHTS}() must return a list of the layer's "
+                f"keras.Variable weights ([] for none). Received: "
+                f"{type(weights).__name__} {_short(weights)}"
+            )
+        own = {id(v): v for v in layer.weights}
+        for w in weights:
+            if not isinstance(w, keras.Variable):
+                raise TypeError(
+                    f"{who}.{PRUNABLE_WEIGHTS}() must return keras.Variable weights of "
+                    f"the layer. Received an item of type {type(w).__name__}: {_short(w)}"
+                )
+            if id(w) not in own:
+                raise ValueError(
+                    f"{who}.{PRUNABLE_WEIGHTS}() returned '{w.path}', which is not a "
+                    f"weight of that layer. Its weights: {[v.path for v in own.values()]}."
+                )
+            if id(w) not in created_trainable or len(w.shape) == 0:
+                raise ValueError(
+                    f"{who}.{PRUNABLE_WEIGHTS}() returned '{w.path}', which dst cannot "
+                    f"mask: it is {'a scalar' if len(w.shape) == 0 else 'not trainable'}. "
+                    "Declare trainable weights with at least one axis."
+                )
+        declared.update(id(w) for w in weights)
+        covered.update(own)
+    return declared, covered
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _group(parent, layer, var) -> tuple | None:

@@ -128,6 +128,13 @@ def sparsify(
     weights are set to 0.0 now and after every optimizer step; the gradient
     they receive stays dense.
 
+    Custom layers can say which weights are prunable, before these rules: a
+    layer (or model) that defines a method `dst_prunable_weights(self) ->
+    list[keras.Variable]` gets exactly the weights it returns masked, among
+    its own and its sublayers' weights (`[]`: none of them). The weights it
+    returns must be its trainable weights; anything else is an error naming
+    the layer.
+
     Args:
         model: a built Keras 3 model. It is changed in place and returned.
         sparsity: fraction of zeros over all sparsified weights, in [0, 1).
@@ -159,8 +166,9 @@ def sparsify(
             two ints >= 1 or is longer than a weight's axis, or a model that is
             already sparsified (dst refuses to re-sparsify; use
             `dst.set_masks` to change masks or `dst.strip` to start over).
-        TypeError: a legacy tf_keras model, or a distribution callable that
-            does not return a dict.
+        TypeError: a legacy tf_keras model, a distribution callable that
+            does not return a dict, or a `dst_prunable_weights()` that does
+            not return a list of keras.Variable.
 
     Example:
     >>> import keras, dst
