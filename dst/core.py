@@ -296,13 +296,20 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
     restores masks that `keras.models.load_model` cannot (see the warning of
     `dst.sparsify`), from `dst.get_masks` output saved beside the model.
 
+    Masks saved before `keras.models.load_model` are accepted although the
+    paths of a nested model change on loading: when some keys are not weight
+    paths of `model` but the masks' count and shapes, in order, equal those
+    of its masked weights (or else of all its sparsifiable weights), the
+    masks are matched by weight order, with a `UserWarning` that says so.
+
     Args:
         model: a Keras 3 model.
         masks: {weight path: array of 0/1 or bool}, keyed like
             `dst.get_masks(model)`.
 
     Raises:
-        ValueError: unknown key, wrong shape, values other than 0/1, a mask
+        ValueError: an unknown key (when the masks cannot be matched by
+            order either), wrong shape, values other than 0/1, a mask
             with no active entry, or the kernel of a `dst.layers.SparseDense`
             (its connectivity is fixed).
         TypeError: `masks` is not a mapping, or a legacy tf_keras model.
@@ -322,13 +329,10 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
             f"dst.get_masks returns. Received: {type(masks).__name__}."
         )
     targets = {t.path: t for t in find_targets(model)}
+    if any(path not in targets for path in masks):
+        masks = _match_by_order(model, masks, targets)
     checked = {}
     for path, mask in masks.items():
-        if path not in targets:
-            raise ValueError(
-                f"dst.set_masks: no sparsifiable weight '{path}' in model "
-                f"'{model.name}'. Sparsifiable weights: {sorted(targets)}."
-            )
         constraint = targets[path].constraint
         if constraint is not None and constraint.fixed:
             layer = targets[path].layer
@@ -373,6 +377,53 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
         apply_mask(t, mask)
     if installed:
         _reset_train_function(model)
+
+
+def _match_by_order(model, masks: Mapping[str, np.ndarray],
+                    targets: dict[str, Target]) -> dict[str, np.ndarray]:
+    """Masks re-keyed by weight order, for keys that are not this model's paths.
+
+    `keras.models.load_model` may rename paths (a nested model's weights lose
+    the outer model's name), while the weights keep their order. So when the
+    masks' count and shapes, in order, equal those of the masked weights (or,
+    failing that, of all sparsifiable weights), the i-th mask goes to the i-th
+    weight, and a warning says so. Keys that are paths must keep their weight.
+    """
+    unknown = [path for path in masks if path not in targets]
+    shapes = [tuple(np.shape(m)) for m in masks.values()]
+    masked = [t for t in targets.values()
+              if t.constraint is not None and t.constraint.mask is not None]
+    for candidates in (masked, list(targets.values())):
+        if [t.shape for t in candidates] != shapes:
+            continue
+        pairs = list(zip(masks, (t.path for t in candidates)))
+        moved = [(old, new) for old, new in pairs if old in targets and old != new]
+        if moved:
+            raise ValueError(
+                f"dst.set_masks: no sparsifiable weight '{unknown[0]}' in model "
+                f"'{model.name}', and matching the masks by weight order would give the "
+                f"mask keyed '{moved[0][0]}', a weight of the model, to '{moved[0][1]}'. "
+                "Key the masks by this model's paths (dst.get_masks(model) shows them), "
+                "or pass them in the model's weight order."
+            )
+        warnings.warn(
+            f"dst.set_masks: {len(unknown)} of {len(masks)} mask keys are not weight "
+            f"paths of model '{model.name}' (e.g. '{unknown[0]}'), as after "
+            "keras.models.load_model of a nested model. The masks' count and shapes "
+            "match the model's weights in order, so they are matched by weight "
+            f"order: {', '.join(f'{old!r} -> {new!r}' for old, new in pairs if old != new)}.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return {new: masks[old] for old, new in pairs}
+    raise ValueError(
+        f"dst.set_masks: no sparsifiable weight '{unknown[0]}' in model '{model.name}', "
+        "and the masks cannot be matched by weight order either: their shapes "
+        f"{shapes} are not those of the model's masked weights "
+        f"{[t.shape for t in masked]} nor of its sparsifiable weights "
+        f"{[t.shape for t in targets.values()]}, in order. Sparsifiable weights: "
+        f"{sorted(targets)}."
+    )
 
 
 def apply_mask(target: Target, mask: np.ndarray) -> None:
