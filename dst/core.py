@@ -170,13 +170,13 @@ def sparsify(
             does not return a dict, or a `dst_prunable_weights()` that does
             not return a list of keras.Variable.
 
-    Example:
-    >>> import keras, dst
-    >>> model = keras.Sequential(
-    ...     [keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="mlp")
-    >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
-    >>> int(dst.get_masks(model)["mlp/fc/kernel"].sum())
-    8
+    Examples:
+        >>> import keras, dst
+        >>> model = keras.Sequential(
+        ...     [keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="mlp")
+        >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
+        >>> int(dst.get_masks(model)["mlp/fc/kernel"].sum())
+        8
     """
     check_keras3_model(model, "dst.sparsify")
     sparsity = _check_sparsity(sparsity)
@@ -277,12 +277,12 @@ def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
     Raises:
         TypeError: a legacy tf_keras model, or not a Keras model.
 
-    Example:
-    >>> import keras, dst
-    >>> m = keras.Sequential(
-    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
-    >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["mlp/fc/kernel"].shape
-    (3, 2)
+    Examples:
+        >>> import keras, dst
+        >>> m = keras.Sequential(
+        ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
+        >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["mlp/fc/kernel"].shape
+        (3, 2)
     """
     check_keras3_model(model, "dst.get_masks", built=False)
     return {t.path: t.constraint.numpy() for t in masked_targets(model)}
@@ -314,13 +314,13 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
             (its connectivity is fixed).
         TypeError: `masks` is not a mapping, or a legacy tf_keras model.
 
-    Example:
-    >>> import keras, numpy as np, dst
-    >>> m = keras.Sequential(
-    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
-    >>> dst.set_masks(m, {"mlp/fc/kernel": np.eye(3, 2)})
-    >>> dst.sparsity(m)
-    0.6666666666666667
+    Examples:
+        >>> import keras, numpy as np, dst
+        >>> m = keras.Sequential(
+        ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
+        >>> dst.set_masks(m, {"mlp/fc/kernel": np.eye(3, 2)})
+        >>> dst.sparsity(m)
+        0.6666666666666667
     """
     check_keras3_model(model, "dst.set_masks")
     if not isinstance(masks, Mapping):
@@ -453,12 +453,12 @@ def sparsity(model: keras.Model) -> float:
     Raises:
         TypeError: a legacy tf_keras model, or not a Keras model.
 
-    Example:
-    >>> import keras, dst
-    >>> m = keras.Sequential(
-    ...     [keras.Input((4,)), keras.layers.Dense(2, name="fc")], name="mlp")
-    >>> dst.sparsity(dst.sparsify(m, 0.75, "uniform", seed=0))
-    0.75
+    Examples:
+        >>> import keras, dst
+        >>> m = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(2, name="fc")], name="mlp")
+        >>> dst.sparsity(dst.sparsify(m, 0.75, "uniform", seed=0))
+        0.75
     """
     check_keras3_model(model, "dst.sparsity", built=False)
     targets = masked_targets(model)

@@ -80,14 +80,14 @@ def convert(
             built-in kernels cannot run (the message names them).
         ImportError: TensorFlow is not installed.
 
-    Example:
-    >>> import numpy as np, keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
-    >>> runner = dst.export.load(dst.export.convert(model))
-    >>> x = np.ones((2, 8), "float32")
-    >>> bool(np.allclose(runner(x), model.predict(x, verbose=0), atol=1e-6))
-    True
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> runner = dst.export.load(dst.export.convert(model))
+        >>> x = np.ones((2, 8), "float32")
+        >>> bool(np.allclose(runner(x), model.predict(x, verbose=0), atol=1e-6))
+        True
     """
     check_keras3_model(model, "dst.export.convert")
     if format not in FORMATS:

@@ -34,12 +34,12 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
         TypeError: for arguments the named updater does not take.
 
     Examples:
-    >>> import dst
-    >>> cb = get("rigl", update_freq=50, seed=0)
-    >>> type(cb).__name__, cb.updater.update_freq
-    ('RigL', 50)
-    >>> get({"class_name": "set", "config": cb.get_config()}).updater.update_freq
-    50
+        >>> import dst
+        >>> cb = get("rigl", update_freq=50, seed=0)
+        >>> type(cb).__name__, cb.updater.update_freq
+        ('RigL', 50)
+        >>> get({"class_name": "set", "config": cb.get_config()}).updater.update_freq
+        50
     """
     if isinstance(identifier, DSTCallback) or isinstance(identifier, dict):
         if kwargs:

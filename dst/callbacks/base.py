@@ -53,10 +53,10 @@ class DSTCallback(keras.callbacks.Callback):
         verbose: unused, kept for Keras' callback convention. Defaults to 0.
 
     Examples:
-    >>> import dst
-    >>> cb = dst.callbacks.DSTCallback(dst.updaters.SET(update_freq=10, seed=0))
-    >>> cb.updater.update_freq
-    10
+        >>> import dst
+        >>> cb = dst.callbacks.DSTCallback(dst.updaters.SET(update_freq=10, seed=0))
+        >>> cb.updater.update_freq
+        10
     """
 
     updater_class: ClassVar[type[Updater] | None] = None

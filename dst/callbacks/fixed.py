@@ -19,12 +19,12 @@ class FixedMasks(DSTCallback, updater=updaters.FixedMasks):
     `mask_churn` (0) and `itop` at each epoch end.
 
     Examples:
-    >>> import numpy as np, keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
-    >>> model.compile(keras.optimizers.Adam(use_ema=True), "mse")
-    >>> _ = model.fit(np.ones((16, 8)), np.ones((16, 4)), epochs=2, verbose=0,
-    ...               callbacks=[dst.callbacks.FixedMasks()])
-    >>> int((model.layers[0].kernel.numpy() != 0).sum())
-    8
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
+        >>> model.compile(keras.optimizers.Adam(use_ema=True), "mse")
+        >>> _ = model.fit(np.ones((16, 8)), np.ones((16, 4)), epochs=2, verbose=0,
+        ...               callbacks=[dst.callbacks.FixedMasks()])
+        >>> int((model.layers[0].kernel.numpy() != 0).sum())
+        8
     """

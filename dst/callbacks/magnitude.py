@@ -18,11 +18,11 @@ class MagnitudePruning(DSTCallback, updater=updaters.MagnitudePruning):
     `verbose`.
 
     Examples:
-    >>> import numpy as np, keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
-    >>> model.compile("adam", "mse")
-    >>> cb = dst.callbacks.MagnitudePruning(0.8, update_freq=1, end_step=3)
-    >>> _ = model.fit(np.ones((40, 8)), np.ones((40, 10)), batch_size=8, verbose=0, callbacks=[cb])
-    >>> round(dst.sparsity(model), 2)
-    0.8
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
+        >>> model.compile("adam", "mse")
+        >>> cb = dst.callbacks.MagnitudePruning(0.8, update_freq=1, end_step=3)
+        >>> _ = model.fit(np.ones((40, 8)), np.ones((40, 10)), batch_size=8, verbose=0, callbacks=[cb])
+        >>> round(dst.sparsity(model), 2)
+        0.8
     """

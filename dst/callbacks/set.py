@@ -18,12 +18,12 @@ class SET(DSTCallback, updater=updaters.SET):
     arguments of `dst.updaters.SET`, plus `optimizer` and `verbose`.
 
     Examples:
-    >>> import numpy as np, keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
-    >>> model.compile("adam", "mse")
-    >>> cb = dst.callbacks.SET(update_freq=2, seed=0)
-    >>> h = model.fit(np.ones((32, 8)), np.ones((32, 4)), epochs=2, verbose=0, callbacks=[cb])
-    >>> round(h.history["sparsity"][-1], 2)
-    0.5
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> model.compile("adam", "mse")
+        >>> cb = dst.callbacks.SET(update_freq=2, seed=0)
+        >>> h = model.fit(np.ones((32, 8)), np.ones((32, 4)), epochs=2, verbose=0, callbacks=[cb])
+        >>> round(h.history["sparsity"][-1], 2)
+        0.5
     """

@@ -33,7 +33,9 @@ class SparseDense(keras.layers.Dense):
             `connectivity` must be such a union). Blocks cut short at the
             edge are fine; an axis shorter than the block is an error.
             Defaults to None (unstructured).
-        activation, use_bias, **dense_kwargs: as for `keras.layers.Dense`.
+        activation: as for `keras.layers.Dense`. Defaults to None.
+        use_bias: as for `keras.layers.Dense`. Defaults to True.
+        **dense_kwargs: other arguments of `keras.layers.Dense`.
 
     Numbers may be numpy scalars (`np.int64(3)`); they are stored, and saved
     in the config, as Python numbers.
@@ -44,13 +46,13 @@ class SparseDense(keras.layers.Dense):
             `connectivity`, or a `connectivity` of the wrong shape, with
             values other than 0/1, or that leaves a unit without input.
 
-    Example:
-    >>> import numpy as np, keras, dst
-    >>> band = np.abs(np.subtract.outer(np.arange(6), np.arange(3) * 2)) <= 1
-    >>> layer = dst.layers.SparseDense(3, connectivity=band)
-    >>> y = layer(np.ones((1, 6), "float32"))
-    >>> int((layer.kernel.numpy() != 0).sum()) == int(band.sum())
-    True
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> band = np.abs(np.subtract.outer(np.arange(6), np.arange(3) * 2)) <= 1
+        >>> layer = dst.layers.SparseDense(3, connectivity=band)
+        >>> y = layer(np.ones((1, 6), "float32"))
+        >>> int((layer.kernel.numpy() != 0).sum()) == int(band.sum())
+        True
     """
 
     def __init__(self, units, *, density=None, connectivity=None, seed=None,

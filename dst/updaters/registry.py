@@ -39,15 +39,15 @@ def register(name: str) -> Callable[[U], U]:
             subclass of `dst.updaters.Updater`.
 
     Examples:
-    >>> import dst
-    >>> @dst.updaters.register("keep_all")
-    ... class KeepAll(dst.updaters.Updater):
-    ...     def new_mask(self, kit, weight, mask, grad, value, salt):
-    ...         return mask
-    >>> dst.updaters.get("keep_all") is KeepAll
-    True
-    >>> type(dst.callbacks.get("keep_all", update_freq=10)).__name__
-    'KeepAll'
+        >>> import dst
+        >>> @dst.updaters.register("keep_all")
+        ... class KeepAll(dst.updaters.Updater):
+        ...     def new_mask(self, kit, weight, mask, grad, value, salt):
+        ...         return mask
+        >>> dst.updaters.get("keep_all") is KeepAll
+        True
+        >>> type(dst.callbacks.get("keep_all", update_freq=10)).__name__
+        'KeepAll'
     """
     if not isinstance(name, str):
         raise TypeError(
@@ -92,9 +92,9 @@ def get(name: str) -> type[Updater]:
         ValueError: for an unknown name; the message lists the known ones.
 
     Examples:
-    >>> import dst
-    >>> dst.updaters.get("RigL") is dst.updaters.RigL
-    True
+        >>> import dst
+        >>> dst.updaters.get("RigL") is dst.updaters.RigL
+        True
     """
     key = name.lower() if isinstance(name, str) else None
     if key not in _REGISTRY:
