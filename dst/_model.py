@@ -70,8 +70,16 @@ class Target:
         c = self.variable.constraint
         return c if isinstance(c, MaskConstraint) else None
 
+    @property
+    def mask_constraint(self) -> MaskConstraint:
+        """The `MaskConstraint` of a target known to have one (masked targets)."""
+        c = self.constraint
+        if c is None:
+            raise ValueError(f"dst: weight '{self.path}' has no MaskConstraint.")
+        return c
 
-def check_keras3_model(model, where: str, *, built: bool = True) -> None:
+
+def check_keras3_model(model: object, where: str, *, built: bool = True) -> None:
     """Raises a clear error for anything that is not a (built) Keras 3 model.
 
     `built=False` skips the build check, for readers such as `dst.get_masks`
@@ -130,7 +138,7 @@ def _is_bias(var) -> bool:
     return var.name == "bias" or var.name.endswith("_bias")
 
 
-def find_targets(model, *, frozen: bool = False) -> list[Target]:
+def find_targets(model: keras.Model, *, frozen: bool = False) -> list[Target]:
     """Every trainable or masked non-bias weight with ndim >= 2 outside normalization.
 
     A layer that defines `dst_prunable_weights()` decides instead, for its
@@ -147,7 +155,7 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
             (`dst.strip` uses it to remove every dst object). Defaults to False.
     """
     layers = [model, *_layers(model)]
-    parents = {}
+    parents: dict[int, keras.layers.Layer] = {}
     for layer in layers:
         for child in _compat.flatten_layers(layer, recursive=False):
             parents.setdefault(id(child), layer)
@@ -183,8 +191,8 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
             elif len(var.shape) < 2 or _is_bias(var):
                 continue
             if isinstance(var.constraint, MaskGroup):  # as loaded: use the member
-                group = var.constraint
-                var.constraint = group.member_for(var.path) or group.inner
+                loaded = var.constraint
+                var.constraint = loaded.member_for(var.path) or loaded.inner
             masked = isinstance(var.constraint, MaskConstraint) and (
                 frozen or var.constraint.mask is not None)
             if not (var.trainable or masked):
@@ -263,20 +271,20 @@ def _group(parent, layer, var) -> tuple | None:
     return None
 
 
-def masked_targets(model) -> list[Target]:
+def masked_targets(model: keras.Model) -> list[Target]:
     """Targets that carry a mask (fixed ones included)."""
     return [t for t in find_targets(model) if t.constraint is not None
             and t.constraint.mask is not None]
 
 
-def dynamic_targets(model) -> list[Target]:
+def dynamic_targets(model: keras.Model) -> list[Target]:
     """Masked targets whose connectivity dynamic sparse training may change.
 
     Fixed masks (`dst.layers.SparseDense`) and frozen weights
     (`layer.trainable = False`) are left out, so updaters leave them as they are.
     """
     return [t for t in masked_targets(model)
-            if not t.constraint.fixed and t.variable.trainable]
+            if not t.mask_constraint.fixed and t.variable.trainable]
 
 
 def count_active(targets: list[Target], where: str) -> list[int]:
@@ -289,7 +297,7 @@ def count_active(targets: list[Target], where: str) -> list[int]:
     """
     counts, stray = [], []
     for t in targets:
-        mask = t.constraint.numpy()
+        mask = t.mask_constraint.numpy()
         live = mask | (_compat.to_numpy(t.variable) != 0)
         counts.append(int(live.sum()))
         if counts[-1] > int(mask.sum()):
@@ -309,7 +317,7 @@ def count_active(targets: list[Target], where: str) -> list[int]:
     return counts
 
 
-def matches(target: Target, entry) -> bool:
+def matches(target: Target, entry: object) -> bool:
     """Whether an `exclude` / distribution-dict entry names this target."""
     if callable(entry) and not isinstance(entry, type):
         return bool(entry(target.variable))

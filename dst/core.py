@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -24,10 +24,14 @@ from dst._model import (
 from dst._validate import as_bool, as_float, as_int
 from dst.masking import MaskConstraint
 
+# An `exclude` entry of `sparsify`: a layer name or weight path, a layer class,
+# or a predicate on the weight variable.
+ExcludeEntry = str | type | Callable[[keras.Variable], bool]
+
 __all__ = ["sparsify", "get_masks", "set_masks", "sparsity", "random_mask"]
 
 
-def random_mask(shape, n_active: int, rng: np.random.Generator) -> np.ndarray:
+def random_mask(shape: Sequence[int], n_active: int, rng: np.random.Generator) -> np.ndarray:
     """A bool mask of `shape` with exactly `n_active` True entries at random."""
     size = int(np.prod(shape))
     flat = np.zeros(size, dtype=bool)
@@ -113,7 +117,7 @@ def sparsify(
     sparsity: float,
     distribution: str | Mapping[str, float] | Callable = "erk",
     *,
-    exclude=None,
+    exclude: ExcludeEntry | Iterable[ExcludeEntry] | None = None,
     erk_power_scale: float = 1.0,
     seed: int | None = None,
     sparse_init: bool = False,
@@ -185,7 +189,7 @@ def sparsify(
         seed = as_int(seed, "seed", "dst.sparsify", minimum=0)
     sparse_init = as_bool(sparse_init, "sparse_init", "dst.sparsify")
     block = blocks_lib.check_block(block, "dst.sparsify")
-    if any(not t.constraint.fixed for t in masked_targets(model)):
+    if any(not t.mask_constraint.fixed for t in masked_targets(model)):
         raise ValueError(
             f"Model '{model.name}' is already sparsified. dst.sparsify refuses "
             "to re-sparsify a model, so that masks are never replaced by "
@@ -285,7 +289,7 @@ def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
         (3, 2)
     """
     check_keras3_model(model, "dst.get_masks", built=False)
-    return {t.path: t.constraint.numpy() for t in masked_targets(model)}
+    return {t.path: t.mask_constraint.numpy() for t in masked_targets(model)}
 
 
 def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
@@ -428,9 +432,10 @@ def _match_by_order(model, masks: Mapping[str, np.ndarray],
 
 def apply_mask(target: Target, mask: np.ndarray) -> None:
     """Sets a target's mask and zeroes the weights it masks."""
-    target.constraint.attach(mask)
-    target.constraint.variable = target.variable
-    target.constraint.zero_masked()
+    constraint = target.mask_constraint
+    constraint.attach(mask)
+    constraint.variable = target.variable
+    constraint.zero_masked()
 
 
 def sparsity(model: keras.Model) -> float:

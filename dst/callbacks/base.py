@@ -7,6 +7,7 @@ import warnings
 from typing import Any, ClassVar
 
 import keras
+import numpy as np
 
 from dst import _compat, backend
 from dst.updaters.base import Updater
@@ -60,8 +61,15 @@ class DSTCallback(keras.callbacks.Callback):
     """
 
     updater_class: ClassVar[type[Updater] | None] = None
+    # State of one `fit`, reset by `on_train_begin`.
+    _function: _SparseTrainFunction | None
+    _epoch: int
+    _epoch_masks: list[np.ndarray] | None
+    _start: tuple[int, float | None] | None
+    _skipped_seen: list[int]
 
-    def __init__(self, *args: Any, optimizer: Any = None, verbose: int = 0,
+    def __init__(self, *args: Any, optimizer: keras.optimizers.Optimizer | None = None,
+                 verbose: int = 0,
                  **kwargs: Any) -> None:
         super().__init__()
         cls = type(self)
@@ -69,7 +77,7 @@ class DSTCallback(keras.callbacks.Callback):
             self._args: dict[str, Any] | None = None
             self.updater = _given_updater(cls.__name__, args, kwargs)
         else:
-            bound = _bind(cls, args, kwargs)
+            bound = _bind(cls, cls.updater_class, args, kwargs)
             self.updater = cls.updater_class(*bound.args, **bound.kwargs)
             self._args = _arguments(bound)
         self.optimizer = optimizer
@@ -101,45 +109,45 @@ class DSTCallback(keras.callbacks.Callback):
         _BY_UPDATER.setdefault(updater, cls)
 
     # -- Keras hooks ------------------------------------------------------
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._function = None
         self._epoch = 0
         self._epoch_masks = None
         self._start = None
-        self._skipped_seen = None
+        self._skipped_seen = []
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._epoch_masks = None
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._function is None:
-            self._bind(batch)
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        function = self._function if self._function is not None else self._bind(batch)
         if self._epoch_masks is None:
-            self._epoch_masks = [t.constraint.numpy() for t in self.updater.targets]
-        self._function.armed = True
+            self._epoch_masks = [t.mask_constraint.numpy() for t in self.updater.targets]
+        function.armed = True
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self._start is not None:
             self._check_advanced()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._function is None:
             return
         self._warn_skipped()
         if logs is None:
             return
         targets = self.updater.targets
-        masks = [t.constraint.numpy() for t in targets]
+        masks = [t.mask_constraint.numpy() for t in targets]
         before = self._epoch_masks or masks
         active_before = sum(int(m.sum()) for m in before)
         left = sum(int((b & ~m).sum()) for b, m in zip(before, masks))
         size = sum(m.size for m in masks)
         logs["sparsity"] = 1.0 - sum(int(m.sum()) for m in masks) / size
         logs["mask_churn"] = left / active_before if active_before else 0.0
-        logs["itop"] = sum(int(t.constraint.ever_active.sum()) for t in targets) / size
+        logs["itop"] = sum(int(ever.sum()) for t in targets
+                           if (ever := t.mask_constraint.ever_active) is not None) / size
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self._function is not None:
             self._warn_skipped()
             model = self.model  # (on JAX, reading it syncs the trained state)
@@ -148,7 +156,7 @@ class DSTCallback(keras.callbacks.Callback):
             self._function = None
 
     # -- helpers ------------------------------------------------------------
-    def _bind(self, batch: int) -> None:
+    def _bind(self, batch: int) -> _SparseTrainFunction:
         optimizer = self.optimizer if self.optimizer is not None else self.model.optimizer
         inner = _compat.inner_optimizer(optimizer) if optimizer is not None else None
         step = _read(inner.iterations) if inner is not None else 0
@@ -157,16 +165,19 @@ class DSTCallback(keras.callbacks.Callback):
         total = steps * epochs if steps and epochs else None
         first = step - self._epoch * (steps or 0) - batch  # resumed runs start later
         self.updater.bind(self.model, total, first, optimizer)
-        self.updater.state.mask_ema([t.constraint.mask for t in self.updater.targets])
+        self.updater.state.mask_ema([t.mask_constraint.mask for t in self.updater.targets])
         for t in self.updater.targets:  # weights written since the last step
-            t.constraint.zero_masked()
+            t.mask_constraint.zero_masked()
         self._skipped_seen = [_read(v) for v in self.updater.skipped]
         scale = getattr(optimizer, "dynamic_scale", None)
         self._start = (step, None if scale is None else _read(scale, float))
         self._function = _SparseTrainFunction(self.model, optimizer, self.updater)
         self.model.train_function = self._function
+        return self._function
 
     def _check_advanced(self) -> None:
+        if self._start is None:
+            return
         step, scale = self._start
         self._start = None
         optimizer = self.updater.optimizer
@@ -268,10 +279,11 @@ def callback_class(updater: type[Updater]) -> type[DSTCallback]:
 
 # The keyword arguments every callback takes besides its updater's.
 _CALLBACK_PARAMETERS = [
-    inspect.Parameter("optimizer", inspect.Parameter.KEYWORD_ONLY, default=None),
+    inspect.Parameter("optimizer", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=keras.optimizers.Optimizer | None),
     inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=int),
 ]
-DSTCallback.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+DSTCallback.__signature__ = inspect.Signature(
     [inspect.Parameter("updater", inspect.Parameter.POSITIONAL_OR_KEYWORD,
                        annotation=Updater)] + _CALLBACK_PARAMETERS)
 
@@ -295,14 +307,15 @@ def _given_updater(who: str, args: tuple, kwargs: dict) -> Updater:
     return updater
 
 
-def _bind(cls: type, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+def _bind(cls: type[DSTCallback], updater: type[Updater], args: tuple,
+          kwargs: dict) -> inspect.BoundArguments:
     """Binds a named callback's arguments to its updater's constructor."""
     try:
-        bound = inspect.signature(cls.updater_class).bind(*args, **kwargs)
+        bound = inspect.signature(updater).bind(*args, **kwargs)
     except TypeError as err:
         raise TypeError(
             f"{cls.__name__}: {err}. It takes the arguments of "
-            f"dst.updaters.{cls.updater_class.__name__}: {inspect.signature(cls)}."
+            f"dst.updaters.{updater.__name__}: {inspect.signature(cls)}."
         ) from None
     bound.apply_defaults()
     return bound
@@ -326,7 +339,7 @@ def _document(cls: type, updater: type[Updater]) -> str:
     # The Args of the class that defines the constructor (RigL's are SET's).
     owner = next(c for c in updater.__mro__ if "__init__" in vars(c))
     args = (_section(inspect.cleandoc(owner.__doc__ or ""), "Args:")
-            or _section(inspect.cleandoc(owner.__init__.__doc__ or ""), "Args:"))
+            or _section(inspect.cleandoc(vars(owner)["__init__"].__doc__ or ""), "Args:"))
     if not args:
         args = "".join(f"    {name}: see `{updater.__qualname__}`.\n"
                        for name in inspect.signature(updater).parameters)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -55,8 +58,11 @@ class SparseDense(keras.layers.Dense):
         True
     """
 
-    def __init__(self, units, *, density=None, connectivity=None, seed=None,
-                 block=None, activation=None, use_bias=True, **dense_kwargs):
+    def __init__(self, units: int, *, density: float | None = None,
+                 connectivity: np.ndarray | dict[str, Any] | None = None,
+                 seed: int | None = None, block: Sequence[int] | None = None,
+                 activation: Any = None, use_bias: bool = True,
+                 **dense_kwargs: Any) -> None:
         if (density is None) == (connectivity is None):
             raise ValueError(
                 "SparseDense needs exactly one of `density` or `connectivity`. "
@@ -111,7 +117,7 @@ class SparseDense(keras.layers.Dense):
                          kernel_constraint=MaskConstraint(inner, fixed=True),
                          **dense_kwargs)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[Any, ...]) -> None:
         input_dim = int(input_shape[-1])
         if self.connectivity is None:
             if self.block is not None:
@@ -130,7 +136,7 @@ class SparseDense(keras.layers.Dense):
         self.kernel_constraint.variable = self.kernel  # zeroed again after load_weights
         self.kernel.assign(self.kernel_constraint(self.kernel))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         inner = self.kernel_constraint
         if isinstance(inner, MaskConstraint):  # not after dst.strip(inplace=True)
