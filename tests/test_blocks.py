@@ -124,7 +124,7 @@ def test_updaters_keep_blocks_and_exact_block_counts(name):
 def test_rigl_drops_smallest_block_norms_and_grows_largest_gradient_norms():
     model = block_mlp((4, 1), 0.5)
     up = dst.updaters.RigL(drop_fraction=0.25, drop_fraction_schedule="constant",
-                           end_step=100, seed=0)
+                           grow_candidates="before_drop", end_step=100, seed=0)
     up.bind(model, optimizer=keras.optimizers.SGD())
     rng = np.random.default_rng(3)
     mask = dst.get_masks(model)["mlp/fc1/kernel"]

@@ -77,62 +77,97 @@ def test_shared_invariants(name, optimizer):
     assert len(spy.records[0]["slots"][next(iter(counts))]) >= 1
 
 
-@pytest.mark.parametrize("name", sorted(ALGOS))
-def test_drop_and_grow_are_disjoint_and_exact(name):
-    model = mlp()
+def _expected_mask(old, weight, grow_score, k, rule):
+    """The rule of ALGORITHMS.md, written out with argsort (no ties in the data)."""
+    flat_w = np.where(old, np.abs(weight), np.inf).ravel()
+    dropped = np.zeros(old.size, bool)
+    dropped[np.argsort(flat_w, kind="stable")[:k]] = True
+    kept = old.ravel() & ~dropped
+    candidates = ~kept if rule == "after_drop" else ~old.ravel()
+    grown = np.zeros(old.size, bool)
+    grown[np.argsort(np.where(candidates, grow_score.ravel(), -np.inf))[::-1][:k]] = True
+    return (kept | grown).reshape(old.shape)
+
+
+@pytest.mark.parametrize("rule", ["after_drop", "before_drop"])
+def test_rigl_mask_is_exactly_the_reference_rule(rule):
+    model = mlp(sparsity=0.5)
     model.compile("adam", "mse")
-    x, y = data()
-    model.fit(x, y, verbose=0)  # builds the optimizer
-    up = {"set": dst.updaters.SET, "rigl": dst.updaters.RigL}[name](
-        update_freq=1, drop_fraction=0.4, end_step=10, seed=3)
+    model.fit(*data(), verbose=0)  # builds the optimizer
+    up = dst.updaters.RigL(update_freq=1, drop_fraction=0.4, drop_fraction_schedule="constant",
+                           grow_candidates=rule, end_step=10, seed=0)
     up.bind(model)
     before = dst.get_masks(model)
-    grads = [np.random.default_rng(0).normal(size=v.shape) for v in model.trainable_variables]
+    weights = {v.path: numpy(v) for v in model.trainable_variables}
+    rng = np.random.default_rng(1)
+    # Gradients ranked so that half of the connections about to be dropped
+    # have the largest |grad|: the rules then differ.
+    grads = {}
+    for path, old in before.items():
+        g = rng.permutation(old.size).reshape(old.shape).astype("float32")
+        k = int(np.floor(0.4 * old.sum()))
+        weakest = np.argsort(np.where(old, np.abs(weights[path]), np.inf).ravel())[:k // 2]
+        g.ravel()[weakest] = old.size + np.arange(len(weakest))
+        grads[path] = g
     assert up.update(0, grads)
     after = dst.get_masks(model)
+    regrown = 0
     for path, old in before.items():
-        new = after[path]
-        k = int(np.floor(up.drop_fraction_at(0) * old.sum()))
-        dropped, grown = old & ~new, new & ~old
-        assert dropped.sum() == grown.sum() == k
-        assert not (dropped & grown).any()
+        k = int(np.floor(0.4 * old.sum()))
+        expected = _expected_mask(old, weights[path], np.abs(grads[path]), k, rule)
+        assert np.array_equal(after[path], expected)
+        dropped, grown = old & ~after[path], after[path] & ~old
+        assert dropped.sum() == grown.sum() <= k
+        if rule == "before_drop":
+            assert dropped.sum() == k
+        regrown += k - int(dropped.sum())
+    assert (regrown > 0) == (rule == "after_drop")
 
 
-def test_rigl_grows_exactly_where_gradient_is_largest():
-    model = mlp(sparsity=0.5)
-    model.compile("sgd", "mse")
-    model.fit(*data(), verbose=0)
-    up = dst.updaters.RigL(update_freq=1, drop_fraction=0.25, drop_fraction_schedule="constant",
-                           end_step=10, seed=0)
-    up.bind(model)
-    before = dst.get_masks(model)
-    rng = np.random.default_rng(1)
-    grads = {p: rng.permutation(m.size).reshape(m.shape).astype("float32") for p, m in before.items()}
-    up.update(0, grads)
-    for path, old in before.items():
-        new = dst.get_masks(model)[path]
-        k = int(np.floor(0.25 * old.sum()))
-        g = np.where(old, -np.inf, grads[path])
-        expected = np.zeros(old.size, bool)
-        expected[np.argsort(g.ravel())[::-1][:k]] = True
-        assert np.array_equal((new & ~old).ravel(), expected)
-
-
-def test_set_drops_exactly_the_smallest_magnitudes():
+@pytest.mark.parametrize("rule", ["after_drop", "before_drop"])
+def test_set_mask_is_exactly_the_reference_rule_up_to_the_random_draw(rule):
     model = mlp(sparsity=0.5)
     model.compile("sgd", "mse")
     model.fit(*data(), verbose=0)
     up = dst.updaters.SET(update_freq=1, drop_fraction=0.3, drop_fraction_schedule="constant",
-                          end_step=10, seed=0)
+                          grow_candidates=rule, end_step=10, seed=0)
     up.bind(model)
     before = dst.get_masks(model)
-    weights = {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+    weights = {v.path: numpy(v) for v in model.trainable_variables}
     up.update(0)
     for path, old in before.items():
         new = dst.get_masks(model)[path]
-        dropped = old & ~new
-        kept = old & new
-        assert np.abs(weights[path][dropped]).max() <= np.abs(weights[path][kept]).min()
+        k = int(np.floor(0.3 * old.sum()))
+        order = np.argsort(np.where(old, np.abs(weights[path]), np.inf).ravel())
+        weakest = np.zeros(old.size, bool)
+        weakest[order[:k]] = True
+        weakest = weakest.reshape(old.shape)
+        assert int(new.sum()) == int(old.sum())
+        assert not (old & ~weakest & ~new).any()  # only the k weakest may leave
+        if rule == "before_drop":
+            assert np.array_equal(old & ~new, weakest)  # all of them leave
+            assert not (new & weakest).any()
+
+
+def test_a_connection_regrown_in_its_own_update_keeps_its_weight_and_slots():
+    model = mlp(sparsity=0.5)
+    model.compile("adam", "mse")
+    model.fit(*data(), verbose=0)  # Adam moments are non-zero now
+    path = model.layers[0].kernel.path
+    up = dst.updaters.RigL(update_freq=1, drop_fraction=0.1, drop_fraction_schedule="constant",
+                           end_step=10, seed=0)
+    up.bind(model)
+    old = dst.get_masks(model)[path]
+    weight = numpy(model.layers[0].kernel)
+    weakest = np.unravel_index(np.argmin(np.where(old, np.abs(weight), np.inf)), old.shape)
+    grads = [np.zeros(v.shape, "float32") for v in model.trainable_variables]
+    grads[0][weakest] = 1.0  # the weakest active connection has the largest |grad|
+    slots_before = [numpy(s)[weakest] for s in up.state.slots(0)]
+    up.update(0, grads)
+    assert dst.get_masks(model)[path][weakest]
+    assert numpy(model.layers[0].kernel)[weakest] == weight[weakest] != 0.0
+    assert [numpy(s)[weakest] for s in up.state.slots(0)] == slots_before
+    assert any(v != 0 for v in slots_before)
 
 
 def test_rigl_works_with_dataset_and_generator():

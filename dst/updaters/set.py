@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from dst._validate import as_float
 from dst.blocks import blockwise, counted_in_blocks
@@ -10,19 +11,34 @@ from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
 from dst.updaters.registry import register
 
-__all__ = ["SET"]
+__all__ = ["SET", "GROW_CANDIDATES"]
+
+#: Where SET and RigL may grow: among the connections inactive after the drop
+#: (the references'), or only among those inactive before the update.
+GROW_CANDIDATES = ("after_drop", "before_drop")
+_ANCHORS = ("begin", "zero")
 
 
 @register("set")
 class SET(Updater):
     """Sparse Evolutionary Training (Mocanu et al. 2018, Nature Communications).
 
-    At each update step t, for each weight: drop the k = floor(f(t) · active)
-    active connections of smallest magnitude, then grow k connections among
-    those that were inactive before this update (so drop and grow are
-    disjoint), chosen by `grow_scores` (uniformly at random for SET). Grown
-    weights start at 0.0 with their optimizer state reset to 0. Each weight's
-    active count is unchanged, and asserted.
+    At each update step t, for each weight: drop the k = floor(f(t) · n)
+    active connections of smallest magnitude (n: the weight's active count at
+    `bind`), then grow k connections chosen by `grow_scores` (uniformly at
+    random for SET) among the candidates given by `grow_candidates`:
+
+    - "after_drop" (the default, as in the SET, RigL and jaxpruner
+      references): every connection inactive after the drop, including the
+      ones just dropped. A connection dropped and regrown in the same update
+      keeps its weight and its optimizer state; the net change can be less
+      than k.
+    - "before_drop": only the connections inactive before the update, so the
+      dropped and the grown sets are disjoint and exactly k connections move
+      (dst's only rule up to version 0.1).
+
+    Newly grown weights start at 0.0 with their optimizer state reset to its
+    initial value. Each weight's active count is unchanged, and asserted.
 
     Magnitude is the common modern form of SET's drop rule (the paper drops
     the smallest positive and the largest negative weights).
@@ -33,35 +49,70 @@ class SET(Updater):
 
     Args:
         update_freq: steps between updates. Defaults to 100.
-        drop_fraction: α, the fraction replaced at `begin_step`, in (0, 1).
-            Defaults to 0.3.
-        drop_fraction_schedule: "cosine" (α/2 · (1 + cos(π (t − begin)/
-            (end − begin))), "linear" or "constant". Defaults to "cosine".
+        drop_fraction: α, the fraction replaced at the schedule's origin, in
+            (0, 1). Defaults to 0.3.
+        drop_fraction_schedule: "cosine" (α/2 · (1 + cos(π p))), "linear"
+            (α · (1 − p)), "constant" (α), where p = (t − t0)/(end − t0) runs
+            from 0 at the origin t0 to 1 at the last update step; or any
+            callable `step -> fraction` in [0, 1), called with the optimizer
+            step on the host (then `drop_fraction` and `drop_fraction_anchor`
+            are unused). Defaults to "cosine".
+        drop_fraction_anchor: the schedule's origin t0: "begin" (`begin_step`,
+            so the first update replaces α) or "zero" (step 0, as the RigL
+            reference anchors its cosine decay; with `begin_step > 0` the
+            first update then replaces less than α). Defaults to "begin".
+        grow_candidates: "after_drop" or "before_drop", see above. Defaults to
+            "after_drop".
         begin_step: first update step. Defaults to 0.
         end_step: last step that may update: an int, or a float in (0, 1]
             meaning that fraction of the fit's total steps. Defaults to 0.75.
         seed: seed for the random draws. Defaults to None.
     """
 
-    def __init__(self, *, update_freq=100, drop_fraction=0.3,
-                 drop_fraction_schedule="cosine", begin_step=0, end_step=0.75,
-                 seed=None):
-        drop_fraction = as_float(drop_fraction, "drop_fraction", type(self).__name__,
+    def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
+                 drop_fraction_schedule: str | Callable[[int], float] = "cosine",
+                 drop_fraction_anchor: str = "begin", grow_candidates: str = "after_drop",
+                 begin_step: int = 0, end_step: int | float | None = 0.75,
+                 seed: int | None = None):
+        who = type(self).__name__
+        drop_fraction = as_float(drop_fraction, "drop_fraction", who,
                                  low=0.0, high=1.0, low_open=True, high_open=True)
-        if drop_fraction_schedule not in DROP_FRACTION_SCHEDULES:
+        if not callable(drop_fraction_schedule) and \
+                drop_fraction_schedule not in DROP_FRACTION_SCHEDULES:
             raise ValueError(
-                f"`drop_fraction_schedule` must be one of {list(DROP_FRACTION_SCHEDULES)}. "
-                f"Received: drop_fraction_schedule={drop_fraction_schedule!r}"
+                f"`drop_fraction_schedule` must be one of {list(DROP_FRACTION_SCHEDULES)} "
+                f"or a callable step -> fraction. Received: "
+                f"drop_fraction_schedule={drop_fraction_schedule!r}"
             )
+        for name, value, allowed in (("drop_fraction_anchor", drop_fraction_anchor, _ANCHORS),
+                                     ("grow_candidates", grow_candidates, GROW_CANDIDATES)):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)} for {who}. "
+                                 f"Received: {name}={value!r}")
         super().__init__(update_freq=update_freq, begin_step=begin_step,
                          end_step=end_step, seed=seed)
         self.drop_fraction = drop_fraction
         self.drop_fraction_schedule = drop_fraction_schedule
+        self.drop_fraction_anchor = drop_fraction_anchor
+        self.grow_candidates = grow_candidates
 
     def drop_fraction_at(self, step: int) -> float:
         """f(t), the drop fraction at `step`."""
-        return DropFraction(self.drop_fraction, self.begin_step, self.end,
-                            self.drop_fraction_schedule)(step)
+        schedule = self.drop_fraction_schedule
+        if callable(schedule):
+            value = schedule(step)
+            try:
+                fraction = float(value)
+            except (TypeError, ValueError):
+                fraction = math.nan
+            if not 0.0 <= fraction < 1.0:
+                raise ValueError(
+                    f"{type(self).__name__}: the drop_fraction_schedule callable returned "
+                    f"{value!r} at step {step}; it must return a fraction in [0, 1)."
+                )
+            return fraction
+        origin = self.begin_step if self.drop_fraction_anchor == "begin" else 0
+        return DropFraction(self.drop_fraction, origin, self.end, schedule)(step)
 
     def step_value(self, step: int, index: int) -> int:
         """k, the connections to drop (and grow) at `step`: floor(f(t) · n) for
@@ -72,12 +123,15 @@ class SET(Updater):
     def new_mask(self, kit, weight, mask, grad, value, salt):
         xp = kit.xp
         active = kit.count(mask)
-        k = xp.minimum(kit.cast(value, "int32"),
-                       kit.cast(math.prod(mask.shape) - active, "int32"))
+        after_drop = self.grow_candidates == "after_drop"
+        room = active if after_drop else math.prod(mask.shape) - active
+        k = xp.minimum(kit.cast(value, "int32"), kit.cast(room, "int32"))
         dropped = kit.select(xp.abs(weight), mask, k, salt(0))
-        grown = kit.select(self.grow_scores(kit, weight, mask, grad),
-                           xp.logical_not(mask), k, salt(1), largest=True)
-        return xp.logical_or(xp.logical_and(mask, xp.logical_not(dropped)), grown)
+        kept = xp.logical_and(mask, xp.logical_not(dropped))
+        candidates = xp.logical_not(kept if after_drop else mask)
+        grown = kit.select(self.grow_scores(kit, weight, mask, grad), candidates, k, salt(1),
+                           largest=True)
+        return xp.logical_or(kept, grown)
 
     @counted_in_blocks
     def expected_active(self, index, old, step):
