@@ -115,7 +115,7 @@ def test_callbacks_get_unknown_name_lists_the_known_ones():
 def test_callbacks_get_rejects_arguments_the_updater_does_not_take():
     with pytest.raises(TypeError, match=r"RigL: got an unexpected keyword argument 'power'\. "
                                         r"It takes the arguments of dst\.updaters\.RigL: "
-                                        r"\(\*, update_freq=100"):
+                                        r"\(\*, update_freq"):
         dst.callbacks.get("rigl", power=3)
     with pytest.raises(TypeError, match=r"MagnitudePruning: missing a required argument: "
                                         r"'final_sparsity'"):
