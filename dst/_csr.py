@@ -9,6 +9,7 @@ MLP-style models served from Python on CPU.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import keras
 import numpy as np
@@ -52,7 +53,8 @@ def to_npz(model) -> bytes:
             f"Flatten, Dropout, Activation and ReLU layers. Received "
             f"{type(model).__name__} '{model.name}'. Use format='tflite'."
         )
-    arrays, steps = {}, []
+    arrays: dict[str, Any] = {}
+    steps: list[str] = []
     flat = len(model.inputs[0].shape) == 2  # Dense on (batch, features) only
     for layer in model.layers:
         if isinstance(layer, keras.layers.Dense) and not flat:
@@ -113,7 +115,7 @@ class CSRModel:
         self.content = content
         with np.load(io.BytesIO(content), allow_pickle=False) as f:
             self.steps = [str(s) for s in f["steps"]]
-            self._layers = []
+            self._layers: list[tuple[Any, np.ndarray] | None] = []
             for i, step in enumerate(self.steps):
                 if step.startswith("dense:"):
                     matrix = sparse.csr_matrix(

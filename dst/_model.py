@@ -39,6 +39,10 @@ _SHARED_CARRIERS = tuple(
 # Attribute prefix for masks of weights without a constraint attribute, and
 # for the members of a MaskGroup on their own projections.
 _HOOK = "_dst_mask_"
+# The prunable-weights protocol: a layer (or model) may define this method,
+# returning the list of its weights that dst may mask ([] for none). It
+# replaces dst's heuristics for every weight of that layer and its sublayers.
+PRUNABLE_WEIGHTS = "dst_prunable_weights"
 # Weights whose constraint attribute is not named after the weight.
 _CARRIER_OVERRIDES = {
     (keras.layers.DepthwiseConv1D, "kernel"): "depthwise_constraint",
@@ -66,8 +70,16 @@ class Target:
         c = self.variable.constraint
         return c if isinstance(c, MaskConstraint) else None
 
+    @property
+    def mask_constraint(self) -> MaskConstraint:
+        """The `MaskConstraint` of a target known to have one (masked targets)."""
+        c = self.constraint
+        if c is None:
+            raise ValueError(f"dst: weight '{self.path}' has no MaskConstraint.")
+        return c
 
-def check_keras3_model(model, where: str, *, built: bool = True) -> None:
+
+def check_keras3_model(model: object, where: str, *, built: bool = True) -> None:
     """Raises a clear error for anything that is not a (built) Keras 3 model.
 
     `built=False` skips the build check, for readers such as `dst.get_masks`
@@ -126,8 +138,11 @@ def _is_bias(var) -> bool:
     return var.name == "bias" or var.name.endswith("_bias")
 
 
-def find_targets(model, *, frozen: bool = False) -> list[Target]:
+def find_targets(model: keras.Model, *, frozen: bool = False) -> list[Target]:
     """Every trainable or masked non-bias weight with ndim >= 2 outside normalization.
+
+    A layer that defines `dst_prunable_weights()` decides instead, for its
+    own weights and those of its sublayers: exactly the weights it returns.
 
     A masked weight frozen afterwards (`layer.trainable = False`) stays a
     target, so that its mask is reported, saved and stripped; an unmasked
@@ -140,7 +155,7 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
             (`dst.strip` uses it to remove every dst object). Defaults to False.
     """
     layers = [model, *_layers(model)]
-    parents = {}
+    parents: dict[int, keras.layers.Layer] = {}
     for layer in layers:
         for child in _compat.flatten_layers(layer, recursive=False):
             parents.setdefault(id(child), layer)
@@ -160,17 +175,24 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
         parent = parents.get(id(layer))
         return isinstance(parent, _SERIALIZES_CHILDREN) and rebuilt(parent)
 
+    declared, covered = _declared(layers)
     seen, targets = set(), []
     for layer in layers:
-        if isinstance(layer, _NORMALIZATION):
-            continue
         # Created trainable, frozen since or not.
-        for var in _compat.own_trainable_variables(layer):
-            if id(var) in seen or len(var.shape) < 2 or _is_bias(var):
+        own = _compat.own_trainable_variables(layer)
+        if isinstance(layer, _NORMALIZATION) and not any(id(v) in declared for v in own):
+            continue
+        for var in own:
+            if id(var) in seen:
+                continue
+            if id(var) in covered:  # under a layer that declares: its word is final
+                if id(var) not in declared:
+                    continue
+            elif len(var.shape) < 2 or _is_bias(var):
                 continue
             if isinstance(var.constraint, MaskGroup):  # as loaded: use the member
-                group = var.constraint
-                var.constraint = group.member_for(var.path) or group.inner
+                loaded = var.constraint
+                var.constraint = loaded.member_for(var.path) or loaded.inner
             masked = isinstance(var.constraint, MaskConstraint) and (
                 frozen or var.constraint.mask is not None)
             if not (var.trainable or masked):
@@ -189,6 +211,59 @@ def find_targets(model, *, frozen: bool = False) -> list[Target]:
     return targets
 
 
+def _declared(layers: list) -> tuple[set[int], set[int]]:
+    """The prunable-weights protocol: (ids of the variables layers declare
+    prunable with `dst_prunable_weights()`, ids of every variable of those
+    layers, sublayers' included, declared or not)."""
+    created_trainable = {id(v) for layer in layers
+                         for v in _compat.own_trainable_variables(layer)}
+    declared: set[int] = set()
+    covered: set[int] = set()
+    for layer in layers:
+        method = getattr(layer, PRUNABLE_WEIGHTS, None)
+        if method is None:
+            continue
+        who = f"{type(layer).__name__} '{layer.name}'"
+        if not callable(method):
+            raise TypeError(
+                f"`{PRUNABLE_WEIGHTS}` of {who} must be a method returning a list of "
+                f"the layer's keras.Variable weights. Received: {method!r}"
+            )
+        weights = method()
+        if not isinstance(weights, list | tuple):
+            raise TypeError(
+                f"{who}.{PRUNABLE_WEIGHTS}() must return a list of the layer's "
+                f"keras.Variable weights ([] for none). Received: "
+                f"{type(weights).__name__} {_short(weights)}"
+            )
+        own = {id(v): v for v in layer.weights}
+        for w in weights:
+            if not isinstance(w, keras.Variable):
+                raise TypeError(
+                    f"{who}.{PRUNABLE_WEIGHTS}() must return keras.Variable weights of "
+                    f"the layer. Received an item of type {type(w).__name__}: {_short(w)}"
+                )
+            if id(w) not in own:
+                raise ValueError(
+                    f"{who}.{PRUNABLE_WEIGHTS}() returned '{w.path}', which is not a "
+                    f"weight of that layer. Its weights: {[v.path for v in own.values()]}."
+                )
+            if id(w) not in created_trainable or len(w.shape) == 0:
+                raise ValueError(
+                    f"{who}.{PRUNABLE_WEIGHTS}() returned '{w.path}', which dst cannot "
+                    f"mask: it is {'a scalar' if len(w.shape) == 0 else 'not trainable'}. "
+                    "Declare trainable weights with at least one axis."
+                )
+        declared.update(id(w) for w in weights)
+        covered.update(own)
+    return declared, covered
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _group(parent, layer, var) -> tuple | None:
     for cls, attr, name in _SHARED_CARRIERS:
         if isinstance(parent, cls) and var.name == name:
@@ -196,20 +271,20 @@ def _group(parent, layer, var) -> tuple | None:
     return None
 
 
-def masked_targets(model) -> list[Target]:
+def masked_targets(model: keras.Model) -> list[Target]:
     """Targets that carry a mask (fixed ones included)."""
     return [t for t in find_targets(model) if t.constraint is not None
             and t.constraint.mask is not None]
 
 
-def dynamic_targets(model) -> list[Target]:
+def dynamic_targets(model: keras.Model) -> list[Target]:
     """Masked targets whose connectivity dynamic sparse training may change.
 
     Fixed masks (`dst.layers.SparseDense`) and frozen weights
     (`layer.trainable = False`) are left out, so updaters leave them as they are.
     """
     return [t for t in masked_targets(model)
-            if not t.constraint.fixed and t.variable.trainable]
+            if not t.mask_constraint.fixed and t.variable.trainable]
 
 
 def count_active(targets: list[Target], where: str) -> list[int]:
@@ -222,7 +297,7 @@ def count_active(targets: list[Target], where: str) -> list[int]:
     """
     counts, stray = [], []
     for t in targets:
-        mask = t.constraint.numpy()
+        mask = t.mask_constraint.numpy()
         live = mask | (_compat.to_numpy(t.variable) != 0)
         counts.append(int(live.sum()))
         if counts[-1] > int(mask.sum()):
@@ -242,7 +317,7 @@ def count_active(targets: list[Target], where: str) -> list[int]:
     return counts
 
 
-def matches(target: Target, entry) -> bool:
+def matches(target: Target, entry: object) -> bool:
     """Whether an `exclude` / distribution-dict entry names this target."""
     if callable(entry) and not isinstance(entry, type):
         return bool(entry(target.variable))

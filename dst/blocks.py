@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import keras
 import numpy as np
 
 from dst import _select
 from dst.masking import MaskConstraint
+
+if TYPE_CHECKING:
+    from dst._model import Target
 
 __all__ = ["BlockMaskConstraint", "check_block", "block_of", "grid_shape", "count_units",
            "to_blocks", "from_blocks", "random_block_mask", "is_union_of_blocks"]
@@ -41,15 +45,17 @@ class BlockMaskConstraint(MaskConstraint):
         block: the block shape over the kernel's last two axes.
     """
 
-    def __init__(self, inner=None, fixed: bool = False, mask=None, block=(1, 1)):
+    def __init__(self, inner: keras.constraints.Constraint | str | dict | None = None,
+                 fixed: bool = False, mask: np.ndarray | dict[str, Any] | None = None,
+                 block: Sequence[int] = (1, 1)) -> None:
         super().__init__(inner=inner, fixed=fixed, mask=mask)
         self.block = tuple(int(b) for b in block)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "block": list(self.block)}
 
 
-def check_block(block, where: str) -> tuple[int, int] | None:
+def check_block(block: Sequence[int] | None, where: str) -> tuple[int, int] | None:
     """`block` as a tuple of two ints >= 1, or None; a clear error otherwise."""
     if block is None:
         return None
@@ -76,19 +82,19 @@ def check_fits(shape: tuple, block: tuple[int, int], name: str, where: str) -> N
         )
 
 
-def block_of(constraint) -> tuple[int, int] | None:
+def block_of(constraint: object) -> tuple[int, int] | None:
     """The block shape of a mask constraint, or None for an unstructured one."""
     return getattr(constraint, "block", None) if isinstance(constraint,
                                                             BlockMaskConstraint) else None
 
 
-def grid_shape(shape: tuple, block: tuple[int, int]) -> tuple[int, ...]:
+def grid_shape(shape: Sequence[int], block: Sequence[int]) -> tuple[int, ...]:
     """The number of blocks along each axis (edge blocks included)."""
     full = (1,) * (len(shape) - 2) + tuple(block)
     return tuple(-(-int(s) // b) for s, b in zip(shape, full))
 
 
-def to_blocks(xp, x, block, how: str):
+def to_blocks(xp: Any, x: Any, block: Sequence[int], how: str) -> Any:
     """Per-block reduction of `x` over the grid: "any" (masks) or "norm" (L2)."""
     shape = tuple(int(d) for d in x.shape)
     grid = grid_shape(shape, block)
@@ -104,20 +110,20 @@ def to_blocks(xp, x, block, how: str):
     return xp.sqrt(x) if how == "norm" else x > 0
 
 
-def from_blocks(xp, grid_mask, shape, block):
+def from_blocks(xp: Any, grid_mask: Any, shape: Sequence[int], block: Sequence[int]) -> Any:
     """A bool mask of `shape` that is True on every entry of each active block."""
     out = xp.repeat(xp.repeat(grid_mask, block[0], axis=-2), block[1], axis=-1)
     return out[..., : shape[-2], : shape[-1]]
 
 
-def is_union_of_blocks(mask: np.ndarray, block) -> bool:
+def is_union_of_blocks(mask: np.ndarray, block: Sequence[int]) -> bool:
     """Whether every block of `mask` is entirely active or entirely inactive."""
     mask = np.asarray(mask, dtype=bool)
     return bool(np.array_equal(from_blocks(np, to_blocks(np, mask, block, "any"),
                                            mask.shape, block), mask))
 
 
-def random_block_mask(shape, block, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+def random_block_mask(shape: Sequence[int], block: Sequence[int], n_blocks: int, rng: np.random.Generator) -> np.ndarray:
     """A mask of `shape` made of exactly `n_blocks` blocks drawn at random."""
     grid = grid_shape(shape, block)
     flat = np.zeros(math.prod(grid), dtype=bool)
@@ -125,17 +131,17 @@ def random_block_mask(shape, block, n_blocks: int, rng: np.random.Generator) -> 
     return from_blocks(np, flat.reshape(grid), tuple(shape), block)
 
 
-def n_blocks(shape, block) -> int:
+def n_blocks(shape: Sequence[int], block: Sequence[int]) -> int:
     return math.prod(grid_shape(shape, block))
 
 
-def count_units(target) -> int:
+def count_units(target: Target) -> int:
     """Active blocks of a blocked target's mask, active entries otherwise.
 
     The unit `new_mask` counts in: what an updater's per-weight counts
     (`Updater.active` on main) must hold for block masks.
     """
-    mask = target.constraint.numpy()
+    mask = target.mask_constraint.numpy()
     block = block_of(target.constraint)
     return int(mask.sum() if block is None else to_blocks(np, mask, block, "any").sum())
 
@@ -152,7 +158,7 @@ def _blocks_by_shape(updater) -> dict:
     cached = getattr(updater, "_dst_blocks", None)
     if cached is not None and cached[0] is targets:
         return cached[1]
-    table = {}
+    table: dict[tuple[int, ...], tuple[int, int] | None] = {}
     for t in targets:
         block = block_of(t.constraint)
         if table.setdefault(t.shape, block) != block:
@@ -166,7 +172,10 @@ def _blocks_by_shape(updater) -> dict:
     return table
 
 
-def blockwise(new_mask):
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def blockwise(new_mask: F) -> F:
     """Runs an updater's unstructured `new_mask` rule on the grid of blocks.
 
     For a blocked weight, the rule sees block L2 norms of the weight and the
@@ -190,10 +199,10 @@ def blockwise(new_mask):
                                           int(np.count_nonzero(full)))
         return full
 
-    return wrapper
+    return cast(F, wrapper)
 
 
-def counted_in_blocks(expected_active):
+def counted_in_blocks(expected_active: F) -> F:
     """Makes an updater's `expected_active` count blocks for blocked weights.
 
     The base check compares the new mask's entry count with
@@ -219,4 +228,4 @@ def counted_in_blocks(expected_active):
             )
         return entries
 
-    return wrapper
+    return cast(F, wrapper)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -24,10 +24,14 @@ from dst._model import (
 from dst._validate import as_bool, as_float, as_int
 from dst.masking import MaskConstraint
 
+# An `exclude` entry of `sparsify`: a layer name or weight path, a layer class,
+# or a predicate on the weight variable.
+ExcludeEntry = str | type | Callable[[keras.Variable], bool]
+
 __all__ = ["sparsify", "get_masks", "set_masks", "sparsity", "random_mask"]
 
 
-def random_mask(shape, n_active: int, rng: np.random.Generator) -> np.ndarray:
+def random_mask(shape: Sequence[int], n_active: int, rng: np.random.Generator) -> np.ndarray:
     """A bool mask of `shape` with exactly `n_active` True entries at random."""
     size = int(np.prod(shape))
     flat = np.zeros(size, dtype=bool)
@@ -113,7 +117,7 @@ def sparsify(
     sparsity: float,
     distribution: str | Mapping[str, float] | Callable = "erk",
     *,
-    exclude=None,
+    exclude: ExcludeEntry | Iterable[ExcludeEntry] | None = None,
     erk_power_scale: float = 1.0,
     seed: int | None = None,
     sparse_init: bool = False,
@@ -127,6 +131,13 @@ def sparsify(
     custom layers), wherever it sits in the model. Biases stay dense. Masked
     weights are set to 0.0 now and after every optimizer step; the gradient
     they receive stays dense.
+
+    Custom layers can say which weights are prunable, before these rules: a
+    layer (or model) that defines a method `dst_prunable_weights(self) ->
+    list[keras.Variable]` gets exactly the weights it returns masked, among
+    its own and its sublayers' weights (`[]`: none of them). The weights it
+    returns must be its trainable weights; anything else is an error naming
+    the layer.
 
     Args:
         model: a built Keras 3 model. It is changed in place and returned.
@@ -159,16 +170,17 @@ def sparsify(
             two ints >= 1 or is longer than a weight's axis, or a model that is
             already sparsified (dst refuses to re-sparsify; use
             `dst.set_masks` to change masks or `dst.strip` to start over).
-        TypeError: a legacy tf_keras model, or a distribution callable that
-            does not return a dict.
+        TypeError: a legacy tf_keras model, a distribution callable that
+            does not return a dict, or a `dst_prunable_weights()` that does
+            not return a list of keras.Variable.
 
-    Example:
-    >>> import keras, dst
-    >>> model = keras.Sequential(
-    ...     [keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="mlp")
-    >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
-    >>> int(dst.get_masks(model)["mlp/fc/kernel"].sum())
-    8
+    Examples:
+        >>> import keras, dst
+        >>> model = keras.Sequential(
+        ...     [keras.Input((8,)), keras.layers.Dense(4, name="fc")], name="mlp")
+        >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
+        >>> int(dst.get_masks(model)["mlp/fc/kernel"].sum())
+        8
     """
     check_keras3_model(model, "dst.sparsify")
     sparsity = _check_sparsity(sparsity)
@@ -177,7 +189,7 @@ def sparsify(
         seed = as_int(seed, "seed", "dst.sparsify", minimum=0)
     sparse_init = as_bool(sparse_init, "sparse_init", "dst.sparsify")
     block = blocks_lib.check_block(block, "dst.sparsify")
-    if any(not t.constraint.fixed for t in masked_targets(model)):
+    if any(not t.mask_constraint.fixed for t in masked_targets(model)):
         raise ValueError(
             f"Model '{model.name}' is already sparsified. dst.sparsify refuses "
             "to re-sparsify a model, so that masks are never replaced by "
@@ -269,15 +281,15 @@ def get_masks(model: keras.Model) -> dict[str, np.ndarray]:
     Raises:
         TypeError: a legacy tf_keras model, or not a Keras model.
 
-    Example:
-    >>> import keras, dst
-    >>> m = keras.Sequential(
-    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
-    >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["mlp/fc/kernel"].shape
-    (3, 2)
+    Examples:
+        >>> import keras, dst
+        >>> m = keras.Sequential(
+        ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
+        >>> dst.get_masks(dst.sparsify(m, 0.5, seed=1))["mlp/fc/kernel"].shape
+        (3, 2)
     """
     check_keras3_model(model, "dst.get_masks", built=False)
-    return {t.path: t.constraint.numpy() for t in masked_targets(model)}
+    return {t.path: t.mask_constraint.numpy() for t in masked_targets(model)}
 
 
 def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
@@ -288,24 +300,31 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
     restores masks that `keras.models.load_model` cannot (see the warning of
     `dst.sparsify`), from `dst.get_masks` output saved beside the model.
 
+    Masks saved before `keras.models.load_model` are accepted although the
+    paths of a nested model change on loading: when some keys are not weight
+    paths of `model` but the masks' count and shapes, in order, equal those
+    of its masked weights (or else of all its sparsifiable weights), the
+    masks are matched by weight order, with a `UserWarning` that says so.
+
     Args:
         model: a Keras 3 model.
         masks: {weight path: array of 0/1 or bool}, keyed like
             `dst.get_masks(model)`.
 
     Raises:
-        ValueError: unknown key, wrong shape, values other than 0/1, a mask
+        ValueError: an unknown key (when the masks cannot be matched by
+            order either), wrong shape, values other than 0/1, a mask
             with no active entry, or the kernel of a `dst.layers.SparseDense`
             (its connectivity is fixed).
         TypeError: `masks` is not a mapping, or a legacy tf_keras model.
 
-    Example:
-    >>> import keras, numpy as np, dst
-    >>> m = keras.Sequential(
-    ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
-    >>> dst.set_masks(m, {"mlp/fc/kernel": np.eye(3, 2)})
-    >>> dst.sparsity(m)
-    0.6666666666666667
+    Examples:
+        >>> import keras, numpy as np, dst
+        >>> m = keras.Sequential(
+        ...     [keras.Input((3,)), keras.layers.Dense(2, name="fc")], name="mlp")
+        >>> dst.set_masks(m, {"mlp/fc/kernel": np.eye(3, 2)})
+        >>> dst.sparsity(m)
+        0.6666666666666667
     """
     check_keras3_model(model, "dst.set_masks")
     if not isinstance(masks, Mapping):
@@ -314,13 +333,10 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
             f"dst.get_masks returns. Received: {type(masks).__name__}."
         )
     targets = {t.path: t for t in find_targets(model)}
+    if any(path not in targets for path in masks):
+        masks = _match_by_order(model, masks, targets)
     checked = {}
     for path, mask in masks.items():
-        if path not in targets:
-            raise ValueError(
-                f"dst.set_masks: no sparsifiable weight '{path}' in model "
-                f"'{model.name}'. Sparsifiable weights: {sorted(targets)}."
-            )
         constraint = targets[path].constraint
         if constraint is not None and constraint.fixed:
             layer = targets[path].layer
@@ -367,11 +383,59 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
         _reset_train_function(model)
 
 
+def _match_by_order(model, masks: Mapping[str, np.ndarray],
+                    targets: dict[str, Target]) -> dict[str, np.ndarray]:
+    """Masks re-keyed by weight order, for keys that are not this model's paths.
+
+    `keras.models.load_model` may rename paths (a nested model's weights lose
+    the outer model's name), while the weights keep their order. So when the
+    masks' count and shapes, in order, equal those of the masked weights (or,
+    failing that, of all sparsifiable weights), the i-th mask goes to the i-th
+    weight, and a warning says so. Keys that are paths must keep their weight.
+    """
+    unknown = [path for path in masks if path not in targets]
+    shapes = [tuple(np.shape(m)) for m in masks.values()]
+    masked = [t for t in targets.values()
+              if t.constraint is not None and t.constraint.mask is not None]
+    for candidates in (masked, list(targets.values())):
+        if [t.shape for t in candidates] != shapes:
+            continue
+        pairs = list(zip(masks, (t.path for t in candidates)))
+        moved = [(old, new) for old, new in pairs if old in targets and old != new]
+        if moved:
+            raise ValueError(
+                f"dst.set_masks: no sparsifiable weight '{unknown[0]}' in model "
+                f"'{model.name}', and matching the masks by weight order would give the "
+                f"mask keyed '{moved[0][0]}', a weight of the model, to '{moved[0][1]}'. "
+                "Key the masks by this model's paths (dst.get_masks(model) shows them), "
+                "or pass them in the model's weight order."
+            )
+        warnings.warn(
+            f"dst.set_masks: {len(unknown)} of {len(masks)} mask keys are not weight "
+            f"paths of model '{model.name}' (e.g. '{unknown[0]}'), as after "
+            "keras.models.load_model of a nested model. The masks' count and shapes "
+            "match the model's weights in order, so they are matched by weight "
+            f"order: {', '.join(f'{old!r} -> {new!r}' for old, new in pairs if old != new)}.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return {new: masks[old] for old, new in pairs}
+    raise ValueError(
+        f"dst.set_masks: no sparsifiable weight '{unknown[0]}' in model '{model.name}', "
+        "and the masks cannot be matched by weight order either: their shapes "
+        f"{shapes} are not those of the model's masked weights "
+        f"{[t.shape for t in masked]} nor of its sparsifiable weights "
+        f"{[t.shape for t in targets.values()]}, in order. Sparsifiable weights: "
+        f"{sorted(targets)}."
+    )
+
+
 def apply_mask(target: Target, mask: np.ndarray) -> None:
     """Sets a target's mask and zeroes the weights it masks."""
-    target.constraint.attach(mask)
-    target.constraint.variable = target.variable
-    target.constraint.zero_masked()
+    constraint = target.mask_constraint
+    constraint.attach(mask)
+    constraint.variable = target.variable
+    constraint.zero_masked()
 
 
 def sparsity(model: keras.Model) -> float:
@@ -394,12 +458,12 @@ def sparsity(model: keras.Model) -> float:
     Raises:
         TypeError: a legacy tf_keras model, or not a Keras model.
 
-    Example:
-    >>> import keras, dst
-    >>> m = keras.Sequential(
-    ...     [keras.Input((4,)), keras.layers.Dense(2, name="fc")], name="mlp")
-    >>> dst.sparsity(dst.sparsify(m, 0.75, "uniform", seed=0))
-    0.75
+    Examples:
+        >>> import keras, dst
+        >>> m = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(2, name="fc")], name="mlp")
+        >>> dst.sparsity(dst.sparsify(m, 0.75, "uniform", seed=0))
+        0.75
     """
     check_keras3_model(model, "dst.sparsity", built=False)
     targets = masked_targets(model)

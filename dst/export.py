@@ -23,6 +23,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import keras
 import numpy as np
@@ -43,7 +44,7 @@ def convert(
     *,
     format: str = "tflite",
     quantize: str | None = None,
-    representative_data=None,
+    representative_data: np.ndarray | Iterable[Any] | None = None,
     max_calibration_batches: int = 100,
 ) -> bytes:
     """Converts a (sparse or stripped) Keras 3 model to a TFLite flatbuffer or a CSR file.
@@ -80,14 +81,14 @@ def convert(
             built-in kernels cannot run (the message names them).
         ImportError: TensorFlow is not installed.
 
-    Example:
-    >>> import numpy as np, keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
-    >>> runner = dst.export.load(dst.export.convert(model))
-    >>> x = np.ones((2, 8), "float32")
-    >>> bool(np.allclose(runner(x), model.predict(x, verbose=0), atol=1e-6))
-    True
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> runner = dst.export.load(dst.export.convert(model))
+        >>> x = np.ones((2, 8), "float32")
+        >>> bool(np.allclose(runner(x), model.predict(x, verbose=0), atol=1e-6))
+        True
     """
     check_keras3_model(model, "dst.export.convert")
     if format not in FORMATS:
@@ -121,7 +122,7 @@ def convert(
             f"Received: quantize={quantize!r}."
         )
     tf = _tensorflow()
-    calibration = None
+    calibration: list[np.ndarray] = []
     if quantize == "int8":
         calibration = _calibration_batches(representative_data, max_calibration_batches)
     with tempfile.TemporaryDirectory(prefix="dst_export_") as tmp, _MaskedValues(model):
@@ -150,7 +151,7 @@ def convert(
             ) from None
 
 
-def save(model: keras.Model, path: str | os.PathLike, **kwargs) -> str:
+def save(model: keras.Model, path: str | os.PathLike, **kwargs: Any) -> str:
     """Converts `model` with `convert` and writes the flatbuffer to `path`.
 
     Args:
@@ -210,7 +211,8 @@ class TFLiteModel:
         content: the flatbuffer bytes.
     """
 
-    def __init__(self, path_or_bytes, *, num_threads: int | None = 1):
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes, *,
+                 num_threads: int | None = 1) -> None:
         try:
             from ai_edge_litert import interpreter as litert
         except ImportError:
@@ -233,7 +235,7 @@ class TFLiteModel:
             self._without_delegates(err, stacklevel=4)
         self._inputs = self._interpreter.get_input_details()
         self._outputs = self._interpreter.get_output_details()
-        self._shapes = [tuple(d["shape"]) for d in self._inputs]
+        self._shapes: list[tuple[int, ...]] | None = [tuple(d["shape"]) for d in self._inputs]
 
     def _without_delegates(self, err, stacklevel: int = 3) -> None:
         """Falls back to the built-in kernels when XNNPACK refuses the model."""

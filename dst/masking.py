@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import base64
 from collections import UserDict
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import keras
 import numpy as np
@@ -65,15 +66,18 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
     Users normally never build one: `dst.sparsify` and `SparseDense` do.
     """
 
-    def __init__(self, inner=None, fixed: bool = False, mask=None):
+    def __init__(self, inner: keras.constraints.Constraint | str | dict | None = None,
+                 fixed: bool = False, mask: np.ndarray | Mapping[str, Any] | None = None
+                 ) -> None:
         self.inner = keras.constraints.get(inner)
         self.fixed = bool(fixed)
-        self.mask = None  # keras.Variable(bool), created by `attach`/loading
-        self.ever = None  # keras.Variable(bool): the ITOP record, updated in-graph
-        self.skipped = None  # keras.Variable(int32): updates skipped (NaN/Inf)
+        # keras.Variable(bool), created by `attach`/loading; None before.
+        self.mask: Any = None
+        self.ever: Any = None  # keras.Variable(bool): the ITOP record, updated in-graph
+        self.skipped: Any = None  # keras.Variable(int32): updates skipped (NaN/Inf)
         # The weight this constraint masks: set by `dst._model` when it installs
         # or finds the constraint, so that loading can zero the weight.
-        self.variable = None
+        self.variable: keras.Variable | None = None
         if mask is not None:
             self.attach(unpack_mask(mask) if isinstance(mask, Mapping) else mask)
 
@@ -131,7 +135,7 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         w = _value(self.inner(w))
         return keras.ops.where(mask, w, keras.ops.zeros(w.shape, w.dtype))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "inner": keras.constraints.serialize(self.inner)
             if self.inner is not None
@@ -141,15 +145,15 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> MaskConstraint:
         return cls(**config)
 
     # -- KerasSaveable (see `dst._compat.LeafSaveable`) -----------------------
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: MutableMapping[str, Any]) -> None:
         if self.mask is not None:
             _save_mask(store, "", self)
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Mapping[str, Any]) -> None:
         # Runs after the layer loaded its weights: a file saved from a dense
         # model (or with values assigned after the last step) must not leave
         # masked entries non-zero until the next optimizer step.
@@ -183,7 +187,8 @@ def _save_mask(store, prefix: str, constraint: MaskConstraint) -> None:
     mask = constraint.numpy()
     store[prefix + "shape"] = np.asarray(mask.shape, dtype="int64")
     store[prefix + "mask"] = np.packbits(mask.ravel())
-    store[prefix + "ever_active"] = np.packbits(constraint.ever_active.ravel())
+    ever = constraint.ever_active  # there is one whenever there is a mask
+    store[prefix + "ever_active"] = np.packbits((mask if ever is None else ever).ravel())
 
 
 def _load_mask(store, prefix: str, constraint: MaskConstraint) -> bool:
@@ -220,7 +225,8 @@ class MaskGroup(keras.constraints.Constraint, LeafSaveable):
             `get_config` returns. Defaults to None (no members yet).
     """
 
-    def __init__(self, inner=None, members: Mapping | None = None):
+    def __init__(self, inner: keras.constraints.Constraint | str | dict | None = None,
+                 members: Mapping[str, MaskConstraint | dict] | None = None) -> None:
         self.inner = keras.constraints.get(inner)
         # A UserDict, not a dict: Keras' saving walks dict attributes and
         # would save the members a second time, by position instead of key.
@@ -241,23 +247,23 @@ class MaskGroup(keras.constraints.Constraint, LeafSaveable):
             return member(w)
         return self.inner(w) if self.inner is not None else w
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         inner = keras.constraints.serialize(self.inner) if self.inner is not None else None
         members = {key: keras.constraints.serialize(m) for key, m in self.members.items()}
         return {"inner": inner, "members": members}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> MaskGroup:
         return cls(**config)
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: MutableMapping[str, Any]) -> None:
         keys = sorted(self.members)
         store["keys"] = np.frombuffer("\n".join(keys).encode(), dtype=np.uint8)
         for i, key in enumerate(keys):
             if self.members[key].mask is not None:
                 _save_mask(store, f"{i}_", self.members[key])
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: Mapping[str, Any]) -> None:
         if "keys" in store.keys():
             keys = np.asarray(store["keys"], dtype=np.uint8).tobytes().decode().split("\n")
             for i, key in enumerate(keys):

@@ -36,14 +36,14 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
     """
     check_keras3_model(model, "dst.strip")
     targets = [t for t in find_targets(model, frozen=True) if t.constraint is not None]
-    constraints = [t.constraint for t in targets]
+    constraints = [t.mask_constraint for t in targets]
     # Bake the zeros in, even where a weight was assigned after its last step.
     masked = {
-        id(t.variable): np.where(t.constraint.numpy(), _compat.to_numpy(t.variable), 0).astype(
+        id(t.variable): np.where(t.mask_constraint.numpy(), _compat.to_numpy(t.variable), 0).astype(
             t.variable.dtype
         )
         for t in targets
-        if t.constraint.mask is not None
+        if t.mask_constraint.mask is not None
     }
     weights = [masked[id(w)] if id(w) in masked else _compat.to_numpy(w)
                for w in model.weights]

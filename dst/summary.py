@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
@@ -103,7 +105,7 @@ def _in_dims(layer, shape) -> int:
     return math.prod(d for ch, d in zip(kernel, shape) if ch in lhs) or 1
 
 
-def summary(model: keras.Model, print_fn=print) -> list[dict]:
+def summary(model: keras.Model, print_fn: Callable[..., Any] = print) -> list[dict[str, Any]]:
     """Prints a table of masked weights and returns its rows.
 
     Each row: `path`, `shape`, `size`, `active`, `density`, `dense_flops` and
@@ -133,7 +135,7 @@ def summary(model: keras.Model, print_fn=print) -> list[dict]:
         ValueError: an unbuilt model.
     """
     check_keras3_model(model, "dst.summary")
-    rows = []
+    rows: list[dict[str, Any]] = []
     steps = _time_steps(model)
     targets = find_targets(model)
     masked = [t for t in targets if t.constraint is not None and t.constraint.mask is not None]

@@ -446,15 +446,16 @@ def _check_callback(i: int, method: methods_lib.Method, kw: dict) -> list:
     import dst
 
     try:
-        cls = dst.callbacks.get(method.callback)
-    except (AttributeError, ValueError) as err:
+        cls = dst.updaters.get(method.callback)
+    except ValueError as err:
         return [(f"methods.{i}", f"{method.name!r}: this dst has no callback "
                                  f"{method.callback!r} ({err}).")]
     try:
-        cls(**method.callback_kwargs(distribution=method.distributions(kw["cfg"])[0], **kw))
+        dst.callbacks.get(method.callback, **method.callback_kwargs(
+            distribution=method.distributions(kw["cfg"])[0], **kw))
     except (TypeError, ValueError) as err:
-        return [(f"methods.{i}", f"{method.name!r}: dst.callbacks.{cls.__name__} rejected "
-                                 f"the config: {err}")]
+        return [(f"methods.{i}", f"{method.name!r}: dst.callbacks.get({method.callback!r}) "
+                                 f"({cls.__name__}) rejected the config: {err}")]
     return []
 
 

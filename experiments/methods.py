@@ -40,8 +40,9 @@ class Method:
         marker: a matplotlib marker, the same in every figure.
         framework: "keras" (Keras 3 with dst) or "tf_keras" (TF-MOT).
         sparsify: whether the model is `dst.sparsify`-ed before training.
-        callback: the `dst.callbacks.get` name of the callback that drives
-            training, or None.
+        callback: the name, registered with `dst.updaters.register`, of the
+            updater that drives training (`dst.callbacks.get(name, **kwargs)`
+            builds its callback), or None.
         distribution_field: the config field that lists this method's
             layer-wise distributions, or None for a fixed one.
         fixed_distribution: the distribution recorded when there is no field

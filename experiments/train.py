@@ -216,7 +216,7 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
     if method.callback:
         kwargs = method.callback_kwargs(cfg, spec.sparsity, spec.seed, *schedule,
                                         distribution=spec.distribution)
-        callbacks.append(dst.callbacks.get(method.callback)(**kwargs))
+        callbacks.append(dst.callbacks.get(method.callback, **kwargs))
     monitor = _monitor(keras.callbacks.Callback, reference.names)
     model.compile(
         optimizer=config_lib.make_optimizer(cfg["optimizer"], "keras"),

@@ -350,16 +350,6 @@ def test_bad_final_sparsity_and_unsparsified_model():
         model.fit(*data(), verbose=0, callbacks=[dst.callbacks.RigL()])
 
 
-def test_registry():
-    assert dst.callbacks.get("rigl") is dst.callbacks.RigL
-    assert dst.callbacks.get("SET") is dst.callbacks.SET
-    assert dst.callbacks.get("magnitude") is dst.callbacks.MagnitudePruning
-    cb = dst.callbacks.get({"class_name": "set", "config": {"drop_fraction": 0.2}})
-    assert cb.updater.drop_fraction == 0.2
-    with pytest.raises(ValueError, match=r"Known callbacks: \['fixed', 'magnitude', 'rigl', 'set'\]"):
-        dst.callbacks.get("snip")
-
-
 class StashSGD(keras.optimizers.SGD):
     """An optimizer keeping weight-shaped state outside per-variable lists."""
 

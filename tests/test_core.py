@@ -489,3 +489,109 @@ def test_total_counts_are_exact_for_many_sparsities():
         counts = [int(m.sum()) for m in dst.get_masks(model).values()]
         assert counts == [max(1, round((1 - s) * 192)), max(1, round((1 - s) * 48))]
         assert math.isclose(dst.sparsity(model), 1 - sum(counts) / 240)
+
+
+# -- the prunable-weights protocol for custom layers ----------------------------------
+class TwoKernels(keras.layers.Layer):
+    """Two 2-D kernels; `declare` is what `dst_prunable_weights` returns."""
+
+    def __init__(self, declare="a", **kwargs):
+        super().__init__(**kwargs)
+        self.declare = declare
+
+    def build(self, input_shape):
+        self.kernel_a = self.add_weight(shape=(input_shape[-1], 6), name="kernel_a")
+        self.kernel_b = self.add_weight(shape=(input_shape[-1], 6), name="kernel_b")
+        self.scale = self.add_weight(shape=(6,), name="scale")
+        self.frozen = self.add_weight(shape=(2, 2), name="frozen", trainable=False)
+
+    def call(self, x):
+        return x @ self.kernel_a + x @ self.kernel_b * self.scale
+
+    def dst_prunable_weights(self):
+        if self.declare == "a":
+            return [self.kernel_a]
+        if self.declare == "a+scale":
+            return [self.kernel_a, self.scale]
+        return self.declare(self) if callable(self.declare) else self.declare
+
+
+_ELSEWHERE = keras.layers.Dense(2, name="elsewhere")
+_ELSEWHERE.build((3,))
+
+
+def _two_kernels_model(declare="a"):
+    return keras.Sequential([keras.Input((4,)), TwoKernels(declare, name="two"),
+                             keras.layers.Dense(3, name="out")], name="m")
+
+
+def test_a_layer_declares_its_prunable_weights():
+    model = _two_kernels_model()
+    with pytest.warns(UserWarning, match=r"cannot restore the masks of \['m/two/kernel_a'\]"):
+        dst.sparsify(model, 0.5, "uniform", seed=0)
+    masks = dst.get_masks(model)
+    assert list(masks) == ["m/two/kernel_a", "m/out/kernel"]  # kernel_b: declared dense
+    assert [int(m.sum()) for m in masks.values()] == [12, 9]
+    assert model.get_layer("two").kernel_b.constraint is None
+    assert int((numpy(model.get_layer("two").kernel_b) != 0).sum()) == 24
+
+
+@pytest.mark.filterwarnings("ignore:keras.models.load_model cannot restore")
+def test_declared_weights_replace_the_heuristics_of_that_layer():
+    model = _two_kernels_model("a+scale")  # a 1-D weight, masked because declared
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    assert sorted(dst.get_masks(model)) == ["m/out/kernel", "m/two/kernel_a", "m/two/scale"]
+    assert int(dst.get_masks(model)["m/two/scale"].sum()) == 3
+
+
+def test_a_layer_declaring_no_weights_covers_its_sublayers_too():
+    class Block(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = keras.layers.Dense(5, name="inner")
+
+        def call(self, x):
+            return self.inner(x)
+
+        def dst_prunable_weights(self):
+            return []
+
+    model = keras.Sequential([keras.Input((4,)), Block(name="block"),
+                              keras.layers.Dense(3, name="out")], name="m")
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    assert sorted(dst.get_masks(model)) == ["m/out/kernel"]
+    only = keras.Sequential([keras.Input((4,)), Block(name="block")], name="m")
+    with pytest.raises(ValueError, match=r"has no sparsifiable weight left"):
+        dst.sparsify(only, 0.5)
+
+
+@pytest.mark.filterwarnings("ignore:keras.models.load_model cannot restore")
+@pytest.mark.parametrize("declare, error, match", [
+    (None, TypeError, r"TwoKernels 'two'\.dst_prunable_weights\(\) must return a list of the "
+                      r"layer's keras\.Variable weights \(\[\] for none\)\. Received: NoneType"),
+    (lambda layer: layer.kernel_a, TypeError, r"TwoKernels 'two'\.dst_prunable_weights\(\) "
+                                              r"must return a list.*Received: Variable"),
+    (lambda layer: [layer.kernel_a.value], TypeError, r"TwoKernels 'two'\.dst_prunable_weights"
+                                                      r"\(\) must return keras\.Variable weights "
+                                                      r"of the layer\. Received an item of type"),
+    (lambda layer: ["kernel_a"], TypeError, r"Received an item of type str: 'kernel_a'"),
+    (lambda layer: [_ELSEWHERE.kernel], ValueError, r"TwoKernels 'two'\.dst_prunable_weights\(\) "
+                                              r"returned 'elsewhere/kernel', which is not a "
+                                              r"weight of that layer"),
+    (lambda layer: [layer.frozen], ValueError, r"returned 'm/two/frozen', which dst cannot mask: "
+                                               r"it is not trainable"),
+])
+def test_a_bad_declaration_is_an_error_naming_the_layer(declare, error, match):
+    model = _two_kernels_model(declare)
+    with pytest.raises(error, match=match):
+        dst.sparsify(model, 0.5, "uniform")
+    assert all(v.constraint is None for v in model.weights)  # nothing changed
+
+
+def test_a_prunable_weights_attribute_that_is_not_a_method_is_an_error():
+    model = _two_kernels_model()
+    layer = model.get_layer("two")
+    object.__setattr__(layer, "dst_prunable_weights", ["kernel_a"])
+    with pytest.raises(TypeError, match=r"`dst_prunable_weights` of TwoKernels 'two' must be a "
+                                        r"method returning a list"):
+        dst.sparsify(model, 0.5)

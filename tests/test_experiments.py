@@ -192,7 +192,7 @@ def test_method_table_gives_each_method_its_own_style_and_a_dst_callback():
     assert len({m.color for m in table}) == len({m.marker for m in table}) == len(table)
     for m in table:
         if m.callback:
-            assert dst.callbacks.get(m.callback)  # a registered dst callback
+            assert dst.updaters.get(m.callback)  # a registered dst updater (and callback)
     with pytest.raises(ValueError, match=r"Unknown method 'lottery'\. Known methods: dense, "):
         methods.get("lottery")
 
@@ -334,7 +334,7 @@ BAD = [
     ({"drop_fraction": 0.0}, r"drop_fraction: Input should be greater than 0"),
     ({"end_step": 1.5}, r"end_step: as a float is a fraction of training"),
     ({"drop_fraction_schedule": "zigzag"},
-     r"methods\.3: 'set': dst\.callbacks\.SET rejected the config: .*zigzag"),
+     r"methods\.3: 'set': dst\.callbacks\.get\('set'\) \(SET\) rejected the config: .*zigzag"),
     ({"backend": "theano"}, r"backend: Input should be 'tensorflow', 'jax' or 'torch'"),
     ({"backend": "jax"}, r"backend: method\(s\) \['tfmot'\] run on tf_keras and need "
      r"backend 'tensorflow'"),

@@ -219,3 +219,57 @@ assert "MaskGroup" not in str(stripped.get_config())
 print("ok")
 """
     assert run_python(code).strip().endswith("ok")
+
+
+def nested_model():
+    inner = keras.Sequential([keras.Input((6,)), layers.Dense(5, name="d1")], name="inner")
+    x = keras.Input((6,), name="x")
+    return keras.Model(x, layers.Dense(3, name="out")(inner(x)), name="outer")
+
+
+def test_set_masks_takes_masks_saved_before_load_model_matching_by_order(tmp_path):
+    model = dst.sparsify(nested_model(), 0.5, "uniform", seed=0)
+    model.save(tmp_path / "m.keras")
+    saved = {k: ~m for k, m in dst.get_masks(model).items()}  # other masks, same counts
+    assert list(saved) == ["inner/d1/kernel", "out/kernel"]
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert list(dst.get_masks(loaded)) == ["d1/kernel", "out/kernel"]  # the paths changed
+
+    with pytest.warns(UserWarning, match=r"dst\.set_masks: 1 of 2 mask keys are not weight paths "
+                                         r"of model 'outer' \(e\.g\. 'inner/d1/kernel'\).*"
+                                         r"matched by weight order: 'inner/d1/kernel' -> "
+                                         r"'d1/kernel'\.$"):
+        dst.set_masks(loaded, saved)
+    got = dst.get_masks(loaded)
+    assert list(got) == ["d1/kernel", "out/kernel"]
+    for want, have in zip(saved.values(), got.values()):
+        np.testing.assert_array_equal(have, want)
+    assert np.count_nonzero(loaded.get_layer("inner").get_layer("d1").kernel.numpy()[~got[
+        "d1/kernel"]]) == 0
+
+    with warnings.catch_warnings():  # the loaded model's own keys: matched by path, silently
+        warnings.simplefilter("error")
+        dst.set_masks(loaded, dst.get_masks(loaded))
+
+
+def test_set_masks_that_match_neither_by_path_nor_by_order_is_an_error(tmp_path):
+    model = dst.sparsify(nested_model(), 0.5, "uniform", seed=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    before = dst.get_masks(loaded)
+    masks = dst.get_masks(model)
+    with pytest.raises(ValueError, match=r"no sparsifiable weight 'inner/d1/kernel' in model "
+                                         r"'outer', and the masks cannot be matched by weight "
+                                         r"order either: their shapes \[\(6, 5\)\] are not "
+                                         r"those of the model's masked weights \[\(6, 5\), "
+                                         r"\(5, 3\)\]"):
+        dst.set_masks(loaded, {"inner/d1/kernel": masks["inner/d1/kernel"]})
+    swapped = {"out/kernel": masks["inner/d1/kernel"], "inner/d1/kernel": masks["out/kernel"]}
+    with pytest.raises(ValueError, match=r"no sparsifiable weight 'inner/d1/kernel' in model "
+                                         r"'outer', and matching the masks by weight order "
+                                         r"would give the mask keyed 'out/kernel', a weight of "
+                                         r"the model, to 'd1/kernel'\."):
+        dst.set_masks(loaded, swapped)  # order matters: 'out/kernel' would move
+    after = dst.get_masks(loaded)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])

@@ -1,37 +1,68 @@
-"""Callbacks that update masks during `model.fit`, registered by name."""
+"""Callbacks that update masks during `model.fit`, one per registered updater."""
 
-from dst.callbacks.base import DSTCallback
+from typing import Any
+
+from dst import updaters
+from dst.callbacks.base import DSTCallback, callback_class
 from dst.callbacks.fixed import FixedMasks
 from dst.callbacks.magnitude import MagnitudePruning
 from dst.callbacks.rigl import RigL
 from dst.callbacks.set import SET
+from dst.updaters import registry
 
-_REGISTRY = {"fixed": FixedMasks, "magnitude": MagnitudePruning, "set": SET, "rigl": RigL}
 
+def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
+    """Returns a ready callback: built by name, from a config, or as given.
 
-def get(identifier):
-    """Returns a callback class by name, an instance as is, or one from a config.
+    Keras' `get()` convention. A name is any name registered with
+    `dst.updaters.register` ("fixed", "magnitude", "set", "rigl", or your
+    own): the callback wraps that updater, built with `kwargs`.
 
     Args:
-        identifier: "fixed", "magnitude", "set" or "rigl"; a `DSTCallback` instance;
-            or a dict {"class_name": name, "config": {...}}.
+        identifier: a registered name (any case); a dict
+            {"class_name": name, "config": {...}} (the output of a callback's
+            `get_config`); or a `DSTCallback` instance, returned as is.
+        **kwargs: the arguments of the named updater, plus `optimizer` and
+            `verbose`; only with a name.
+
+    Returns:
+        A `DSTCallback` instance (`dst.callbacks.RigL` for "rigl", ...).
 
     Raises:
-        ValueError: for an unknown name; the message lists the known ones.
+        ValueError: for an unknown name (the message lists the known ones),
+            or `kwargs` with an instance or a config.
+        TypeError: for arguments the named updater does not take.
 
-    Example:
-    >>> get("rigl").__name__
-    'RigL'
+    Examples:
+        >>> import dst
+        >>> cb = get("rigl", update_freq=50, seed=0)
+        >>> type(cb).__name__, cb.updater.update_freq
+        ('RigL', 50)
+        >>> get({"class_name": "set", "config": cb.get_config()}).updater.update_freq
+        50
     """
-    if isinstance(identifier, DSTCallback):
-        return identifier
-    if isinstance(identifier, dict):
-        return get(identifier["class_name"]).from_config(identifier.get("config", {}))
-    if isinstance(identifier, str) and identifier.lower() in _REGISTRY:
-        return _REGISTRY[identifier.lower()]
-    raise ValueError(
-        f"Unknown dst callback: {identifier!r}. Known callbacks: {sorted(_REGISTRY)}."
-    )
+    if isinstance(identifier, DSTCallback) or isinstance(identifier, dict):
+        if kwargs:
+            raise ValueError(
+                "dst.callbacks.get takes arguments only with a name; received "
+                f"{type(identifier).__name__} {identifier!r} and {sorted(kwargs)}."
+            )
+        if isinstance(identifier, DSTCallback):
+            return identifier
+        if "class_name" not in identifier:
+            raise ValueError(
+                "A config dict for dst.callbacks.get needs 'class_name' (and "
+                f"'config'). Received: {identifier!r}"
+            )
+        return get(identifier["class_name"], **identifier.get("config", {}))
+    try:
+        updater = updaters.get(identifier)
+    except ValueError:
+        raise ValueError(
+            f"Unknown dst callback: {identifier!r}. Known callbacks: {registry.names()}. "
+            "Add one by registering an updater with @dst.updaters.register(name)."
+        ) from None
+    return callback_class(updater)(**kwargs)
 
 
 __all__ = ["DSTCallback", "FixedMasks", "MagnitudePruning", "RigL", "SET", "get"]

@@ -8,7 +8,7 @@ from dst.callbacks.base import DSTCallback
 __all__ = ["FixedMasks"]
 
 
-class FixedMasks(DSTCallback):
+class FixedMasks(DSTCallback, updater=updaters.FixedMasks):
     """Trains with fixed masks and keeps them exact where the constraint can't.
 
     Plain `fit` on a sparsified model already keeps masked weights at 0 after
@@ -18,22 +18,13 @@ class FixedMasks(DSTCallback):
     written by `set_weights` before the first step, and logs `sparsity`,
     `mask_churn` (0) and `itop` at each epoch end.
 
-    Args:
-        optimizer: the optimizer that steps the weights. Defaults to None
-            (`model.optimizer`).
-        verbose: unused, kept for Keras' callback convention. Defaults to 0.
-
-    Example:
-    >>> import numpy as np, keras, dst
-    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
-    >>> model.compile(keras.optimizers.Adam(use_ema=True), "mse")
-    >>> _ = model.fit(np.ones((16, 8)), np.ones((16, 4)), epochs=2, verbose=0,
-    ...               callbacks=[dst.callbacks.FixedMasks()])
-    >>> int((model.layers[0].kernel.numpy() != 0).sum())
-    8
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
+        >>> model.compile(keras.optimizers.Adam(use_ema=True), "mse")
+        >>> _ = model.fit(np.ones((16, 8)), np.ones((16, 4)), epochs=2, verbose=0,
+        ...               callbacks=[dst.callbacks.FixedMasks()])
+        >>> int((model.layers[0].kernel.numpy() != 0).sum())
+        8
     """
-
-    def __init__(self, *, optimizer=None, verbose=0):
-        self._args = {}
-        super().__init__(updaters.FixedMasks(), optimizer=optimizer, verbose=verbose)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -33,7 +36,9 @@ class SparseDense(keras.layers.Dense):
             `connectivity` must be such a union). Blocks cut short at the
             edge are fine; an axis shorter than the block is an error.
             Defaults to None (unstructured).
-        activation, use_bias, **dense_kwargs: as for `keras.layers.Dense`.
+        activation: as for `keras.layers.Dense`. Defaults to None.
+        use_bias: as for `keras.layers.Dense`. Defaults to True.
+        **dense_kwargs: other arguments of `keras.layers.Dense`.
 
     Numbers may be numpy scalars (`np.int64(3)`); they are stored, and saved
     in the config, as Python numbers.
@@ -44,17 +49,20 @@ class SparseDense(keras.layers.Dense):
             `connectivity`, or a `connectivity` of the wrong shape, with
             values other than 0/1, or that leaves a unit without input.
 
-    Example:
-    >>> import numpy as np, keras, dst
-    >>> band = np.abs(np.subtract.outer(np.arange(6), np.arange(3) * 2)) <= 1
-    >>> layer = dst.layers.SparseDense(3, connectivity=band)
-    >>> y = layer(np.ones((1, 6), "float32"))
-    >>> int((layer.kernel.numpy() != 0).sum()) == int(band.sum())
-    True
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> band = np.abs(np.subtract.outer(np.arange(6), np.arange(3) * 2)) <= 1
+        >>> layer = dst.layers.SparseDense(3, connectivity=band)
+        >>> y = layer(np.ones((1, 6), "float32"))
+        >>> int((layer.kernel.numpy() != 0).sum()) == int(band.sum())
+        True
     """
 
-    def __init__(self, units, *, density=None, connectivity=None, seed=None,
-                 block=None, activation=None, use_bias=True, **dense_kwargs):
+    def __init__(self, units: int, *, density: float | None = None,
+                 connectivity: np.ndarray | dict[str, Any] | None = None,
+                 seed: int | None = None, block: Sequence[int] | None = None,
+                 activation: Any = None, use_bias: bool = True,
+                 **dense_kwargs: Any) -> None:
         if (density is None) == (connectivity is None):
             raise ValueError(
                 "SparseDense needs exactly one of `density` or `connectivity`. "
@@ -109,7 +117,7 @@ class SparseDense(keras.layers.Dense):
                          kernel_constraint=MaskConstraint(inner, fixed=True),
                          **dense_kwargs)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[Any, ...]) -> None:
         input_dim = int(input_shape[-1])
         if self.connectivity is None:
             if self.block is not None:
@@ -128,7 +136,7 @@ class SparseDense(keras.layers.Dense):
         self.kernel_constraint.variable = self.kernel  # zeroed again after load_weights
         self.kernel.assign(self.kernel_constraint(self.kernel))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         inner = self.kernel_constraint
         if isinstance(inner, MaskConstraint):  # not after dst.strip(inplace=True)

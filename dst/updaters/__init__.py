@@ -11,13 +11,16 @@ Example loop::
         optimizer.apply(grads, model.trainable_variables)
         updater.update(step, grads)   # grads only needed by RigL
 
-The callbacks in `dst.callbacks` wrap these for `model.fit`.
+The callbacks in `dst.callbacks` wrap these for `model.fit`. Each updater is
+registered by name (`register`, `get`); every registered name is also a
+callback: `dst.callbacks.get(name, **kwargs)`.
 """
 
 from dst.updaters.base import Updater
 from dst.updaters.fixed import FixedMasks
 from dst.updaters.magnitude import MagnitudePruning
+from dst.updaters.registry import get, register
 from dst.updaters.rigl import RigL
 from dst.updaters.set import SET
 
-__all__ = ["FixedMasks", "MagnitudePruning", "RigL", "SET", "Updater"]
+__all__ = ["FixedMasks", "MagnitudePruning", "RigL", "SET", "Updater", "get", "register"]

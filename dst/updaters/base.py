@@ -413,7 +413,9 @@ class Updater:
             kit: `dst._select.NUMPY` or `OPS`: `kit.xp` is numpy or
                 `keras.ops`, `kit.select(scores, candidates, k, salt)` picks
                 exactly k candidates, `kit.count(mask)` counts.
-            weight, mask, grad: arrays of the weight's shape (grad may be None).
+            weight: the weight's values, an array of its shape.
+            mask: its current bool mask, an array of the same shape.
+            grad: its gradient, an array of the same shape, or None.
             value: `step_value(step, index)`.
             salt: `salt(role)` gives the seeded tie-break salt for a role.
         """

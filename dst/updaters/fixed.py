@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dst.schedules import UpdateSteps
 from dst.updaters.base import Updater
+from dst.updaters.registry import register
 
 __all__ = ["FixedMasks"]
 
 
+@register("fixed")
 class FixedMasks(Updater):
     """Never changes a mask; keeps every write path of training masked.
 
@@ -18,6 +20,10 @@ class FixedMasks(Updater):
     of `fit`. Bound through `dst.callbacks.FixedMasks`, this updater runs
     dst's sparse step, which keeps those copies exactly 0 where masked, and
     zeroes masked entries written since the last step when `fit` starts.
+
+    Args:
+        seed: unused (no draws are made), kept for the common signature.
+            Defaults to None.
     """
 
     def __init__(self, *, seed=None):

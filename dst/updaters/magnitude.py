@@ -9,10 +9,12 @@ from dst.blocks import block_of, blockwise, counted_in_blocks, grid_shape
 from dst.core import sparsify
 from dst.schedules import PolynomialSparsity
 from dst.updaters.base import Updater
+from dst.updaters.registry import register
 
 __all__ = ["MagnitudePruning"]
 
 
+@register("magnitude")
 class MagnitudePruning(Updater):
     """Prunes to `final_sparsity` along s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t_end − t0))^power.
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dst.updaters.registry import register
 from dst.updaters.set import SET
 
 __all__ = ["RigL"]
 
 
+@register("rigl")
 class RigL(SET):
     """Rigging the Lottery (Evci et al. 2020).
 

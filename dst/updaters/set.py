@@ -9,6 +9,7 @@ from dst._validate import as_float
 from dst.blocks import blockwise, counted_in_blocks
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
+from dst.updaters.registry import register
 
 __all__ = ["SET", "GROW_CANDIDATES"]
 
@@ -18,6 +19,7 @@ GROW_CANDIDATES = ("after_drop", "before_drop")
 _ANCHORS = ("begin", "zero")
 
 
+@register("set")
 class SET(Updater):
     """Sparse Evolutionary Training (Mocanu et al. 2018, Nature Communications).
 
