@@ -30,8 +30,9 @@ from dst.masking import MaskConstraint
 if TYPE_CHECKING:
     from dst._model import Target
 
-__all__ = ["BlockMaskConstraint", "check_block", "block_of", "grid_shape", "count_units",
-           "to_blocks", "from_blocks", "random_block_mask", "is_union_of_blocks"]
+__all__ = ["BlockMaskConstraint", "BlockKit", "check_block", "block_of", "grid_shape",
+           "count_units", "kit_for", "to_blocks", "from_blocks", "random_block_mask",
+           "is_union_of_blocks"]
 
 
 @keras.saving.register_keras_serializable(package="dst")
@@ -147,29 +148,28 @@ def count_units(target: Target) -> int:
 
 
 # -- updaters -----------------------------------------------------------------
-def _blocks_by_shape(updater) -> dict:
-    """{weight shape: block} over the updater's targets (unstructured ones: None).
+class BlockKit:
+    """A selection kit (`dst._select.NUMPY` or `OPS`) that carries the block
+    shape of the one weight it is handed to update.
 
-    `new_mask` receives arrays, not the target they belong to, so the block is
-    looked up by shape; two targets of one shape with different blocks are
-    refused.
+    The updater passes it as `new_mask`'s `kit`, so a rule learns the block
+    structure from the weight it updates, never from the weight's shape (two
+    weights of one shape may have different blocks). Everything else is the
+    plain kit's (`kit.xp`, `kit.select`, ...).
     """
-    targets = getattr(updater, "targets", None) or []
-    cached = getattr(updater, "_dst_blocks", None)
-    if cached is not None and cached[0] is targets:
-        return cached[1]
-    table: dict[tuple[int, ...], tuple[int, int] | None] = {}
-    for t in targets:
-        block = block_of(t.constraint)
-        if table.setdefault(t.shape, block) != block:
-            same = [u.path for u in targets if u.shape == t.shape]
-            raise ValueError(
-                f"{type(updater).__name__}: weights {same} have the same shape "
-                f"{t.shape} but different block shapes; give them one block shape."
-            )
-    updater._dst_blocks = (targets, table)
-    updater._dst_counts = {}
-    return table
+
+    def __init__(self, kit, block: tuple[int, int]):
+        self.kit = kit
+        self.block = block
+
+    def __getattr__(self, name):
+        return getattr(self.kit, name)
+
+
+def kit_for(kit, target):
+    """`kit` for updating `target`: a `BlockKit` when its mask is blocked."""
+    block = block_of(target.constraint)
+    return kit if block is None else BlockKit(kit, block)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -178,25 +178,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 def blockwise(new_mask: F) -> F:
     """Runs an updater's unstructured `new_mask` rule on the grid of blocks.
 
-    For a blocked weight, the rule sees block L2 norms of the weight and the
-    gradient and the block mask; its result is expanded back to entries.
+    For a blocked weight (the updater passes a `BlockKit`, see `kit_for`), the
+    rule sees a plain kit, the block L2 norms of the weight and the gradient
+    and the block mask; its result is expanded back to entries.
     """
 
     @functools.wraps(new_mask)
     def wrapper(self, kit, weight, mask, grad, value, salt):
-        shape = tuple(int(d) for d in mask.shape)
-        block = _blocks_by_shape(self).get(shape)
+        block = getattr(kit, "block", None)  # set by `kit_for` for a blocked weight
         if block is None:
             return new_mask(self, kit, weight, mask, grad, value, salt)
+        kit = kit.kit
         xp = kit.xp
+        shape = tuple(int(d) for d in mask.shape)
         old = to_blocks(xp, mask, block, "any")
         new = new_mask(self, kit, to_blocks(xp, weight, block, "norm"), old,
                        None if grad is None else to_blocks(xp, grad, block, "norm"),
                        value, salt)
         full = from_blocks(xp, new, shape, block)
         if kit is _select.NUMPY:  # for `expected_active`, which counts entries
-            self._dst_counts[id(mask)] = (int(np.count_nonzero(new)),
-                                          int(np.count_nonzero(full)))
+            self.__dict__.setdefault("_dst_counts", {})[id(mask)] = (
+                int(np.count_nonzero(new)), int(np.count_nonzero(full)))
         return full
 
     return cast(F, wrapper)

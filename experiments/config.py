@@ -102,6 +102,30 @@ def _step(value):
     return value
 
 
+def _block(value):
+    if value is None:
+        return None
+    ok = (isinstance(value, list | tuple) and len(value) == 2
+          and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in value))
+    if not ok:
+        raise ValueError(f"must be two integers >= 1, a block's (inputs, outputs) over "
+                         f"each kernel's last two axes (e.g. [16, 1]), or null for "
+                         f"unstructured masks; got {value!r}")
+    return list(value)
+
+
+def _export(value):
+    """`export: false` (or null) is off; `true` is the default options."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be false, true or a mapping {{quantize, batch_sizes, "
+                         f"calls}}; got {value!r}")
+    return value
+
+
 Distribution = Literal["uniform", "erk", "er"]
 Distributions = Annotated[list[Distribution], BeforeValidator(_lower_list)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -167,6 +191,23 @@ class WandbOptions(_Strict):
     dir: str | None = None
 
 
+class ExportOptions(_Strict):
+    """TFLite export of every run's final model with `dst.export` (after training)."""
+
+    quantize: Literal[None, "float16", "dynamic", "int8"] = Field(
+        default=None, description="null (float32), float16, dynamic or int8 (calibrated "
+                                  "on the first 256 training examples)")
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        default=[1, 64], description="batch sizes whose latency is measured")
+    calls: PositiveInt = Field(default=100, description="timed calls per batch size "
+                                                        "(median; after 10 warm-up calls)")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _no_duplicates(cls, value: list) -> list:
+        return _unique(value)
+
+
 def _shorthand(field):
     def convert(value):
         if value is None and field == "wandb":
@@ -213,6 +254,13 @@ class Config(_Strict):
     begin_step: Step = Field(default=0, description="fraction of training or step count")
     end_step: Step = Field(default=0.75, description="fraction of training or step count")
     sparse_init: bool = Field(default=False, description="dst.sparsify(sparse_init=...)")
+    block: Annotated[list[int] | None, BeforeValidator(_block)] = Field(
+        default=None, description="[inputs, outputs] block masks for every sparse method "
+                                  "(tfmot: block_size of its Dense layers); null: "
+                                  "unstructured")
+    export: Annotated[ExportOptions | None, BeforeValidator(_export)] = Field(
+        default=None, description="false, or {quantize, batch_sizes, calls}: export each "
+                                  "final model to TFLite and measure size and latency")
     val_split: Annotated[float, Field(ge=0.0, lt=0.5)] = Field(
         default=0.0, description="held-out fraction of the training set; 0: validate on test")
     max_train_samples: PositiveInt | None = Field(
@@ -344,6 +392,8 @@ def validate(raw: Mapping[str, Any], source: str = "config") -> dict:
         raise ConfigError(problems, source)
     out = cfg.model_dump()
     out["optimizer"] = {"name": cfg.optimizer.name, **cfg.optimizer.kwargs()}
+    if out["block"] is not None and tuple(out["block"]) == (1, 1):
+        out["block"] = None  # a 1x1 block is an unstructured mask
     return out
 
 
@@ -384,10 +434,27 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
         problems += found
         if found:
             break
+    if cfg.export is not None:
+        problems += _check_export(cfg)
     kwargs = _fake_schedule_kwargs(cfg)
     for i, method in enumerate(cfg.methods):
         problems += _check_callback(i, methods_lib.get(method), kwargs)
     return problems
+
+
+def _check_export(cfg: Config) -> list[tuple[str, str]]:
+    import importlib.util
+
+    if cfg.backend != "tensorflow":
+        return [("export", f"the TFLite export converts with TensorFlow and needs backend "
+                           f"'tensorflow'; got {cfg.backend!r}. Drop `export`, or train "
+                           "on tensorflow.")]
+    missing = [m for m in ("tensorflow", "ai_edge_litert")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        return [("export", f"needs {missing} to convert and run TFLite files: pip install "
+                           "'keras-dst[export]', or drop `export`.")]
+    return []
 
 
 def optimizer_classes(framework: str = "keras") -> dict[str, str]:
@@ -457,6 +524,27 @@ def _check_callback(i: int, method: methods_lib.Method, kw: dict) -> list:
         return [(f"methods.{i}", f"{method.name!r}: dst.callbacks.get({method.callback!r}) "
                                  f"({cls.__name__}) rejected the config: {err}")]
     return []
+
+
+# -- checks that need the data -------------------------------------------------------
+def check_block_fits(cfg: Mapping[str, Any], input_shape, num_classes: int) -> None:
+    """Raises a ConfigError when `block` cannot apply to a kernel of the model.
+
+    Every kernel dst sparsifies is blocked, so each must be at least as long
+    as the block along its (input, output) axes.
+    """
+    if cfg["block"] is None:
+        return
+    import dst
+    from experiments import models
+
+    model = models.build(cfg["model"], input_shape, num_classes)
+    try:
+        dst.sparsify(model, 0.0, "uniform", block=tuple(cfg["block"]))
+    except ValueError as err:
+        raise ConfigError([("block", f"{err} (the runner blocks every kernel of the "
+                                     f"model: use a smaller block, or another model)")],
+                          cfg.get("name", "config")) from None
 
 
 # -- the schedule: needs the number of steps per epoch ----------------------------------

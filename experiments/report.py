@@ -25,7 +25,7 @@ from experiments import methods
 
 RESULTS = "results"
 CSV_FIRST = (
-    "method", "distribution", "target_sparsity", "seed", "test_accuracy",
+    "method", "distribution", "block", "target_sparsity", "seed", "test_accuracy",
     "achieved_sparsity", "epoch_seconds", "test_loss", "val_accuracy", "itop",
     "dense_flops", "sparse_flops", "flops_ratio", "gzip_bytes", "dense_gzip_bytes",
     "gzip_ratio",
@@ -123,12 +123,14 @@ def _key(row):
 def group(rows: Sequence[Mapping]) -> dict[tuple, list[Mapping]]:
     """Rows grouped by (method, distribution, target_sparsity), in display order.
 
-    Sweep variants (e.g. `update_freq=50`) are kept apart: they are appended
-    to the distribution label.
+    Block masks (`block`, e.g. "16x1") and sweep variants (e.g.
+    `update_freq=50`) are kept apart: they are appended to the distribution
+    label ("uniform [block 16x1]").
     """
     groups = defaultdict(list)
     for row in rows:
-        dist = row["distribution"] + (f" [{row['variant']}]" if row.get("variant") else "")
+        dist = row["distribution"] + (f" [block {row['block']}]" if row.get("block") else "")
+        dist += f" [{row['variant']}]" if row.get("variant") else ""
         groups[(row["method"], dist, row["target_sparsity"])].append(row)
     return dict(sorted(groups.items(), key=lambda kv: _key(kv[1][0])))
 
@@ -181,7 +183,35 @@ def summary_markdown(rows: Sequence[Mapping], title: str = "Results") -> str:
             f"{_stats(col('gzip_ratio'))[0]:.3f} | "
             f"{'–' if itop is None else f'{itop:.3f}'} | {len(rs)} |"
         )
+    if any(r.get("tflite_bytes") is not None for r in rows):
+        lines += tflite_markdown(groups)
     return "\n".join(lines) + "\n"
+
+
+def tflite_markdown(groups: Mapping[tuple, Sequence[Mapping]]) -> list[str]:
+    """The TFLite table (`export:`): size, latency per batch size, accuracy."""
+    batches = sorted({int(k[len("tflite_b"):-len("_us")]) for rs in groups.values()
+                      for r in rs for k in r if k.startswith("tflite_b") and k.endswith("_us")
+                      and r[k] is not None})
+    quantize = sorted({r["tflite_quantize"] for rs in groups.values() for r in rs
+                       if r.get("tflite_quantize")})
+    lines = ["", f"TFLite export ({', '.join(quantize)}; `dst.export`, TF-MOT: TensorFlow's "
+             "converter with the same options), mean ± std over seeds: file size, median "
+             "latency per call (one interpreter thread), test accuracy of the file.", "",
+             "| method | distribution | target | KB | gzip KB | "
+             + " | ".join(f"batch {b} µs" for b in batches) + " | TFLite acc (%) | delegate |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(batches) + "---:|---|"]
+    for (m, d, s), rs in groups.items():
+        rs = [r for r in rs if r.get("tflite_bytes") is not None]
+        if not rs:
+            continue
+        cells = [_pm([r.get(f"tflite_b{b}_us") for r in rs], 1, 0) for b in batches]
+        delegates = ", ".join(sorted({str(r.get("tflite_delegate")) for r in rs}))
+        lines.append(
+            f"| {m} | {d} | {s:g} | {_pm([r['tflite_bytes'] for r in rs], 1e-3, 1)} | "
+            f"{_pm([r['tflite_gzip_bytes'] for r in rs], 1e-3, 1)} | " + " | ".join(cells)
+            + f" | {_pm([r['tflite_accuracy'] for r in rs], 100)} | {delegates} |")
+    return lines
 
 
 # -- plots -----------------------------------------------------------------------
@@ -197,8 +227,11 @@ def _plt():
 def _style(method: str, distribution: str) -> dict:
     """Colour, marker, line style and label of a (method, distribution) line."""
     m = methods.get(method)
-    return dict(color=m.color, marker=m.marker, label=m.display(distribution),
-                linestyle=methods.DISTRIBUTION_STYLES.get(distribution.split(" [")[0], "-"))
+    style = dict(color=m.color, marker=m.marker, label=m.display(distribution),
+                 linestyle=methods.DISTRIBUTION_STYLES.get(distribution.split(" [")[0], "-"))
+    if "[block " in distribution:  # block masks: hollow markers
+        style["markerfacecolor"] = "none"
+    return style
 
 
 def _legend_right(fig, ax, **kwargs) -> None:

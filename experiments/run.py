@@ -36,7 +36,7 @@ from experiments.train import Reference, RunSpec, train_run  # noqa: E402
 # the logs already show.
 SWEEP_KEYS = {"method", "methods", "sparsity", "sparsities", "seed", "seeds",
               "distribution", "distributions", "magnitude_distribution", "verbose",
-              "name", "wandb"}
+              "name", "wandb", "block", "export"}  # the run id shows `block`
 
 
 def variant_tag(overrides: Mapping) -> str:
@@ -67,8 +67,9 @@ def plan(cfg: Mapping, tag: str = "") -> list[Job]:
     for seed, name in itertools.product(cfg["seeds"], cfg["methods"]):
         method = methods.get(name)
         sparsities = cfg["sparsities"] if method.sparse else [0.0]
+        block = tuple(cfg["block"]) if cfg.get("block") and method.sparse else None
         for dist, s in itertools.product(method.distributions(cfg), sparsities):
-            jobs.append(Job(dict(cfg), RunSpec(name, dist, s, seed), tag))
+            jobs.append(Job(dict(cfg), RunSpec(name, dist, s, seed, block), tag))
     return jobs
 
 
@@ -151,12 +152,16 @@ def prepare(jobs: Sequence[Job]) -> tuple[dict, list[tuple[int, int]]]:
         ConfigError: listing every job whose schedule does not fit in training.
         DatasetUnavailableError: when a dataset cannot be loaded.
     """
-    datasets, schedules, problems = {}, [], {}
+    datasets, schedules, problems, checked = {}, [], {}, set()
     for job in jobs:
         key = _data_key(job.cfg)
         if key not in datasets:
             datasets[key] = _prepare(job.cfg)
         data, _ = datasets[key]
+        block_key = (key, json.dumps([job.cfg["model"], job.cfg.get("block")], sort_keys=True))
+        if job.spec.block is not None and block_key not in checked:
+            config_lib.check_block_fits(job.cfg, data.input_shape, data.num_classes)
+            checked.add(block_key)
         steps = -(-len(data.x_train) // job.cfg["batch_size"])
         if not methods.get(job.spec.method).schedule:
             schedules.append((0, 0))  # no mask updates: nothing to fit in training

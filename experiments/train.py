@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from experiments import config as config_lib
-from experiments import methods, models, wandb_log
+from experiments import methods, models, tflite, wandb_log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +30,17 @@ class RunSpec:
     distribution: str  # "none" for dense, "uniform" for tfmot
     sparsity: float  # target sparsity; 0.0 for dense
     seed: int
+    block: tuple[int, int] | None = None  # block masks; None for unstructured (and dense)
+
+    @property
+    def block_name(self) -> str | None:
+        """The block as "16x1", or None."""
+        return None if self.block is None else "x".join(map(str, self.block))
 
     @property
     def run_id(self) -> str:
-        return f"{self.method}-{self.distribution}-s{self.sparsity:g}-seed{self.seed}"
+        block = f"-b{self.block_name}" if self.block else ""
+        return f"{self.method}-{self.distribution}-s{self.sparsity:g}{block}-seed{self.seed}"
 
 
 @dataclasses.dataclass
@@ -161,7 +168,8 @@ def train_run(
     row = {
         "run_id": spec.run_id, "name": cfg["name"], "dataset": cfg["dataset"],
         "model": cfg["model"]["name"], "method": spec.method,
-        "distribution": spec.distribution, "target_sparsity": spec.sparsity,
+        "distribution": spec.distribution, "block": spec.block_name,
+        "target_sparsity": spec.sparsity,
         "seed": spec.seed, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
         "steps_per_epoch": steps, "optimizer": cfg["optimizer"]["name"],
         "update_freq": cfg["update_freq"], "drop_fraction": cfg["drop_fraction"],
@@ -176,6 +184,9 @@ def train_run(
         final, history, monitor = fit(spec, cfg, data, val_data, reference, schedule, run)
         row["train_seconds"] = time.perf_counter() - start
         row.update(_measure(final, data, reference, cfg))
+        if cfg.get("export"):
+            row.update(tflite.measure(final, methods.get(spec.method).framework,
+                                      cfg["export"], data))
         row["epoch_seconds"] = statistics.median(monitor.epoch_seconds)
         row["itop"] = history["itop"][-1] if "itop" in history else None
         if "val_accuracy" in history and cfg["val_split"] > 0:
@@ -212,7 +223,9 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
     callbacks = []
     if method.sparsify:
         dst.sparsify(model, spec.sparsity, spec.distribution, seed=spec.seed,
-                     sparse_init=cfg["sparse_init"])
+                     sparse_init=cfg["sparse_init"], block=spec.block)
+    elif spec.block is not None:  # magnitude pruning of blocks: all-ones block masks first
+        dst.sparsify(model, 0.0, "uniform", block=spec.block)
     if method.callback:
         kwargs = method.callback_kwargs(cfg, spec.sparsity, spec.seed, *schedule,
                                         distribution=spec.distribution)
@@ -245,13 +258,22 @@ def _fit_tfmot(spec, cfg, data, val_data, reference, schedule, run):
     base = models.build(cfg["model"], data.input_shape, data.num_classes, tf_keras)
     begin, end = schedule
     pruning = tfmot.sparsity.keras
-    model = pruning.prune_low_magnitude(
-        base,
-        pruning_schedule=pruning.PolynomialDecay(
-            initial_sparsity=0.0, final_sparsity=spec.sparsity, begin_step=begin,
-            end_step=end, power=3, frequency=cfg["update_freq"],
-        ),
-    )
+    decay = pruning.PolynomialDecay(initial_sparsity=0.0, final_sparsity=spec.sparsity,
+                                    begin_step=begin, end_step=end, power=3,
+                                    frequency=cfg["update_freq"])
+    if spec.block is None:
+        model = pruning.prune_low_magnitude(base, pruning_schedule=decay)
+    else:
+        # TF-MOT blocks only 2-D kernels: Dense layers get `block_size`, the
+        # other layers with weights (conv kernels) are pruned unstructured.
+        def prune(layer):
+            if not layer.weights:
+                return layer
+            size = spec.block if isinstance(layer, tf_keras.layers.Dense) else (1, 1)
+            return pruning.prune_low_magnitude(layer, pruning_schedule=decay,
+                                               block_size=size)
+
+        model = tf_keras.models.clone_model(base, clone_function=prune)
     monitor = _monitor(tf_keras.callbacks.Callback, reference.names)
     loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=config_lib.make_optimizer(cfg["optimizer"], "tf_keras"), loss=loss,

@@ -29,7 +29,7 @@ from typing import Any
 RUN_FIELDS = (
     "name", "dataset", "model", "backend", "epochs", "batch_size", "optimizer",
     "update_freq", "drop_fraction", "drop_fraction_schedule", "sparse_init",
-    "val_split", "max_train_samples", "max_test_samples",
+    "val_split", "max_train_samples", "max_test_samples", "export",
 )
 
 
@@ -62,7 +62,7 @@ def run_config(cfg: Mapping[str, Any], spec, schedule: tuple[int, int]) -> dict:
     return {
         **{k: cfg[k] for k in RUN_FIELDS if k in cfg},
         "method": spec.method, "distribution": spec.distribution,
-        "sparsity": spec.sparsity, "seed": spec.seed,
+        "sparsity": spec.sparsity, "seed": spec.seed, "block": spec.block_name,
         "begin_step": schedule[0], "end_step": schedule[1],
     }
 

@@ -8,7 +8,7 @@ from conftest import assert_unchanged, state
 import dst
 from dst import _select
 from dst._model import masked_targets
-from dst.blocks import count_units, grid_shape, is_union_of_blocks, to_blocks
+from dst.blocks import count_units, grid_shape, is_union_of_blocks, kit_for, to_blocks
 
 
 def block_mlp(block=(16, 1), sparsity=0.8, seed=0):
@@ -131,7 +131,8 @@ def test_rigl_drops_smallest_block_norms_and_grows_largest_gradient_norms():
     weight = np.where(mask, rng.normal(size=mask.shape), 0).astype("float32")
     grad = rng.normal(size=mask.shape).astype("float32")
     assert up.targets[0].path == "mlp/fc1/kernel"
-    new = up.new_mask(_select.NUMPY, weight, mask, grad, up.step_value(0, 0),
+    new = up.new_mask(kit_for(_select.NUMPY, up.targets[0]), weight, mask, grad,
+                      up.step_value(0, 0),
                       lambda role: int(_select.salt(np, 0, 0, 0, role)))
     old_b, new_b = (to_blocks(np, m, (4, 1), "any") for m in (mask, new))
     w_norm, g_norm = to_blocks(np, weight, (4, 1), "norm"), to_blocks(np, grad, (4, 1), "norm")
@@ -205,3 +206,46 @@ def test_strip_removes_block_constraints():
     x, _ = xy(8)
     np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0),
                                rtol=1e-6, atol=1e-6)
+
+
+def same_shape_mixed_blocks(seed=0):
+    """Two (30, 30) kernels: 'blocked' with block=(4, 1) (edge blocks of 2), 'plain' unstructured."""
+    keras.utils.set_random_seed(seed)
+    blocked = keras.Sequential([keras.Input((30,)), keras.layers.Dense(30, activation="relu",
+                                                                        name="blocked")], name="a")
+    plain = keras.Sequential([keras.Input((30,)), keras.layers.Dense(30, name="plain")], name="b")
+    dst.sparsify(blocked, 0.75, "uniform", seed=seed, block=(4, 1))
+    dst.sparsify(plain, 0.75, "uniform", seed=seed)
+    return keras.Sequential([keras.Input((30,)), blocked, plain], name="mixed")
+
+
+@pytest.mark.parametrize("name", ["set", "rigl"])
+def test_same_shape_weights_keep_their_own_block_structure(name):
+    """Block information comes with the weight, not from its shape: a blocked
+    and an unstructured kernel of one shape each keep their structure and
+    exact counts, on the host path and in XLA, which pick the same masks."""
+    cls = {"set": dst.callbacks.SET, "rigl": dst.callbacks.RigL}[name]
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(96, 30)).astype("float32"), rng.normal(size=(96, 30)).astype("float32")
+    runs = []
+    for jit in (False, True):
+        model = same_shape_mixed_blocks()
+        blocked, plain = (layer.layers[0].kernel.path for layer in model.layers)
+        start = dst.get_masks(model)
+        assert n_active_blocks(start[blocked], (4, 1)) == round(0.25 * 8 * 30) == 60
+        assert int(start[plain].sum()) == round(0.25 * 900) == 225
+        model.compile(keras.optimizers.Adam(0.01), "mse", jit_compile=jit)
+        recorder = MaskRecorder()
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[cls(update_freq=1, drop_fraction=0.5, end_step=5, seed=0), recorder])
+        for masks in recorder.masks:
+            assert is_union_of_blocks(masks[blocked], (4, 1))
+            assert n_active_blocks(masks[blocked], (4, 1)) == 60
+            assert int(masks[plain].sum()) == 225
+            assert not is_union_of_blocks(masks[plain], (4, 1))
+        final = recorder.masks[-1]
+        assert not np.array_equal(final[blocked], start[blocked])
+        assert not np.array_equal(final[plain], start[plain])
+        runs.append(final)
+    for path in runs[0]:
+        np.testing.assert_array_equal(runs[0][path], runs[1][path], err_msg=path)

@@ -308,6 +308,65 @@ def test_missing_idx_files_are_named(tmp_path):
         data_lib.load("fashion_mnist", data_dir=str(tmp_path))
 
 
+def test_block_and_export_options(tmp_path, monkeypatch):
+    """`block:` gives every sparse method block masks (dst's and TF-MOT's);
+    `export:` adds TFLite size, latency and accuracy columns and a table."""
+    from experiments import tflite
+
+    finals = {}
+    measure = tflite.measure
+
+    def recording_measure(final, framework, options, data):
+        finals[len(finals)] = [np.asarray(w) for w in final.get_weights() if w.ndim >= 2]
+        return measure(final, framework, options, data)
+
+    monkeypatch.setattr(tflite, "measure", recording_measure)
+    cfg = tiny(methods=["dense", "magnitude", "rigl", "tfmot"], sparsities=[0.75],
+               block=[4, 1], export={"batch_sizes": [1, 8], "calls": 3})
+    jobs = run.plan(cfg)
+    assert [j.run_id for j in jobs] == ["dense-none-s0-seed0", "magnitude-uniform-s0.75-b4x1-seed0",
+                                        "rigl-erk-s0.75-b4x1-seed0",
+                                        "tfmot-uniform-s0.75-b4x1-seed0"]
+    rows = run.run_jobs(jobs, tmp_path, print_fn=lambda *_: None)
+    by_method = {r["method"]: r for r in rows}
+    assert [by_method[m]["block"] for m in ("dense", "magnitude", "rigl", "tfmot")] == [
+        None, "4x1", "4x1", "4x1"]
+    for i, r in enumerate(rows):  # rows in run order, as `finals`
+        if r["method"] == "dense":
+            continue
+        # Nonzeros lie in whole 4x1 blocks: at most a quarter of the blocks hold any
+        # (unstructured masks at 25% density would touch about 68% of them).
+        kernels = finals[i]
+        touched = sum(int(np.abs(np.pad(k, ((0, -len(k) % 4), (0, 0))))
+                          .reshape(-1, 4, k.shape[1]).max(axis=1).astype(bool).sum())
+                      for k in kernels)
+        blocks = sum(-(-k.shape[0] // 4) * k.shape[1] for k in kernels)
+        assert touched <= round(0.25 * blocks) + len(kernels), (r["method"], touched, blocks)
+        assert abs(r["achieved_sparsity"] - 0.75) < 0.02, r
+    for r in rows:
+        assert r["tflite_quantize"] == "float32" and r["tflite_delegate"] == "default"
+        assert 0 < r["tflite_gzip_bytes"] < r["tflite_bytes"]
+        assert r["tflite_b1_us"] > 0 and r["tflite_b8_us"] > 0
+        assert abs(r["tflite_accuracy"] - r["test_accuracy"]) <= 1 / 128 + 1e-9, r
+        if r["method"] != "dense":
+            assert r["tflite_bytes"] < 0.6 * by_method["dense"]["tflite_bytes"], r
+    header = next(csv.reader(open(tmp_path / "runs.csv")))
+    for column in ("block", "tflite_bytes", "tflite_gzip_bytes", "tflite_b1_us",
+                   "tflite_b8_us", "tflite_accuracy"):
+        assert column in header, column
+    text = (tmp_path / "summary.md").read_text()
+    assert "| rigl | erk [block 4x1] | 0.75 |" in text
+    assert "| KB | gzip KB | batch 1 µs | batch 8 µs | TFLite acc (%) | delegate |" in text
+    assert re.search(r"\| tfmot \| uniform \[block 4x1\] \| 0\.75 \| [\d.]+ ± 0\.0 \| [\d.]+ ± 0\.0 \|", text)
+
+
+def test_int8_export_of_a_tiny_run(tmp_path):
+    cfg = tiny(methods=["rigl"], export={"quantize": "int8", "batch_sizes": [2], "calls": 2})
+    (row,) = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lambda *_: None)
+    assert row["tflite_quantize"] == "int8" and row["tflite_b2_us"] > 0
+    assert abs(row["tflite_accuracy"] - row["test_accuracy"]) <= 0.05, row
+
+
 # -- bad configs --------------------------------------------------------------------
 BAD = [
     ({"methods": ["dense", "lottery"]}, r"methods\.1: Input should be 'dense', 'static', "
@@ -340,6 +399,19 @@ BAD = [
      r"backend 'tensorflow'"),
     # Lamb is a Keras 3 optimizer only: TF-MOT (tf_keras) would fail after training.
     ({"optimizer": "lamb"}, r"optimizer\.name: 'lamb' exists in Keras 3 but not in tf_keras"),
+    ({"block": [16]}, r"block: must be two integers >= 1, .*\(e\.g\. \[16, 1\]\).*got \[16\]"),
+    ({"block": [0, 1]}, r"block: must be two integers >= 1.*got \[0, 1\]"),
+    ({"block": "16x1"}, r"block: must be two integers >= 1.*got '16x1'"),
+    ({"export": {"quantize": "int4"}},
+     r"export\.quantize: Input should be None, 'float16', 'dynamic' or 'int8'; got 'int4'"),
+    ({"export": {"batch_sizes": [1, 0]}},
+     r"export\.batch_sizes\.1: Input should be greater than or equal to 1; got 0"),
+    ({"export": {"rounds": 5}}, r"export\.rounds: unknown field"),
+    ({"export": "yes"}, r"export: must be false, true or a mapping \{quantize, batch_sizes, "
+     r"calls\}; got 'yes'"),
+    ({"export": True, "backend": "jax", "methods": ["rigl"]},
+     r"export: the TFLite export converts with TensorFlow and needs backend 'tensorflow'; "
+     r"got 'jax'"),
 ]
 
 
@@ -371,6 +443,26 @@ def test_defaults_and_shorthands_are_filled_in():
     assert cfg["seeds"] == [3] and cfg["methods"] == ["rigl"]
     assert cfg["backend"] == "tensorflow" and cfg["distribution"] == ["erk"]
     assert cfg["wandb"]["mode"] == "auto" and cfg["name"] == "tiny"
+
+
+def test_block_and_export_defaults():
+    assert tiny()["block"] is None and tiny()["export"] is None
+    assert tiny(block=[1, 1])["block"] is None  # a 1x1 block is unstructured
+    assert tiny(block=[16, 1], export=False)["block"] == [16, 1]
+    assert tiny(export=True)["export"] == {"quantize": None, "batch_sizes": [1, 64],
+                                           "calls": 100}
+    overrides = config_lib.parse_overrides(["--export.quantize", "int8"])
+    assert tiny(**overrides)["export"]["quantize"] == "int8"
+
+
+def test_a_block_that_does_not_fit_the_model_stops_the_cli(tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    code = run.main([str(TINY), "--out", str(tmp_path), "--dry-run", "--block", "[1, 16]"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"block: dst\.sparsify: block=\(1, 16\) does not fit weight "
+                     r"'.*/kernel' of shape \(100, 10\)", err), err
+    assert "the runner blocks every kernel of the model" in err and "Traceback" not in err
 
 
 def test_missing_field_in_file_is_rejected(tmp_path):

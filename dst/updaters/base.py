@@ -36,7 +36,7 @@ from dst import _compat, _select, backend
 from dst._model import Target, check_keras3_model, dynamic_targets, masked_targets
 from dst._validate import as_float, as_int
 from dst.backend import host_call, no_autograph, step_hook, variable_key
-from dst.blocks import count_units
+from dst.blocks import count_units, kit_for
 from dst.schedules import UpdateSteps
 from dst.updaters.slots import OptimizerState
 
@@ -345,7 +345,8 @@ class Updater:
             g = g[0] if g else None
             if not (np.isfinite(w).all() and (g is None or np.isfinite(g).all())):
                 return m, np.bool_(False)
-            new = self.new_mask(_select.NUMPY, w, m, g, self.step_value(step, index),
+            new = self.new_mask(kit_for(_select.NUMPY, target), w, m, g,
+                                self.step_value(step, index),
                                 lambda role: int(_select.salt(np, self.seed, step, index, role)))
             new = np.asarray(new, dtype=bool)
             _check(target, m, new, self.expected_active(index, m, step), type(self).__name__)
@@ -373,7 +374,7 @@ class Updater:
         safe_w = ops.where(ops.isfinite(weight), weight, ops.zeros(weight.shape, weight.dtype))
         safe_g = None if grad is None else ops.where(ops.isfinite(grad), grad,
                                                      ops.zeros(grad.shape, grad.dtype))
-        new = self.new_mask(_select.OPS, safe_w, old, safe_g, value,
+        new = self.new_mask(kit_for(_select.OPS, self.targets[index]), safe_w, old, safe_g, value,
                             lambda role: _select.salt(ops, self.seed, step, index, role))
         return ops.where(ok, new, old), ok
 
@@ -412,7 +413,9 @@ class Updater:
         Args:
             kit: `dst._select.NUMPY` or `OPS`: `kit.xp` is numpy or
                 `keras.ops`, `kit.select(scores, candidates, k, salt)` picks
-                exactly k candidates, `kit.count(mask)` counts.
+                exactly k candidates, `kit.count(mask)` counts. For a weight
+                with block masks, a `dst.blocks.BlockKit` that also carries
+                `kit.block` (see `dst.blocks.blockwise`).
             weight: the weight's values, an array of its shape.
             mask: its current bool mask, an array of the same shape.
             grad: its gradient, an array of the same shape, or None.
