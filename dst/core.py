@@ -39,9 +39,31 @@ def random_mask(shape: Sequence[int], n_active: int, rng: np.random.Generator) -
     return flat.reshape(shape)
 
 
-def _select(model, exclude) -> list[Target]:
+_KEEP_DENSE = ("first", "last")
+
+
+def _kept_dense(targets: list[Target], keep_dense) -> list[Target]:
+    """The targets of the first and/or last layer holding sparsifiable weights."""
+    if keep_dense is None:
+        return []
+    entries = [keep_dense] if isinstance(keep_dense, str) else keep_dense
+    if not isinstance(entries, list | tuple) or not entries or any(
+            e not in _KEEP_DENSE for e in entries):
+        raise ValueError(
+            "`keep_dense` must be None, 'first', 'last' or a list of them "
+            f"(['first', 'last']) in dst.sparsify. Received: keep_dense={keep_dense!r}"
+        )
+    if not targets:
+        return []
+    layers = [targets[0].layer if e == "first" else targets[-1].layer for e in entries]
+    return [t for t in targets if any(t.layer is layer for layer in layers)]
+
+
+def _select(model, exclude, keep_dense=None) -> list[Target]:
     targets = [t for t in find_targets(model) if t.constraint is None
                or t.constraint.mask is None]
+    kept = _kept_dense(targets, keep_dense)
+    targets = [t for t in targets if not any(t is k for k in kept)]
     if exclude is None:
         return targets
     entries = list(exclude) if isinstance(exclude, list | tuple | set) else [exclude]
@@ -55,7 +77,47 @@ def _select(model, exclude) -> list[Target]:
     return [t for t in targets if not any(matches(t, e) for e in entries)]
 
 
-def _densities(targets, sparsity, distribution, erk_power_scale) -> dict[str, float]:
+def _overridden(targets, overrides) -> dict[str, float]:
+    """{path: density} of the targets that `overrides` names."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(
+            "`overrides` must be a dict {layer name or weight path: sparsity} in "
+            f"dst.sparsify. Received: {type(overrides).__name__}."
+        )
+    out, used = {}, set()
+    for t in targets:
+        for key, value in overrides.items():
+            if key in (t.path, t.layer.name):
+                out[t.path] = 1.0 - _check_sparsity(value, f"overrides[{key!r}]")
+                used.add(key)
+    unused = set(overrides) - used
+    if unused:
+        raise ValueError(
+            f"`overrides` keys {sorted(unused, key=str)} match no sparsified weight "
+            f"path or layer name. Weights: {sorted(t.path for t in targets)}."
+        )
+    return out
+
+
+def _densities(targets, sparsity, distribution, erk_power_scale,
+               overrides=None) -> dict[str, float]:
+    fixed = _overridden(targets, overrides)
+    if fixed and isinstance(distribution, Mapping):
+        raise ValueError(
+            "dst.sparsify takes per-weight sparsities either as a dict `distribution` "
+            "or as `overrides` (with a named distribution), not both."
+        )
+    rest = [t for t in targets if t.path not in fixed]
+    if not rest:
+        return fixed
+    # Overridden weights are outside the budget, as in the RigL reference: the
+    # others are solved to reach `sparsity` among themselves.
+    return {**_solved(rest, sparsity, distribution, erk_power_scale), **fixed}
+
+
+def _solved(targets, sparsity, distribution, erk_power_scale) -> dict[str, float]:
     shapes = {t.path: t.shape for t in targets}
     if isinstance(distribution, Mapping):
         out = {}
@@ -122,6 +184,8 @@ def sparsify(
     seed: int | None = None,
     sparse_init: bool = False,
     block: tuple[int, int] | None = None,
+    keep_dense: str | Sequence[str] | None = None,
+    overrides: Mapping[str, float] | None = None,
 ) -> keras.Model:
     """Attaches a random binary mask to every sparsifiable weight of `model`.
 
@@ -154,6 +218,20 @@ def sparsify(
         sparse_init: rescale active weights so each output unit's variance
             matches its actual fan-in (Evci et al. 2022, "Gradient flow in
             sparse neural networks"). Defaults to False.
+        block: block shape over the kernel's (input, output) axes, so masks
+            are unions of whole blocks (see `dst.blocks`). Defaults to None.
+        keep_dense: "first", "last" or ["first", "last"]: the first and/or
+            last layer that holds sparsifiable weights stays dense (no mask),
+            outside the sparsity budget, as the RigL reference keeps the first
+            conv (ImageNet) or the logits layer (MNIST). `sparsity` is then the
+            sparsity of the other weights. Defaults to None (every layer is
+            masked, so `sparsity` is the sparsity of all sparsifiable weights
+            and "uniform" means uniform: the choice that never leaves a layer
+            dense unasked).
+        overrides: {layer name or weight path: sparsity} fixed for those
+            weights, with a named `distribution` ("erk", "er", "uniform" or a
+            callable) solved for `sparsity` over the remaining weights, as the
+            RigL reference's `custom_sparsity_map`. Defaults to None.
 
     Returns:
         The same model object, now sparse.
@@ -196,18 +274,19 @@ def sparsify(
             "accident. Use dst.set_masks(model, masks) to change the masks, "
             "or dst.strip(model) to get a plain model and sparsify that."
         )
-    targets = _select(model, exclude)
+    targets = _select(model, exclude, keep_dense)
     if not targets:
         raise ValueError(
             f"Model '{model.name}' has no sparsifiable weight left"
             + (f" after exclude={exclude!r}" if exclude is not None else "")
+            + (f" after keep_dense={keep_dense!r}" if keep_dense is not None else "")
             + ". dst sparsifies trainable weights with ndim >= 2 outside "
             "normalization layers, biases excepted."
         )
     if block is not None:
         for t in targets:
             blocks_lib.check_fits(t.shape, block, t.path, "dst.sparsify")
-    densities = _densities(targets, sparsity, distribution, erk_power_scale)
+    densities = _densities(targets, sparsity, distribution, erk_power_scale, overrides)
     grids = {t.path: blocks_lib.grid_shape(t.shape, block) if block else t.shape
              for t in targets}
     counts = dist_lib.active_counts(grids, densities)

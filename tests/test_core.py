@@ -595,3 +595,69 @@ def test_a_prunable_weights_attribute_that_is_not_a_method_is_an_error():
     with pytest.raises(TypeError, match=r"`dst_prunable_weights` of TwoKernels 'two' must be a "
                                         r"method returning a list"):
         dst.sparsify(model, 0.5)
+
+
+def _mlp4():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((20,)), layers.Dense(30, name="fc1"),
+                             layers.Dense(30, name="fc2"), layers.Dense(5, name="out")],
+                            name="m")
+
+
+def test_keep_dense_leaves_first_or_last_layer_unmasked_and_outside_the_budget():
+    for keep, dense_layers in [("first", {"fc1"}), ("last", {"out"}),
+                               (["first", "last"], {"fc1", "out"})]:
+        model = dst.sparsify(_mlp4(), 0.9, "erk", keep_dense=keep, seed=0)
+        masks = dst.get_masks(model)
+        assert {p.split("/")[1] for p in masks} == {"fc1", "fc2", "out"} - dense_layers
+        # The rest is solved as if the kept layers did not exist.
+        shapes = {p: m.shape for p, m in masks.items()}
+        want = dst.distributions.active_counts(shapes, dst.distributions.erk(shapes, 0.9))
+        assert {p: int(m.sum()) for p, m in masks.items()} == want
+        for layer in model.layers:
+            if layer.name in dense_layers:
+                kernel = keras.ops.convert_to_numpy(layer.kernel)
+                assert np.count_nonzero(kernel) == kernel.size
+
+
+def test_erk_with_overrides_solves_the_rest_as_the_reference():
+    model = dst.sparsify(_mlp4(), 0.8, "erk", overrides={"out": 0.0, "m/fc1/kernel": 0.5},
+                         seed=0)
+    masks = dst.get_masks(model)
+    assert int(masks["m/out/kernel"].sum()) == 150  # sparsity 0: all active
+    assert int(masks["m/fc1/kernel"].sum()) == 300  # 0.5 of 600
+    # fc2 alone is the rest: ERK over one weight is its sparsity.
+    assert int(masks["m/fc2/kernel"].sum()) == round(0.2 * 900)
+    # Two free weights: densities are ERK's over those two only.
+    model = dst.sparsify(_mlp4(), 0.8, "erk", overrides={"fc1": 0.95}, seed=0)
+    masks = dst.get_masks(model)
+    rest = {p: masks[p].shape for p in ("m/fc2/kernel", "m/out/kernel")}
+    want = dst.distributions.active_counts(rest, dst.distributions.erk(rest, 0.8))
+    assert {p: int(masks[p].sum()) for p in rest} == want
+    assert int(masks["m/fc1/kernel"].sum()) == 30
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(keep_dense="middle"), r"`keep_dense` must be None, 'first', 'last'"),
+    (dict(keep_dense=["first", "lst"]), r"Received: keep_dense=\['first', 'lst'\]"),
+    (dict(overrides={"fc9": 0.5}), r"`overrides` keys \['fc9'\] match no sparsified"),
+    (dict(overrides={"fc1": 1.5}), r"overrides\['fc1'\]"),
+    (dict(overrides=[("fc1", 0.5)]), r"`overrides` must be a dict"),
+    (dict(distribution={"fc1": 0.5}, overrides={"fc2": 0.5}), r"not both"),
+])
+def test_keep_dense_and_overrides_refuse_bad_input_and_leave_the_model_as_it_was(kwargs,
+                                                                                  error):
+    model = _mlp4()
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+    kwargs = {"distribution": "erk", **kwargs}
+    with pytest.raises((ValueError, TypeError), match=error):
+        dst.sparsify(model, 0.8, **kwargs)
+    assert dst.get_masks(model) == {}
+    for v, b in zip(model.weights, before):
+        assert np.array_equal(keras.ops.convert_to_numpy(v), b)
+
+
+def test_keep_dense_of_a_single_layer_model_leaves_nothing_and_says_so():
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(2, name="only")])
+    with pytest.raises(ValueError, match=r"no sparsifiable weight left after keep_dense='last'"):
+        dst.sparsify(model, 0.5, keep_dense="last")
