@@ -193,8 +193,9 @@ def sparsify(
     bias, outside a normalization layer (Dense, EinsumDense, Conv*, DepthwiseConv2D, both
     kernels of SeparableConv2D, RNN kernels and recurrent kernels, Embedding,
     custom layers), wherever it sits in the model. Biases stay dense. Masked
-    weights are set to 0.0 now and after every optimizer step; the gradient
-    they receive stays dense.
+    weights are set to 0.0 now and after every optimizer step. The gradient
+    of a masked weight stays dense (RigL grows from it); under a dst
+    callback the optimizer is handed it masked, as in the references.
 
     Custom layers can say which weights are prunable, before these rules: a
     layer (or model) that defines a method `dst_prunable_weights(self) ->
