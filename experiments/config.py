@@ -254,6 +254,12 @@ class Config(_Strict):
     begin_step: Step = Field(default=0, description="fraction of training or step count")
     end_step: Step = Field(default=0.75, description="fraction of training or step count")
     sparse_init: bool = Field(default=False, description="dst.sparsify(sparse_init=...)")
+    grow_candidates: Literal["after_drop", "before_drop"] = Field(
+        default="after_drop", description="SET/RigL: grow among connections inactive after "
+                                          "the drop (the references') or before it")
+    keep_dense: Literal["first", "last", "both"] | None = Field(
+        default=None, description="dst.sparsify(keep_dense=...) for the dst methods "
+                                  "(both: first and last); TF-MOT prunes every layer")
     block: Annotated[list[int] | None, BeforeValidator(_block)] = Field(
         default=None, description="[inputs, outputs] block masks for every sparse method "
                                   "(tfmot: block_size of its Dense layers); null: "

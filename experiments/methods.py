@@ -26,6 +26,7 @@ def _pruning_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
 def _drop_grow_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
     return dict(update_freq=cfg["update_freq"], drop_fraction=cfg["drop_fraction"],
                 drop_fraction_schedule=cfg["drop_fraction_schedule"],
+                grow_candidates=cfg["grow_candidates"],
                 begin_step=begin, end_step=end, seed=seed)
 
 

@@ -221,11 +221,14 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
     model = models.build(cfg["model"], data.input_shape, data.num_classes, keras)
     method = methods.get(spec.method)
     callbacks = []
+    keep = cfg["keep_dense"]
+    keep_dense = ["first", "last"] if keep == "both" else keep
     if method.sparsify:
         dst.sparsify(model, spec.sparsity, spec.distribution, seed=spec.seed,
-                     sparse_init=cfg["sparse_init"], block=spec.block)
-    elif spec.block is not None:  # magnitude pruning of blocks: all-ones block masks first
-        dst.sparsify(model, 0.0, "uniform", block=spec.block)
+                     sparse_init=cfg["sparse_init"], block=spec.block, keep_dense=keep_dense)
+    elif spec.block is not None or keep_dense is not None:
+        # Magnitude pruning of blocks, or of some layers only: all-ones masks first.
+        dst.sparsify(model, 0.0, "uniform", block=spec.block, keep_dense=keep_dense)
     if method.callback:
         kwargs = method.callback_kwargs(cfg, spec.sparsity, spec.seed, *schedule,
                                         distribution=spec.distribution)

@@ -29,6 +29,7 @@ from typing import Any
 RUN_FIELDS = (
     "name", "dataset", "model", "backend", "epochs", "batch_size", "optimizer",
     "update_freq", "drop_fraction", "drop_fraction_schedule", "sparse_init",
+    "grow_candidates", "keep_dense",
     "val_split", "max_train_samples", "max_test_samples", "export",
 )
 

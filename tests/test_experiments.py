@@ -409,6 +409,9 @@ BAD = [
     ({"export": {"rounds": 5}}, r"export\.rounds: unknown field"),
     ({"export": "yes"}, r"export: must be false, true or a mapping \{quantize, batch_sizes, "
      r"calls\}; got 'yes'"),
+    ({"keep_dense": "middle"}, r"keep_dense: Input should be 'first', 'last' or 'both'"),
+    ({"grow_candidates": "disjoint"},
+     r"grow_candidates: Input should be 'after_drop' or 'before_drop'"),
     ({"export": True, "backend": "jax", "methods": ["rigl"]},
      r"export: the TFLite export converts with TensorFlow and needs backend 'tensorflow'; "
      r"got 'jax'"),
