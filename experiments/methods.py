@@ -29,6 +29,13 @@ def _drop_grow_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
                 begin_step=begin, end_step=end, seed=seed)
 
 
+def _granet_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
+    # GraNet's own sparse start (0.5) and regrowth fraction (0.5).
+    return dict(final_sparsity=sparsity, initial_sparsity=min(0.5, sparsity),
+                begin_step=begin, end_step=end, update_freq=cfg["update_freq"],
+                distribution=distribution, seed=seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One row of the method table.
@@ -107,6 +114,9 @@ TABLE: dict[str, Method] = {m.name: m for m in (
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
     Method("rigl", "RigL", "tab:red", "P", sparsify=True, callback="rigl",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
+    Method("granet", "GraNet", "tab:green", "X", callback="granet",
+           distribution_field="distribution", schedule=True, sparsity_schedule="gradual",
+           kwargs=_granet_kwargs),
 )}
 NAMES: tuple[str, ...] = tuple(TABLE)
 # Line styles that tell the distributions of one method apart in a figure.
