@@ -117,6 +117,8 @@ TABLE: dict[str, Method] = {m.name: m for m in (
     Method("granet", "GraNet", "tab:green", "X", callback="granet",
            distribution_field="distribution", schedule=True, sparsity_schedule="gradual",
            kwargs=_granet_kwargs),
+    Method("srigl", "SRigL", "tab:purple", "*", sparsify=True, callback="srigl",
+           distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
 )}
 NAMES: tuple[str, ...] = tuple(TABLE)
 # Line styles that tell the distributions of one method apart in a figure.

@@ -9,6 +9,7 @@ from dst.callbacks.granet import GraNet
 from dst.callbacks.magnitude import MagnitudePruning
 from dst.callbacks.rigl import RigL
 from dst.callbacks.set import SET
+from dst.callbacks.srigl import SRigL
 from dst.updaters import registry
 
 
@@ -66,4 +67,4 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     return callback_class(updater)(**kwargs)
 
 
-__all__ = ["DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "get"]
+__all__ = ["DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SRigL", "get"]
