@@ -26,10 +26,31 @@ Both select exactly the same entries (tested on each backend).
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import keras
 import numpy as np
 
-__all__ = ["NUMPY", "OPS", "salt"]
+__all__ = ["NUMPY", "OPS", "Array", "Kit", "salt"]
+
+#: A numpy array (host path) or a backend tensor (in-graph path).
+Array = Any
+
+
+class Kit(Protocol):
+    """What a mask rule may use: `NUMPY` on the host, `OPS` in-graph."""
+
+    xp: Any  # numpy, or keras.ops
+
+    def cast(self, x: Array, dtype: str) -> Array: ...
+
+    def count(self, mask: Array) -> Array: ...
+
+    def select(self, scores: Array | None, candidates: Array, k: Array, salt_value: Array,
+               *, largest: bool = False) -> Array: ...
+
+    def select_columns(self, scores: Array | None, candidates: Array, k: Array,
+                       salt_value: Array, *, largest: bool = False) -> Array: ...
 
 _M32 = 0xFFFFFFFF
 _INF_BITS = 0x7F800000  # bits of float32 +inf

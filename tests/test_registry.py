@@ -12,8 +12,12 @@ from dst.updaters import registry
 
 @pytest.fixture(autouse=True)
 def _own_registry(monkeypatch):
-    """Each test registers into a copy: names it adds are gone afterwards."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    """Each test registers into a copy of dst's own entries: names it adds are
+    gone afterwards, and names added elsewhere in this process (the registry's
+    doctest registers one) are not seen."""
+    own = {name: cls for name, cls in registry._REGISTRY.items()
+           if cls.__module__.startswith("dst.updaters.") and cls.__module__ != registry.__name__}
+    monkeypatch.setattr(registry, "_REGISTRY", own)
 
 
 class Flip(dst.updaters.Updater):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from dst._select import Array, Kit
 from dst.schedules import UpdateSteps
 from dst.updaters.base import Updater
 from dst.updaters.registry import register
@@ -26,12 +30,13 @@ class FixedMasks(Updater):
             Defaults to None.
     """
 
-    def __init__(self, *, seed=None):
+    def __init__(self, *, seed: int | None = None):
         super().__init__(update_freq=1, begin_step=0, end_step=0, seed=seed)
 
     def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         self.schedule = UpdateSteps(0, -1, 1)  # no step is an update step
 
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         return mask

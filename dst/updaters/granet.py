@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dst._model import dynamic_targets
+from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import blockwise, counted_in_blocks
 from dst.core import sparsify
@@ -69,9 +73,11 @@ class GraNet(MagnitudePruning):
 
     needs_gradients = True
 
-    def __init__(self, final_sparsity, *, initial_sparsity=0.5, regrowth_fraction=0.5,
-                 begin_step=0, end_step=None, update_freq=100, power=3,
-                 distribution="uniform", seed=None):
+    def __init__(self, final_sparsity: float, *, initial_sparsity: float = 0.5,
+                 regrowth_fraction: float = 0.5, begin_step: int = 0,
+                 end_step: int | float | None = None, update_freq: int = 100,
+                 power: float = 3, distribution: str | Callable = "uniform",
+                 seed: int | None = None):
         super().__init__(final_sparsity, initial_sparsity=initial_sparsity,
                          begin_step=begin_step, end_step=end_step, update_freq=update_freq,
                          power=power, distribution=distribution, seed=seed)
@@ -101,7 +107,8 @@ class GraNet(MagnitudePruning):
         return min(self.step_value(step, index)[0], int(old.sum()))
 
     @blockwise
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         active = kit.cast(kit.count(mask), "int32")
         keep = xp.minimum(kit.cast(value[0], "int32"), active)

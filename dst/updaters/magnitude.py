@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from dst import distributions as dist_lib
 from dst._model import dynamic_targets
+from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import block_of, blockwise, counted_in_blocks, grid_shape
 from dst.core import sparsify
@@ -41,9 +45,10 @@ class MagnitudePruning(Updater):
 
     update_at_end = True
 
-    def __init__(self, final_sparsity, *, initial_sparsity=0.0, begin_step=0,
-                 end_step=None, update_freq=100, power=3, distribution="uniform",
-                 seed=None):
+    def __init__(self, final_sparsity: float, *, initial_sparsity: float = 0.0,
+                 begin_step: int = 0, end_step: int | float | None = None,
+                 update_freq: int = 100, power: float = 3,
+                 distribution: str | Callable = "uniform", seed: int | None = None):
         who = type(self).__name__
         final_sparsity = as_float(final_sparsity, "final_sparsity", who, low=0.0, high=1.0,
                                   high_open=True)
@@ -87,7 +92,8 @@ class MagnitudePruning(Updater):
         return min(int(self.step_value(step, index)), int(old.sum()))
 
     @blockwise
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         active = kit.count(mask)
         keep = xp.minimum(kit.cast(value, "int32"), kit.cast(active, "int32"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dst._select import Array, Kit
 from dst.updaters.registry import register
 from dst.updaters.set import SET
 
@@ -23,5 +24,6 @@ class RigL(SET):
 
     needs_gradients = True
 
-    def grow_scores(self, kit, weight, mask, grad):
+    def grow_scores(self, kit: Kit, weight: Array, mask: Array,
+                    grad: Array | None) -> Array | None:
         return kit.xp.abs(grad)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
+
+from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import blockwise, counted_in_blocks
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
@@ -120,7 +124,8 @@ class SET(Updater):
         return floor_fraction(self.drop_fraction_at(step), self.active[index])
 
     @blockwise  # block masks: the same rule on the grid of blocks (dst/blocks.py)
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         active = kit.count(mask)
         after_drop = self.grow_candidates == "after_drop"
@@ -134,9 +139,10 @@ class SET(Updater):
         return xp.logical_or(kept, grown)
 
     @counted_in_blocks
-    def expected_active(self, index, old, step):
+    def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         return super().expected_active(index, old, step)
 
-    def grow_scores(self, kit, weight, mask, grad):
+    def grow_scores(self, kit: Kit, weight: Array, mask: Array,
+                    grad: Array | None) -> Array | None:
         """Higher scores grow first; None means uniformly at random (SET)."""
         return None

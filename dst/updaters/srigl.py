@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 
 from dst import _select
+from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import block_of, count_units
 from dst.updaters.registry import register
@@ -96,7 +98,8 @@ class SRigL(RigL):
                             keras.ops.convert_to_tensor(new), keras.ops.convert_to_tensor(True))
         self.active = [count_units(t) for t in self.targets]
 
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         shape = tuple(int(d) for d in mask.shape)
         fan_max = math.prod(shape[:-1])
