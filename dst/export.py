@@ -121,6 +121,14 @@ def convert(
             "`representative_data` is only used with quantize='int8'. "
             f"Received: quantize={quantize!r}."
         )
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "dst.export with format='tflite' converts through TensorFlow's TFLite "
+            "converter, which takes models of Keras' TensorFlow backend; this process "
+            f"runs Keras on {keras.backend.backend()!r}. Save the model "
+            "(model.save('m.keras')) and convert it in a process started with "
+            "KERAS_BACKEND=tensorflow, or use format='npz' (CSR, any backend)."
+        )
     tf = _tensorflow()
     calibration: list[np.ndarray] = []
     if quantize == "int8":
