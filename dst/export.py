@@ -18,6 +18,7 @@ XNNPACK's sparse kernels.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -134,7 +135,8 @@ def convert(
     if quantize == "int8":
         calibration = _calibration_batches(representative_data, max_calibration_batches)
     with tempfile.TemporaryDirectory(prefix="dst_export_") as tmp, _MaskedValues(model):
-        model.export(tmp, format="tf_saved_model", verbose=False)
+        with _quiet(tf):  # "Assets written to: <a temporary folder>" is noise here
+            model.export(tmp, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         if quantize is not None:
@@ -301,6 +303,18 @@ class TFLiteModel:
         return (f"<TFLiteModel {len(self.content)} bytes, inputs "
                 f"{[tuple(d['shape_signature']) for d in self._inputs]}, "
                 f"delegate={self.delegate!r}>")
+
+
+@contextlib.contextmanager
+def _quiet(tf):
+    """TensorFlow's Python logger at ERROR for the duration (restored after)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _tensorflow():
