@@ -8,6 +8,7 @@ from dst.callbacks.fixed import FixedMasks
 from dst.callbacks.magnitude import MagnitudePruning
 from dst.callbacks.rigl import RigL
 from dst.callbacks.set import SET
+from dst.callbacks.snfs import SNFS
 from dst.updaters import registry
 
 
@@ -15,8 +16,8 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     """Returns a ready callback: built by name, from a config, or as given.
 
     Keras' `get()` convention. A name is any name registered with
-    `dst.updaters.register` ("fixed", "magnitude", "set", "rigl", or your
-    own): the callback wraps that updater, built with `kwargs`.
+    `dst.updaters.register` ("fixed", "magnitude", "set", "rigl", "snfs",
+    or your own): the callback wraps that updater, built with `kwargs`.
 
     Args:
         identifier: a registered name (any case); a dict
@@ -65,4 +66,4 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     return callback_class(updater)(**kwargs)
 
 
-__all__ = ["DSTCallback", "FixedMasks", "MagnitudePruning", "RigL", "SET", "get"]
+__all__ = ["DSTCallback", "FixedMasks", "MagnitudePruning", "RigL", "SET", "SNFS", "get"]

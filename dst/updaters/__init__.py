@@ -22,5 +22,6 @@ from dst.updaters.magnitude import MagnitudePruning
 from dst.updaters.registry import get, register
 from dst.updaters.rigl import RigL
 from dst.updaters.set import SET
+from dst.updaters.snfs import SNFS
 
-__all__ = ["FixedMasks", "MagnitudePruning", "RigL", "SET", "Updater", "get", "register"]
+__all__ = ["FixedMasks", "MagnitudePruning", "RigL", "SET", "SNFS", "Updater", "get", "register"]

@@ -1,0 +1,211 @@
+"""SNFS / sparse momentum (Dettmers & Zettlemoyer 2019): the cross-layer split,
+the momentum buffer, and the same masks on every path."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, gradients, numpy
+
+import dst
+
+DROP = 0.25
+
+
+def mlp3(seed=0):
+    """An 8-16-16-4 MLP at 50% sparsity: kernels of 128, 256 and 64 entries."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((8,)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(4),
+    ])
+    dst.sparsify(model, 0.5, "uniform", seed=seed)
+    return model
+
+
+def bound(model, jit=None, **kwargs):
+    args = dict(update_freq=1, drop_fraction=DROP, drop_fraction_schedule="constant",
+                end_step=100, seed=0)
+    up = dst.updaters.SNFS(**{**args, **kwargs})
+    up.bind(model, optimizer=keras.optimizers.SGD(0.0), jit=jit)
+    return up
+
+
+def masks_of(up):
+    return [t.mask_constraint.numpy() for t in up.targets]
+
+
+def zero_grads(up):
+    return {t.path: np.zeros(t.shape, "float32") for t in up.targets}
+
+
+def set_momenta(up, values):
+    for variable, value in zip(up.momenta, values, strict=True):
+        variable.assign(np.asarray(value, "float32"))
+
+
+@pytest.mark.parametrize("scores, grown", [
+    ((1.0, 2.0, 5.0), (7, 14, 35)),   # 56 dropped, split 1:2:5, no cap
+    ((1.0, 1.0, 20.0), (9, 7, 40)),   # the last layer capped at its 40 free places;
+                                      # 16 left split 1:1, the odd one to the first (tie)
+])
+def test_regrowth_counts_are_the_momentum_proportional_split_of_the_total_dropped(
+        scores, grown):
+    model = mlp3()
+    up = bound(model)
+    before = masks_of(up)
+    rng = np.random.default_rng(0)
+    # |momentum| = the layer's score on every active weight (so the layer mean
+    # is exactly it), smaller and distinct elsewhere.
+    set_momenta(up, [np.where(m, s, rng.permutation(m.size).reshape(m.shape) * 1e-4)
+                     for m, s in zip(before, scores)])
+    assert [int(m.sum()) for m in before] == [64, 128, 32]
+    dropped = [16, 32, 8]  # floor(0.25 · active)
+    assert up.update(0, zero_grads(up))
+    after = masks_of(up)
+    counts = [int(m.sum()) for m in after]
+    assert counts == [a - d + g for a, d, g in zip([64, 128, 32], dropped, grown)]
+    assert sum(grown) == sum(dropped)
+    assert sum(counts) == sum(int(m.sum()) for m in before)
+
+
+def test_total_is_constant_and_counts_move_toward_the_high_momentum_layer():
+    model = mlp3()
+    up = bound(model)
+    start = [int(m.sum()) for m in masks_of(up)]
+    grads = {t.path: np.full(t.shape, g, "float32")
+             for t, g in zip(up.targets, (0.1, 1.0, 10.0))}
+    history = [start]
+    for step in range(4):
+        assert up.update(step, grads)
+        history.append([int(m.sum()) for m in masks_of(up)])
+    assert all(sum(counts) == sum(start) for counts in history)
+    last = [h[2] for h in history]
+    assert last == sorted(last) and last[-1] > start[2]
+    first = [h[0] for h in history]  # the lowest momentum
+    assert first == sorted(first, reverse=True) and first[-1] < start[0]
+    weights = {v.path: numpy(v) for v in model.trainable_variables}
+    for t, m in zip(up.targets, masks_of(up)):
+        assert np.all(weights[t.path][~m] == 0.0)
+
+
+def test_within_a_layer_the_grown_positions_have_the_largest_momentum():
+    model = mlp3()
+    up = bound(model)
+    before = masks_of(up)
+    weights = [numpy(t.variable) for t in up.targets]
+    rng = np.random.default_rng(3)
+    momenta = [rng.permutation(m.size).reshape(m.shape).astype("float32") + 1.0
+               for m in before]
+    set_momenta(up, momenta)
+    assert up.update(0, zero_grads(up))
+    for old, new, w, mom in zip(before, masks_of(up), weights, momenta, strict=True):
+        active = int(old.sum())
+        k = int(np.floor(DROP * active))
+        order = np.argsort(np.where(old, np.abs(w), np.inf).ravel(), kind="stable")
+        kept = old.ravel().copy()
+        kept[order[:k]] = False
+        grow = int(new.sum()) - int(kept.sum())
+        assert grow >= 0
+        # candidates: every connection inactive after the drop
+        ranked = np.argsort(np.where(kept, -np.inf, np.abs(mom).ravel()))[::-1]
+        expected = kept.copy()
+        expected[ranked[:grow]] = True
+        np.testing.assert_array_equal(new.ravel(), expected)
+
+
+def test_momentum_buffer_is_the_smoothed_dense_gradient_in_a_custom_loop():
+    model = mlp3()
+    up = bound(model, begin_step=50, momentum=0.8)
+    rng = np.random.default_rng(0)
+    expected = [np.zeros(t.shape, "float32") for t in up.targets]
+    for step in range(4):
+        grads = {t.path: rng.normal(size=t.shape).astype("float32") for t in up.targets}
+        assert not up.update(step, grads)  # not an update step: momentum moves anyway
+        expected = [0.8 * m + 0.2 * grads[t.path] for m, t in zip(expected, up.targets)]
+    for variable, want in zip(up.momenta, expected, strict=True):
+        np.testing.assert_allclose(numpy(variable), want, rtol=1e-5, atol=1e-6)
+
+
+def test_momentum_buffer_is_the_smoothed_dense_gradient_in_fit():
+    # lr = 0 and one batch: the same dense gradient g every step, so after n
+    # steps from 0 the buffer is (1 − β^n) · g, at inactive positions too.
+    model = mlp3()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8)).astype("float32")
+    y = rng.normal(size=(16, 4)).astype("float32")
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    cb = dst.callbacks.SNFS(update_freq=10, begin_step=50, end_step=60, seed=0)
+    model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[cb])
+    targets = cb.updater.targets
+    yt = keras.ops.convert_to_tensor(y)
+    grads = gradients(model, x, lambda out: keras.ops.mean((out - yt) ** 2),
+                      [t.variable for t in targets])
+    for t, g, m in zip(targets, grads, cb.updater.momenta, strict=True):
+        want = (1 - 0.9 ** 5) * numpy(g)
+        np.testing.assert_allclose(numpy(m), want, rtol=1e-4, atol=1e-6)
+        assert np.abs(numpy(m)[~t.mask_constraint.numpy()]).sum() > 0  # dense
+
+
+def _fit(jit_compile):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(96, 8)).astype("float32")
+    y = rng.normal(size=(96, 4)).astype("float32")
+    model = mlp3()
+    model.compile(keras.optimizers.SGD(0.05), "mse", jit_compile=jit_compile)
+    cb = dst.callbacks.SNFS(update_freq=3, drop_fraction=0.5, end_step=20, seed=1)
+    records = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            records.append(dst.get_masks(self.model))
+
+    history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                        callbacks=[cb, Record()])
+    return model, records, history
+
+
+def test_host_and_in_graph_paths_give_the_same_masks():
+    if BACKEND == "torch":
+        pytest.skip("PyTorch runs the step eagerly: masks are always computed on the host")
+    _, host, _ = _fit(False)
+    _, graph, _ = _fit(True)
+    for masks_h, masks_g in zip(host, graph, strict=True):
+        for a, b in zip(masks_h.values(), masks_g.values(), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_runs_in_fit_with_a_constant_total_and_zero_inactive_weights():
+    model, records, history = _fit("auto")
+    total = 0.5 * (128 + 256 + 64)
+    assert all(sum(int(m.sum()) for m in r.values()) == total for r in records)
+    assert history.history["sparsity"] == pytest.approx([0.5, 0.5])
+    counts = [int(m.sum()) for m in records[-1].values()]
+    assert counts != [64, 128, 32]  # the split moved connections across layers
+    masks = dst.get_masks(model)
+    for v in model.trainable_variables:
+        if v.path in masks:
+            assert np.all(numpy(v)[~masks[v.path]] == 0.0)
+
+
+def test_by_name_config_and_bad_arguments():
+    cb = dst.callbacks.get("snfs", update_freq=5, momentum=0.5, seed=0)
+    assert type(cb) is dst.callbacks.SNFS and cb.updater.momentum == 0.5
+    assert dst.callbacks.SNFS.from_config(cb.get_config()).updater.momentum == 0.5
+    with pytest.raises(ValueError, match=r"`momentum` must be in \[0, 1\) for SNFS. "
+                                         r"Received: momentum=1.0"):
+        dst.updaters.SNFS(momentum=1.0)
+
+
+def test_block_masks_are_refused():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)])
+    dst.sparsify(model, 0.5, "uniform", block=(2, 2), seed=0)
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"SNFS does not support block masks"):
+        dst.updaters.SNFS().bind(model, total_steps=10)
