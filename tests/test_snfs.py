@@ -209,3 +209,47 @@ def test_block_masks_are_refused():
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match=r"SNFS does not support block masks"):
         dst.updaters.SNFS().bind(model, total_steps=10)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_shared_invariants_with_a_constant_total(optimizer):
+    # The shared invariants of tests/test_callbacks.py, with the total active
+    # count (not each layer's) constant: masked weights are exactly 0, grown
+    # ones start at 0 with fresh optimizer slots.
+    opt = {"sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+           "adam": lambda: keras.optimizers.Adam(0.01)}[optimizer]()
+    model = mlp3()
+    model.compile(opt, "mse")
+    cb = dst.callbacks.SNFS(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=1)
+    records = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            up = cb.updater
+            records.append(dict(
+                masks=dst.get_masks(self.model),
+                weights={v.path: numpy(v) for v in self.model.trainable_variables},
+                slots={t.path: [numpy(s) for s in up.state.slots(i)]
+                       for i, t in enumerate(up.targets)}))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    y = rng.normal(size=(64, 4)).astype("float32")
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb, Spy()])
+    total = 0.5 * (128 + 256 + 64)
+    grown_seen = moved = 0
+    prev = None
+    for rec in records:
+        assert sum(int(m.sum()) for m in rec["masks"].values()) == total
+        for path, mask in rec["masks"].items():
+            assert np.all(rec["weights"][path][~mask] == 0.0)
+            if prev is not None:
+                grown = mask & ~prev[path]
+                if grown.any():
+                    grown_seen += 1
+                    assert np.all(rec["weights"][path][grown] == 0.0)
+                    for slot in rec["slots"][path]:
+                        assert np.all(slot[grown] == 0.0)
+                moved += int(mask.sum()) != int(prev[path].sum())
+        prev = rec["masks"]
+    assert grown_seen > 0 and moved > 0
