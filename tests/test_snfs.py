@@ -253,3 +253,64 @@ def test_shared_invariants_with_a_constant_total(optimizer):
                 moved += int(mask.sum()) != int(prev[path].sum())
         prev = rec["masks"]
     assert grown_seen > 0 and moved > 0
+
+
+@pytest.mark.tensorflow_only
+def test_the_compiled_split_with_caps_equals_the_host_one():
+    # The capped case of the split, under XLA (tf.function(jit_compile=True))
+    # and on the host, from the same crafted momenta and weights.
+    from conftest import compiled
+
+    results = []
+    for jit in (False, True):
+        model = mlp3()
+        up = bound(model, jit=jit)
+        rng = np.random.default_rng(5)
+        momenta = [np.where(m, s * (1 + 0.1 * rng.random(m.shape)), rng.random(m.shape))
+                   for m, s in zip(masks_of(up), (1.0, 1.0, 20.0))]
+        set_momenta(up, momenta)
+        grads = {t.path: rng.normal(size=t.shape).astype("float32") for t in up.targets}
+        for step in range(3):
+            def run(s=step, up=up, grads=grads):
+                return up.update(s, grads)
+
+            (compiled(run) if jit else run)()
+        results.append(masks_of(up))
+    counts = [int(m.sum()) for m in results[0]]
+    assert counts[2] == 64 and sum(counts) == 224  # the capped layer filled up
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_non_finite_gradient_is_not_smoothed_in_and_a_non_finite_weight_skips_all():
+    model = mlp3()
+    up = bound(model, begin_step=1)
+    grads = zero_grads(up)
+    first = up.targets[0]
+    grads[first.path] = np.ones(first.shape, "float32")
+    grads[first.path][0, 0] = np.nan
+    assert not up.update(0, grads)
+    m = numpy(up.momenta[0])
+    assert m[0, 0] == 0.0 and np.all(m.ravel()[1:] == np.float32(0.1))
+    # A weight that is not finite: the cross-layer update skips every weight.
+    before = masks_of(up)
+    w = numpy(first.variable)
+    w[before[0]] = np.nan
+    first.variable.assign(w)
+    assert up.update(1, zero_grads(up))
+    for a, b in zip(before, masks_of(up), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert [int(numpy(s)) for s in up.skipped] == [1, 1, 1]
+
+
+def test_before_drop_grows_only_where_nothing_was_active():
+    model = mlp3()
+    up = bound(model, grow_candidates="before_drop")
+    before = masks_of(up)
+    rng = np.random.default_rng(2)
+    set_momenta(up, [rng.random(m.shape) for m in before])
+    assert up.update(0, zero_grads(up))
+    after = masks_of(up)
+    assert sum(int(m.sum()) for m in after) == sum(int(m.sum()) for m in before)
+    dropped = sum(int((b & ~a).sum()) for a, b in zip(after, before))
+    assert dropped == 16 + 32 + 8  # disjoint drop and growth: every dropped one leaves

@@ -479,7 +479,8 @@ class Updater:
         inputs are numpy arrays and Python ints, in a compiled step tensors and
         int32 scalars: write it with `kit.xp` and no Python branch on values.
         The whole update is then skipped (every mask kept, each weight counted
-        as skipped) when any weight or gradient is not finite.
+        as skipped) when any weight, or any `grad` it would see (the output of
+        `observe`), is not finite.
 
         Args:
             kit: `dst._select.NUMPY` or `OPS` (plain, never a `BlockKit`).
