@@ -314,3 +314,65 @@ def test_before_drop_grows_only_where_nothing_was_active():
     assert sum(int(m.sum()) for m in after) == sum(int(m.sum()) for m in before)
     dropped = sum(int((b & ~a).sum()) for a, b in zip(after, before))
     assert dropped == 16 + 32 + 8  # disjoint drop and growth: every dropped one leaves
+
+
+MIRRORED = """
+import os, json
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np, dst
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(16, 8)).astype("float32")
+y = rng.normal(size=(16, 4)).astype("float32")
+y[:8] *= 5  # the two replicas' halves have very different gradients
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+with tf.GradientTape() as tape:
+    loss = keras.losses.MeanSquaredError()(y, model(x, training=True))
+cb = dst.callbacks.SNFS(update_freq=2, drop_fraction=0.5, begin_step=3, end_step=3, seed=0)
+expected = None
+class Grab(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        global expected
+        if batch == 2:  # before the update at step 3: momentum = (1 - 0.9^3) g
+            expected = [np.array(m.numpy()) for m in cb.updater.momenta]
+kernels = [layer.kernel for layer in model.layers]  # the sparse weights, in order
+grads = tape.gradient(loss, kernels)
+model.fit(np.tile(x, (4, 1)), np.tile(y, (4, 1)), batch_size=16, epochs=1, verbose=0,
+          shuffle=False, callbacks=[cb, Grab()])
+out = {"rel_err": [], "replicas_equal": True, "counts": []}
+assert [t.variable.path for t in cb.updater.targets] == [k.path for k in kernels]
+for m, g in zip(expected, grads):
+    want = (1 - 0.9 ** 3) * g.numpy()
+    out["rel_err"].append(float(np.linalg.norm(m - want) / np.linalg.norm(want)))
+for t in cb.updater.targets:
+    copies = [np.asarray(v.numpy()) for v in
+              strategy.experimental_local_results(t.constraint.mask.value)]
+    out["replicas_equal"] &= all(np.array_equal(copies[0], c) for c in copies)
+    out["counts"].append(int(copies[0].sum()))
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.tensorflow_only
+def test_mirrored_strategy_smooths_the_global_gradient_and_replicas_agree():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                          timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    assert max(out["rel_err"]) < 1e-5, out
+    assert out["replicas_equal"] and sum(out["counts"]) == 224, out
+    assert out["counts"] != [64, 128, 32], out  # the update at step 3 moved connections
