@@ -127,6 +127,8 @@ TABLE: dict[str, Method] = {m.name: m for m in (
            kwargs=_granet_kwargs),
     Method("srigl", "SRigL", "tab:purple", "*", sparsify=True, callback="srigl",
            distribution_field="distribution", schedule=True, kwargs=_srigl_kwargs),
+    Method("snfs", "SNFS", "tab:brown", "h", sparsify=True, callback="snfs",
+           distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
 )}
 NAMES: tuple[str, ...] = tuple(TABLE)
 # Line styles that tell the distributions of one method apart in a figure.

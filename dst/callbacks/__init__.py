@@ -9,6 +9,7 @@ from dst.callbacks.granet import GraNet
 from dst.callbacks.magnitude import MagnitudePruning
 from dst.callbacks.rigl import RigL
 from dst.callbacks.set import SET
+from dst.callbacks.snfs import SNFS
 from dst.callbacks.srigl import SRigL
 from dst.updaters import registry
 
@@ -17,8 +18,8 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     """Returns a ready callback: built by name, from a config, or as given.
 
     Keras' `get()` convention. A name is any name registered with
-    `dst.updaters.register` ("fixed", "magnitude", "set", "rigl", or your
-    own): the callback wraps that updater, built with `kwargs`.
+    `dst.updaters.register` ("fixed", "magnitude", "set", "rigl", "snfs",
+    or your own): the callback wraps that updater, built with `kwargs`.
 
     Args:
         identifier: a registered name (any case); a dict
@@ -67,4 +68,5 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     return callback_class(updater)(**kwargs)
 
 
-__all__ = ["DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SRigL", "get"]
+__all__ = ["DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL",
+           "get"]

@@ -23,6 +23,8 @@ from dst.updaters.magnitude import MagnitudePruning
 from dst.updaters.registry import get, register
 from dst.updaters.rigl import RigL
 from dst.updaters.set import SET
+from dst.updaters.snfs import SNFS
 from dst.updaters.srigl import SRigL
 
-__all__ = ["FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SRigL", "Updater", "get", "register"]
+__all__ = ["FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL", "Updater",
+           "get", "register"]

@@ -21,7 +21,10 @@ then in one place:
 - skips a weight whose values or gradient are not finite, and counts it.
 
 Subclasses override `new_mask` (and `step_value`); drop-and-grow methods
-override `grow_scores`. Custom loops call `update(step, grads)` directly.
+override `grow_scores`. Cross-layer methods (SNFS) also override `observe`
+(runs every step: state such as momentum) and `plan` (sees every weight at
+once and gives each its value for `new_mask`). Custom loops call
+`update(step, grads)` directly.
 """
 
 from __future__ import annotations
@@ -234,12 +237,13 @@ class Updater:
         if self.schedule is None:
             raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
         step = as_int(step, "step", f"{type(self).__name__}.update", minimum=0)
-        if not self.is_update_step(step):
+        is_update = self.is_update_step(step)
+        if not (is_update or self.observes):
             return False
-        by_index = self._grads_by_index(grads)
-        for index in range(len(self.targets)):
-            self._update_target(index, step, by_index.get(index))
-        return True
+        by_index = self.observe(step, self._grads_by_index(grads))
+        if is_update:
+            self._update_all(step, by_index)
+        return is_update
 
     @no_autograph
     def sparse_step(self, step, grads: dict) -> None:
@@ -255,6 +259,7 @@ class Updater:
                     f"but the optimizer received none for {missing}. Are these weights "
                     "stepped by another optimizer? Pass that one as `optimizer=`."
                 )
+        by_index = self.observe(step, by_index)  # every step (SNFS' momentum)
         if self.state.ema:
             # EMA averages the weights right after this hook: keep inactive
             # entries at exactly 0 there, every step.
@@ -265,8 +270,7 @@ class Updater:
             return  # no update step at all (FixedMasks)
 
         def update(at=step):
-            for index in range(len(self.targets)):
-                self._update_target(index, at, by_index.get(index))
+            self._update_all(at, by_index)
 
         if backend.FUNCTIONAL:
             self._functional_update(step, by_index)
@@ -303,6 +307,8 @@ class Updater:
             return  # an eager step that is not an update step
 
         def compute():
+            if self.cross_layer:
+                return self._planned_masks(step, by_index, olds)
             return [self._new_mask(i, step, by_index.get(i), olds[i])
                     for i in range(len(self.targets))]
 
@@ -310,6 +316,16 @@ class Updater:
             return [(old, ops.convert_to_tensor(True)) for old in olds]
 
         for index, (new, ok) in enumerate(backend.cond(pred, compute, keep)):
+            self._write(index, olds[index], new, ok)
+
+    def _update_all(self, step, by_index) -> None:
+        """Computes and writes every new mask (weight by weight, or planned)."""
+        if not self.cross_layer:
+            for index in range(len(self.targets)):
+                self._update_target(index, step, by_index.get(index))
+            return
+        olds = [keras.ops.convert_to_tensor(t.constraint.mask) for t in self.targets]
+        for index, (new, ok) in enumerate(self._planned_masks(step, by_index, olds)):
             self._write(index, olds[index], new, ok)
 
     def _update_target(self, index, step, grad) -> None:
@@ -366,17 +382,22 @@ class Updater:
         ok = ops.all(ops.isfinite(weight))
         if grad is not None:
             ok = ops.logical_and(ok, ops.all(ops.isfinite(grad)))
-        steps, table = self._value_table()
-        row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int32")) - 1,
-                          len(steps) - 1)
-        value = ops.take(ops.take(ops.convert_to_tensor(table), ops.maximum(row, 0), axis=0),
-                         index, axis=0)  # an int, or a vector for a tuple `step_value`
+        value = self._value_in_graph(step, index)
         safe_w = ops.where(ops.isfinite(weight), weight, ops.zeros(weight.shape, weight.dtype))
         safe_g = None if grad is None else ops.where(ops.isfinite(grad), grad,
                                                      ops.zeros(grad.shape, grad.dtype))
         new = self.new_mask(kit_for(_select.OPS, self.targets[index]), safe_w, old, safe_g, value,
                             lambda role: _select.salt(ops, self.seed, step, index, role))
         return ops.where(ok, new, old), ok
+
+    def _value_in_graph(self, step, index):
+        """`step_value(step, index)` read from the table, for a traced step."""
+        ops = keras.ops
+        steps, table = self._value_table()
+        row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int32")) - 1,
+                          len(steps) - 1)
+        return ops.take(ops.take(ops.convert_to_tensor(table), ops.maximum(row, 0), axis=0),
+                        index, axis=0)  # an int, or a vector for a tuple `step_value`
 
     def _value_table(self):
         """Update steps and the `step_value` of each (step, weight), for XLA."""
@@ -427,8 +448,133 @@ class Updater:
         raise NotImplementedError
 
     def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
-        """Active count the new mask must have: by default, unchanged."""
+        """Active count the new mask must have: by default, unchanged.
+
+        Checked per weight; for a cross-layer updater (one that overrides
+        `plan`), only the sum over all weights is checked.
+        """
         return int(old.sum())
+
+    # -- cross-layer hooks (SNFS) -------------------------------------------
+    def observe(self, step, grads: dict) -> dict:
+        """Runs at every step, update step or not, before the update.
+
+        Args:
+            step: the optimizer step (an int, or a tensor inside a step).
+            grads: {weight index: gradient} (the dense gradients when
+                `needs_gradients`), tensors.
+
+        Returns:
+            The {index: array} that the update passes as `grad` to `plan` and
+            `new_mask`. Defaults to `grads` unchanged. Written in `keras.ops`;
+            state it keeps must be in variables listed by `state_variables`
+            (SNFS smooths the gradients into momentum buffers here).
+        """
+        return grads
+
+    def plan(self, kit, values: list, weights: list, masks: list, grads: list) -> list:
+        """The per-weight values of one update, seeing every weight at once.
+
+        A cross-layer updater overrides it (e.g. SNFS, which splits the total
+        regrowth across weights). It runs once per update step, before the
+        `new_mask` calls, whose `value` becomes its output. On the host its
+        inputs are numpy arrays and Python ints, in a compiled step tensors and
+        int32 scalars: write it with `kit.xp` and no Python branch on values.
+        The whole update is then skipped (every mask kept, each weight counted
+        as skipped) when any weight, or any `grad` it would see (the output of
+        `observe`), is not finite.
+
+        Args:
+            kit: `dst._select.NUMPY` or `OPS` (plain, never a `BlockKit`).
+            values: `step_value(step, index)` of every weight.
+            weights, masks, grads: lists aligned with the updater's targets;
+                `grads` holds what `observe` returned (None where absent).
+
+        Returns:
+            One value per weight: an int (int32 scalar in-graph) or a tuple of
+            them, passed as `new_mask`'s `value` (as Python ints on the host).
+        """
+        return values
+
+    @property
+    def observes(self) -> bool:
+        """Whether this updater overrides `observe`."""
+        return type(self).observe is not Updater.observe
+
+    @property
+    def cross_layer(self) -> bool:
+        """Whether this updater overrides `plan` (then masks are planned together)."""
+        return type(self).plan is not Updater.plan
+
+    def _planned_masks(self, step, by_index, olds) -> list:
+        """[(new mask, ok)] of every weight, through `plan`."""
+        if self.jit if not backend.FUNCTIONAL else backend.is_traced(olds[0]):
+            return self._planned_in_graph(step, by_index, olds)
+        return self._planned_on_host(step, by_index, olds)
+
+    def _planned_on_host(self, step, by_index, olds) -> list:
+        """One host call computes every mask (numpy), then checks the total."""
+        n = len(self.targets)
+        present = [i for i in range(n) if by_index.get(i) is not None]
+        who = type(self).__name__
+
+        def compute(step, *arrays):
+            step = int(step)
+            weights = list(arrays[:n])
+            masks = [np.asarray(m, dtype=bool) for m in arrays[n:2 * n]]
+            grads = [None] * n
+            for i, g in zip(present, arrays[2 * n:]):
+                grads[i] = g
+            if not all(np.isfinite(x).all() for x in weights + [grads[i] for i in present]):
+                return (*masks, np.bool_(False))
+            values = [self.step_value(step, i) for i in range(n)]
+            planned = self.plan(_select.NUMPY, values, weights, masks, grads)
+            news = []
+            for i, target in enumerate(self.targets):
+                value = _host_value(planned[i])
+                new = self.new_mask(
+                    kit_for(_select.NUMPY, target), weights[i], masks[i], grads[i], value,
+                    lambda role, i=i: int(_select.salt(np, self.seed, step, i, role)))
+                news.append(np.asarray(new, dtype=bool))
+            want = sum(self.expected_active(i, masks[i], step) for i in range(n))
+            _check_total(self.targets, masks, news, want, who)
+            return (*news, np.bool_(True))
+
+        inputs = ([step] + [t.variable for t in self.targets] + list(olds)
+                  + [by_index[i] for i in present])
+        out = host_call(compute, inputs, ["bool"] * (n + 1))
+        news, ok = list(out[:n]), out[n]
+        if hasattr(ok, "set_shape"):
+            for new, target in zip(news, self.targets):
+                new.set_shape(target.shape)
+            ok.set_shape(())
+        ok = keras.ops.convert_to_tensor(ok)
+        return [(keras.ops.convert_to_tensor(new), ok) for new in news]
+
+    def _planned_in_graph(self, step, by_index, olds) -> list:
+        ops = keras.ops
+        n = len(self.targets)
+        step = ops.cast(step, "int32")
+        weights = [t.variable.value for t in self.targets]
+        grads = [by_index.get(i) for i in range(n)]
+        ok = ops.convert_to_tensor(True)
+        for x in weights + [g for g in grads if g is not None]:
+            ok = ops.logical_and(ok, ops.all(ops.isfinite(x)))
+
+        def finite(x):
+            return None if x is None else ops.where(ops.isfinite(x), x, ops.zeros_like(x))
+
+        weights = [finite(w) for w in weights]
+        grads = [finite(g) for g in grads]
+        values = [self._value_in_graph(step, i) for i in range(n)]
+        planned = self.plan(_select.OPS, values, weights, olds, grads)
+        out = []
+        for i, target in enumerate(self.targets):
+            new = self.new_mask(
+                kit_for(_select.OPS, target), weights[i], olds[i], grads[i], planned[i],
+                lambda role, i=i: _select.salt(ops, self.seed, step, i, role))
+            out.append((ops.where(ok, new, olds[i]), ok))
+        return out
 
     # -- helpers ------------------------------------------------------------
     def _grads_by_index(self, grads) -> dict:
@@ -494,6 +640,27 @@ def _check(target, old, new, want: int, who: str) -> None:
         raise AssertionError(
             f"{who} produced {got} active connections for '{target.path}', "
             f"expected {want} (had {int(old.sum())})."
+        )
+
+
+def _host_value(value):
+    """A `plan` entry as Python ints (a tuple stays a tuple)."""
+    if isinstance(value, tuple | list):
+        return tuple(int(v) for v in value)
+    return int(value)
+
+
+def _check_total(targets, olds, news, want: int, who: str) -> None:
+    """The check of a cross-layer update: shapes, and the total active count."""
+    for target, new in zip(targets, news):
+        if tuple(new.shape) != target.shape:
+            raise AssertionError(f"{who} produced a mask of shape {new.shape} for "
+                                 f"'{target.path}', expected {target.shape}.")
+    got = sum(int(new.sum()) for new in news)
+    if got != want:
+        raise AssertionError(
+            f"{who} produced {got} active connections over all weights, expected {want} "
+            f"(had {sum(int(old.sum()) for old in olds)})."
         )
 
 

@@ -83,7 +83,7 @@ def get(name: str) -> type[Updater]:
 
     Args:
         name: a registered name, any case: "fixed", "magnitude", "set",
-            "rigl", or one added with `dst.updaters.register`.
+            "rigl", "snfs", or one added with `dst.updaters.register`.
 
     Returns:
         The updater class.
