@@ -39,14 +39,15 @@ def tiny(**overrides) -> dict:
 
 # -- end to end ------------------------------------------------------------------
 def test_tiny_config_runs_every_method(tmp_path):
-    cfg = tiny()
+    cfg = tiny(methods=list(methods.NAMES))  # every row of the one method table
+    n = len(methods.NAMES)
     lines = []
     rows = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lines.append)
 
     assert sorted(r["method"] for r in rows) == sorted(methods.NAMES)
-    assert any(line.startswith("run 6/6: method=") for line in lines)
+    assert any(line.startswith(f"run {n}/{n}: method=") for line in lines)
     csv_rows = report.read_csv(tmp_path / "runs.csv")
-    assert len(csv_rows) == 6
+    assert len(csv_rows) == n
     assert sorted(p.stem for p in (tmp_path / "results").glob("*.json")) == sorted(
         r["run_id"] for r in rows)
     for column in ("method", "distribution", "target_sparsity", "seed",
@@ -62,8 +63,13 @@ def test_tiny_config_runs_every_method(tmp_path):
             # Counted from the final weights. Rounding per layer, plus SET's
             # regrown weights that start at 0 and never get a gradient (digits
             # has pixels that are 0 in every image), stay within 0.005.
-            assert abs(r["achieved_sparsity"] - 0.9) <= 0.005, r
-            assert abs(r["flops_ratio"] - 0.1) <= 0.005, r
+            if r["method"] == "srigl":
+                # Constant fan-in floor(n / units) per layer, and ablated units,
+                # only ever make SRigL sparser than the target (documented).
+                assert 0.9 - 0.005 <= r["achieved_sparsity"] <= 0.93, r
+            else:
+                assert abs(r["achieved_sparsity"] - 0.9) <= 0.005, r
+                assert abs(r["flops_ratio"] - 0.1) <= 0.005, r
             assert r["gzip_bytes"] < 0.5 * r["dense_gzip_bytes"], r
     text = (tmp_path / "summary.md").read_text()
     assert "| rigl | erk |" in text and "| tfmot | uniform |" in text
