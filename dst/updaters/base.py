@@ -29,14 +29,19 @@ once and gives each its value for `new_mask`). Custom loops call
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
 from dst import _compat, _select, backend
 from dst._model import Target, check_keras3_model, dynamic_targets, masked_targets
+from dst._select import Array, Kit
 from dst._validate import as_float, as_int
 from dst.backend import host_call, no_autograph, step_hook, variable_key
 from dst.blocks import count_units, kit_for
@@ -62,7 +67,8 @@ class Updater:
     needs_gradients = False
     update_at_end = False  # also update at `end` when it is off the grid
 
-    def __init__(self, *, update_freq=100, begin_step=0, end_step=0.75, seed=None):
+    def __init__(self, *, update_freq: int = 100, begin_step: int = 0,
+                 end_step: int | float | None = 0.75, seed: int | None = None):
         who = type(self).__name__
         self.update_freq = as_int(update_freq, "update_freq", who, minimum=1)
         self.begin_step = as_int(begin_step, "begin_step", who, minimum=0)
@@ -81,15 +87,16 @@ class Updater:
         self.end_step = end_step
         self._fresh_seed = seed is None
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % 2**32)
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
         self.seed = as_int(seed, "seed", who)
         self.targets: list[Target] = []
-        self.schedule = None
+        self.schedule: UpdateSteps | None = None
         self.jit = False
 
     # -- binding ------------------------------------------------------------
     def bind(self, model: keras.Model, total_steps: int | None = None,
-             first_step: int = 0, optimizer=None, *, jit: bool | None = None) -> None:
+             first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None, *,
+             jit: bool | None = None) -> None:
         """Finds the model's dynamic weights and the optimizer state to reset.
 
         Args:
@@ -143,11 +150,11 @@ class Updater:
         # JAX traces every step: masks are always computed in-graph there.
         self.jit = backend.in_graph(model) if jit is None or backend.FUNCTIONAL else bool(jit)
         self._table = None
-        self.skipped = [t.constraint.skipped for t in self.targets]
+        self.skipped = [t.mask_constraint.skipped for t in self.targets]
         self.active = [count_units(t) for t in self.targets]  # in blocks for block masks
         self._keys = {variable_key(t.variable): i for i, t in enumerate(self.targets)}
         # Every masked trainable weight (fixed masks too) gets a masked gradient.
-        self._gradient_masks = {id(t.variable): t.constraint.mask
+        self._gradient_masks = {id(t.variable): t.mask_constraint.mask
                                 for t in masked_targets(model) if t.variable.trainable}
 
     def _targets(self, model) -> list[Target]:
@@ -175,9 +182,9 @@ class Updater:
 
     def state_variables(self) -> list:
         """(layer, [variables]) of the mask state a training step reads and writes."""
-        return [(t.layer, t.constraint.state_variables) for t in self.targets]
+        return [(t.layer, t.mask_constraint.state_variables) for t in self.targets]
 
-    def attach(self):
+    def attach(self) -> contextlib.AbstractContextManager[None]:
         """Context manager: runs the sparse step inside the optimizer's updates.
 
         For custom training loops under a `tf.distribute` strategy (or any
@@ -215,11 +222,17 @@ class Updater:
 
     def is_update_step(self, step: int) -> bool:
         """Whether masks change after optimizer step `step` (0-based)."""
-        return self.schedule(int(step))
+        return self._schedule()(int(step))
+
+    def _schedule(self) -> UpdateSteps:
+        if self.schedule is None:
+            raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
+        return self.schedule
 
     # -- the update ---------------------------------------------------------
     @no_autograph
-    def update(self, step: int, grads=None) -> bool:
+    def update(self, step: int, grads: Mapping[str, Array] | Sequence[Array | None] | None = None
+               ) -> bool:
         """Updates the masks now if `step` is an update step (custom loops).
 
         Call it after the optimizer has applied step `step` (the value of
@@ -246,7 +259,7 @@ class Updater:
         return is_update
 
     @no_autograph
-    def sparse_step(self, step, grads: dict) -> None:
+    def sparse_step(self, step: Array, grads: dict) -> None:
         """The in-graph step: `grads` maps `variable_key(variable)` to its gradient."""
         if isinstance(step, keras.Variable):
             step = step.value  # read now, in the scope that maps it
@@ -264,9 +277,10 @@ class Updater:
             # EMA averages the weights right after this hook: keep inactive
             # entries at exactly 0 there, every step.
             for t in self.targets:
-                t.constraint.zero_masked()
+                t.mask_constraint.zero_masked()
 
-        if self.schedule.end < self.schedule.begin:
+        schedule = self._schedule()
+        if schedule.end < schedule.begin:
             return  # no update step at all (FixedMasks)
 
         def update(at=step):
@@ -301,7 +315,7 @@ class Updater:
         every weight and slot through a conditional at every step.
         """
         ops = keras.ops
-        olds = [ops.convert_to_tensor(t.constraint.mask) for t in self.targets]
+        olds = [ops.convert_to_tensor(t.mask_constraint.mask) for t in self.targets]
         pred = self._is_update_tensor(step)
         if not backend.is_traced(pred) and not bool(pred):
             return  # an eager step that is not an update step
@@ -324,12 +338,12 @@ class Updater:
             for index in range(len(self.targets)):
                 self._update_target(index, step, by_index.get(index))
             return
-        olds = [keras.ops.convert_to_tensor(t.constraint.mask) for t in self.targets]
+        olds = [keras.ops.convert_to_tensor(t.mask_constraint.mask) for t in self.targets]
         for index, (new, ok) in enumerate(self._planned_masks(step, by_index, olds)):
             self._write(index, olds[index], new, ok)
 
     def _update_target(self, index, step, grad) -> None:
-        old = keras.ops.convert_to_tensor(self.targets[index].constraint.mask)
+        old = keras.ops.convert_to_tensor(self.targets[index].mask_constraint.mask)
         new, ok = self._new_mask(index, step, grad, old)
         self._write(index, old, new, ok)
 
@@ -346,7 +360,7 @@ class Updater:
         weight = t.variable
         kept = keras.ops.logical_and(new, old)
         grown = keras.ops.logical_and(new, keras.ops.logical_not(old))
-        t.constraint.mask.assign(new)
+        t.mask_constraint.mask.assign(new)
         t.constraint.ever.assign(keras.ops.logical_or(t.constraint.ever.value, new))
         weight.assign(keras.ops.where(kept, weight.value,
                                       keras.ops.zeros(weight.shape, weight.dtype)))
@@ -430,7 +444,8 @@ class Updater:
         """
         return 0
 
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         """Returns the new bool mask of one weight. Subclasses override this.
 
         Args:
@@ -456,7 +471,7 @@ class Updater:
         return int(old.sum())
 
     # -- cross-layer hooks (SNFS) -------------------------------------------
-    def observe(self, step, grads: dict) -> dict:
+    def observe(self, step: Array, grads: dict) -> dict:
         """Runs at every step, update step or not, before the update.
 
         Args:
@@ -472,7 +487,7 @@ class Updater:
         """
         return grads
 
-    def plan(self, kit, values: list, weights: list, masks: list, grads: list) -> list:
+    def plan(self, kit: Kit, values: list, weights: list, masks: list, grads: list) -> list:
         """The per-weight values of one update, seeing every weight at once.
 
         A cross-layer updater overrides it (e.g. SNFS, which splits the total
@@ -572,9 +587,12 @@ class Updater:
         for i, target in enumerate(self.targets):
             new = self.new_mask(
                 kit_for(_select.OPS, target), weights[i], olds[i], grads[i], planned[i],
-                lambda role, i=i: _select.salt(ops, self.seed, step, i, role))
+                functools.partial(self._salt_in_graph, step, i))
             out.append((ops.where(ok, new, olds[i]), ok))
         return out
+
+    def _salt_in_graph(self, step: Array, index: int, role: int) -> Array:
+        return _select.salt(keras.ops, self.seed, step, index, role)
 
     # -- helpers ------------------------------------------------------------
     def _grads_by_index(self, grads) -> dict:

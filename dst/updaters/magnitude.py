@@ -73,9 +73,8 @@ class MagnitudePruning(Updater):
             self.initial_sparsity, self.final_sparsity, self.begin_step, self.end, self.power)
         self._shapes = {t.path: t.shape for t in self.targets}
         # Counts are in blocks for block masks: density × number of blocks.
-        self._grids = {t.path: grid_shape(t.shape, block_of(t.constraint))
-                       if block_of(t.constraint) else t.shape for t in self.targets}
-        self._counts = {}
+        self._grids = {t.path: _grid(t) for t in self.targets}
+        self._counts: dict[int, dict[str, int]] = {}
 
     def target_counts(self, step: int) -> dict[str, int]:
         """Active connections each weight keeps at `step`."""
@@ -99,3 +98,9 @@ class MagnitudePruning(Updater):
         keep = xp.minimum(kit.cast(value, "int32"), kit.cast(active, "int32"))
         pruned = kit.select(xp.abs(weight), mask, active - keep, salt(0))
         return xp.logical_and(mask, xp.logical_not(pruned))
+
+
+def _grid(target) -> tuple[int, ...]:
+    """The shape a weight's counts are taken over: its block grid, or itself."""
+    block = block_of(target.constraint)
+    return tuple(grid_shape(target.shape, block)) if block else target.shape
