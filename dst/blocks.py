@@ -158,7 +158,7 @@ class BlockKit:
     plain kit's (`kit.xp`, `kit.select`, ...).
     """
 
-    def __init__(self, kit, block: tuple[int, int]):
+    def __init__(self, kit: _select.Kit, block: tuple[int, int]):
         self.kit = kit
         self.block = block
 
@@ -166,7 +166,7 @@ class BlockKit:
         return getattr(self.kit, name)
 
 
-def kit_for(kit, target):
+def kit_for(kit: _select.Kit, target: Target) -> _select.Kit | BlockKit:
     """`kit` for updating `target`: a `BlockKit` when its mask is blocked."""
     block = block_of(target.constraint)
     return kit if block is None else BlockKit(kit, block)

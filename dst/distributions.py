@@ -148,7 +148,7 @@ def erk(
 _REGISTRY: dict[str, Distribution] = {"uniform": uniform, "er": er, "erk": erk}
 
 
-def get(identifier, *, erk_power_scale: float = 1.0) -> Distribution:
+def get(identifier: str | Distribution, *, erk_power_scale: float = 1.0) -> Distribution:
     """Returns a distribution function by name, or `identifier` if callable.
 
     Args:

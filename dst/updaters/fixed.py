@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import keras
+
 from dst._select import Array, Kit
 from dst.schedules import UpdateSteps
 from dst.updaters.base import Updater
@@ -33,7 +35,8 @@ class FixedMasks(Updater):
     def __init__(self, *, seed: int | None = None):
         super().__init__(update_freq=1, begin_step=0, end_step=0, seed=seed)
 
-    def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
+    def bind(self, model: keras.Model, total_steps: int | None = None, first_step: int = 0,
+             optimizer: keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         self.schedule = UpdateSteps(0, -1, 1)  # no step is an update step
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from dst._model import dynamic_targets
 from dst._select import Array, Kit
 from dst._validate import as_float
@@ -103,7 +105,7 @@ class GraNet(MagnitudePruning):
         return keep, floor_fraction(rate, keep)
 
     @counted_in_blocks
-    def expected_active(self, index, old, step) -> int:
+    def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         return min(self.step_value(step, index)[0], int(old.sum()))
 
     @blockwise

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import keras
+import numpy as np
+
 from dst import distributions as dist_lib
 from dst._model import dynamic_targets
 from dst._select import Array, Kit
@@ -67,7 +70,8 @@ class MagnitudePruning(Updater):
             sparsify(model, 0.0, "uniform")
         return super()._targets(model)
 
-    def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
+    def bind(self, model: keras.Model, total_steps: int | None = None, first_step: int = 0,
+             optimizer: keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         self.sparsity_schedule = PolynomialSparsity(
             self.initial_sparsity, self.final_sparsity, self.begin_step, self.end, self.power)
@@ -87,7 +91,7 @@ class MagnitudePruning(Updater):
         return int(self.target_counts(step)[self.targets[index].path])
 
     @counted_in_blocks
-    def expected_active(self, index, old, step) -> int:
+    def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         return min(int(self.step_value(step, index)), int(old.sum()))
 
     @blockwise

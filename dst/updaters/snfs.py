@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 
 from dst import _compat
+from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import block_of
 from dst.updaters.registry import register
@@ -103,7 +105,8 @@ class SNFS(SET):
         self.momenta: list = []  # one keras.Variable per target, created by `bind`
 
     def bind(self, model: keras.Model, total_steps: int | None = None,
-             first_step: int = 0, optimizer=None, *, jit: bool | None = None) -> None:
+             first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None, *,
+             jit: bool | None = None) -> None:
         super().bind(model, total_steps, first_step, optimizer, jit=jit)
         blocked = [t.path for t in self.targets if block_of(t.constraint) is not None]
         if blocked:
@@ -121,7 +124,7 @@ class SNFS(SET):
         return super().state_variables() + [
             (t.layer, [m]) for t, m in zip(self.targets, self.momenta)]
 
-    def observe(self, step, grads: dict) -> dict:
+    def observe(self, step: Array, grads: dict) -> dict:
         """m ← β·m + (1 − β)·g (kept where g is not finite); the update sees m."""
         ops = keras.ops
         out = {}
@@ -142,7 +145,7 @@ class SNFS(SET):
         which `plan` reads)."""
         return int(math.floor(self.drop_fraction_at(step) * _UNIT))
 
-    def plan(self, kit, values, weights, masks, grads):
+    def plan(self, kit: Kit, values: list, weights: list, masks: list, grads: list) -> list:
         """(drop, grow) of every weight: see the class docstring."""
         xp = kit.xp
         after_drop = self.grow_candidates == "after_drop"
@@ -165,7 +168,8 @@ class SNFS(SET):
         grows = _split(kit, total, xp.stack(scores), xp.stack(caps))
         return [(drop, grows[i]) for i, drop in enumerate(drops)]
 
-    def new_mask(self, kit, weight, mask, grad, value, salt):
+    def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
+                 salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         drop, grow = value
         dropped = kit.select(xp.abs(weight), mask, drop, salt(0))
@@ -174,7 +178,7 @@ class SNFS(SET):
         grown = kit.select(xp.abs(grad), candidates, grow, salt(1), largest=True)
         return xp.logical_or(kept, grown)
 
-    def expected_active(self, index, old, step):
+    def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         """Each weight's count changes; the base checks that the sum of these,
         the total, is unchanged."""
         return int(old.sum())

@@ -81,7 +81,8 @@ class SRigL(RigL):
                          end_step=end_step, seed=seed)
         self.gamma_sal = as_float(gamma_sal, "gamma_sal", type(self).__name__, low=0.0, high=1.0)
 
-    def bind(self, model, total_steps=None, first_step=0, optimizer=None, **kwargs) -> None:
+    def bind(self, model: keras.Model, total_steps: int | None = None, first_step: int = 0,
+             optimizer: keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
         """`Updater.bind`, then makes every mask constant fan-in (`constant_fan_in`)."""
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         for index, t in enumerate(self.targets):
@@ -138,7 +139,7 @@ class SRigL(RigL):
             self.__dict__.setdefault("_new_masks", {})[id(mask)] = np.asarray(new)
         return new
 
-    def expected_active(self, index, old, step) -> int:
+    def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         """The old count, or units × floor(count / units) after an ablation;
         also checks that every active unit has the same fan-in."""
         new = self.__dict__.get("_new_masks", {}).pop(id(old), None)
