@@ -32,8 +32,9 @@ _SERIALIZES_CHILDREN = (keras.layers.RNN, keras.layers.Wrapper, keras.layers.Bid
 # Parents that hand one constraint attribute to several child weights and
 # rebuild those children from their own config: (class, attribute, weight).
 _SHARED_CARRIERS = tuple(
-    (getattr(keras.layers, cls), _compat.ATTENTION_KERNEL_CONSTRAINT, "kernel")
-    for cls in ("MultiHeadAttention", "GroupedQueryAttention")
+    (getattr(keras.layers, cls), attr, "kernel")
+    for cls, attr in (("MultiHeadAttention", _compat.ATTENTION_KERNEL_CONSTRAINT),
+                      ("GroupQueryAttention", "kernel_constraint"))
     if hasattr(keras.layers, cls)
 )
 # Attribute prefix for masks of weights without a constraint attribute, and

@@ -12,6 +12,8 @@ ties are broken by the hash of (seed, step, weight, role), which makes the
 choice seeded, reproducible and not biased by position.
 
 Two kits evaluate the same keys:
+`select_columns` picks k per column of a 2-D array by the same keys (the
+constant fan-in of SRigL).
 - `NUMPY` (on the host): `np.partition` over the scores, then over the
   hashes of the entries tied with the k-th score: O(n).
 - `OPS` (inside a compiled step: XLA under TensorFlow's `jit_compile=True`,
@@ -141,6 +143,11 @@ class _NumpyKit:
         out[tied] = True
         return out.reshape(candidates.shape)
 
+    def select_columns(self, scores, candidates, k, salt_value, *, largest=False):
+        """Per column of a 2-D array, the k[j] best candidates (k: an int or one
+        per column), by the same keys as `select` (constant fan-in, SRigL)."""
+        return _select_columns_numpy(scores, candidates, k, salt_value, largest=largest)
+
 
 class _OpsKit:
     """Selection in `keras.ops`, for compiled steps (32-bit integers only)."""
@@ -199,6 +206,80 @@ class _OpsKit:
         chosen = ops.logical_and(ops.logical_and(chosen, flat_c), k > 0)
         return ops.reshape(chosen, shape)
 
+    def select_columns(self, scores, candidates, k, salt_value, *, largest=False):
+        """`_NumpyKit.select_columns` in `keras.ops`: the same entries."""
+        return _select_columns_ops(scores, candidates, k, salt_value, largest=largest)
+
 
 NUMPY = _NumpyKit()
 OPS = _OpsKit()
+
+
+def _column_keys_numpy(scores, candidates, salt_value, largest):
+    """uint64 keys (score bits << 32 | hash) of a 2-D array; non-candidates last."""
+    c = np.asarray(candidates, dtype=bool)
+    if scores is None:
+        hi = np.zeros(c.shape, dtype=np.uint64)
+    else:
+        s = np.abs(np.asarray(scores, dtype=np.float32))
+        s[np.isnan(s)] = np.inf
+        hi = s.view(np.uint32).astype(np.uint64)
+        if largest:
+            hi = np.uint64(_INF_BITS) - hi
+    hi = np.where(c, hi, np.uint64(_NOT_CANDIDATE))
+    index = np.arange(c.size, dtype=np.uint32).reshape(c.shape)
+    h = _fmix32_u32(index ^ np.uint32(int(salt_value) & _M32)).astype(np.uint64)
+    return (hi << np.uint64(32)) | h
+
+
+def _select_columns_numpy(scores, candidates, k, salt_value, *, largest=False):
+    """Per column of a 2-D array, the k[j] best candidates (k: int or per column)."""
+    c = np.asarray(candidates, dtype=bool)
+    rows, cols = c.shape
+    k = np.clip(np.broadcast_to(np.asarray(k, dtype=np.int64), (cols,)), 0, rows)
+    key = _column_keys_numpy(scores, c, salt_value, largest)
+    if rows == 0:
+        return c
+    kth = np.sort(key, axis=0)[np.maximum(k - 1, 0), np.arange(cols)]
+    return (key <= kth) & c & (k > 0)
+
+
+def _select_columns_ops(scores, candidates, k, salt_value, *, largest=False):
+    """`_select_columns_numpy` in `keras.ops`: the same keys, binary searches per column."""
+    ops = keras.ops
+    rows, cols = candidates.shape
+    k = ops.broadcast_to(ops.cast(k, "int32"), (cols,))
+    if scores is None:
+        hi = ops.zeros((rows, cols), "int32")
+    else:
+        s = ops.abs(ops.cast(scores, "float32"))
+        s = ops.where(ops.isnan(s), np.float32(np.inf), s)
+        hi = ops.view(s, "int32")
+        if largest:
+            hi = _INF_BITS - hi
+    hi = ops.where(candidates, hi, _NOT_CANDIDATE)
+    index = ops.reshape(ops.arange(rows * cols, dtype="int32"), (rows, cols))
+    tie = ops.bitwise_xor(_fmix32_ops(ops.bitwise_xor(index, salt_value)), _SIGN)
+
+    def search(values, eligible, need, low, high, steps):
+        # Per column: smallest t in [low, high] with #(eligible & values <= t) >= need.
+        def body(_, bounds):
+            lo, up = bounds
+            mid = (ops.right_shift(lo, 1) + ops.right_shift(up, 1)
+                   + ops.bitwise_and(ops.bitwise_and(lo, up), 1))
+            hits = ops.logical_and(eligible, values <= ops.expand_dims(mid, 0))
+            enough = ops.sum(ops.cast(hits, "int32"), axis=0) >= need
+            return ops.where(enough, lo, mid + 1), ops.where(enough, mid, up)
+
+        start = (ops.full((cols,), low, "int32"), ops.full((cols,), high, "int32"))
+        return ops.fori_loop(0, steps, body, start)[1]
+
+    everything = ops.ones((rows, cols), "bool")
+    kth = ops.expand_dims(search(hi, everything, k, 0, _NOT_CANDIDATE, 31), 0)
+    below = hi < kth
+    need = k - ops.sum(ops.cast(below, "int32"), axis=0)
+    at = ops.equal(hi, kth)
+    last = ops.expand_dims(search(tie, at, need, _SIGN, 2**31 - 1, 32), 0)
+    chosen = ops.logical_or(below, ops.logical_and(at, tie <= last))
+    return ops.logical_and(ops.logical_and(chosen, candidates), ops.expand_dims(k > 0, 0))
+

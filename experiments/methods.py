@@ -30,6 +30,20 @@ def _drop_grow_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
                 begin_step=begin, end_step=end, seed=seed)
 
 
+def _granet_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
+    # GraNet's own sparse start (0.5) and regrowth fraction (0.5).
+    return dict(final_sparsity=sparsity, initial_sparsity=min(0.5, sparsity),
+                begin_step=begin, end_step=end, update_freq=cfg["update_freq"],
+                distribution=distribution, seed=seed)
+
+
+def _srigl_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
+    # SET's schedule; SRigL always grows "after_drop" (no grow_candidates).
+    return dict(update_freq=cfg["update_freq"], drop_fraction=cfg["drop_fraction"],
+                drop_fraction_schedule=cfg["drop_fraction_schedule"],
+                begin_step=begin, end_step=end, seed=seed)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One row of the method table.
@@ -124,9 +138,14 @@ TABLE: dict[str, Method] = {m.name: m for m in (
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
     Method("rigl", "RigL", "tab:red", "P", sparsify=True, callback="rigl",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
-    Method("rigl_2x", "RigL 2×", "darkred", "*", sparsify=True, callback="rigl",
+    Method("rigl_2x", "RigL 2×", "darkred", "p", sparsify=True, callback="rigl",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs,
            budget=2),
+    Method("granet", "GraNet", "tab:green", "X", callback="granet",
+           distribution_field="distribution", schedule=True, sparsity_schedule="gradual",
+           kwargs=_granet_kwargs),
+    Method("srigl", "SRigL", "tab:purple", "*", sparsify=True, callback="srigl",
+           distribution_field="distribution", schedule=True, kwargs=_srigl_kwargs),
 )}
 NAMES: tuple[str, ...] = tuple(TABLE)
 # Line styles that tell the distributions of one method apart in a figure.

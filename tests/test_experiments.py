@@ -44,9 +44,9 @@ def test_tiny_config_runs_every_method(tmp_path):
     rows = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lines.append)
 
     assert sorted(r["method"] for r in rows) == sorted(methods.NAMES)
-    assert any(line.startswith("run 7/7: method=") for line in lines)
+    assert any(line.startswith("run 9/9: method=") for line in lines)
     csv_rows = report.read_csv(tmp_path / "runs.csv")
-    assert len(csv_rows) == 7
+    assert len(csv_rows) == 9
     assert sorted(p.stem for p in (tmp_path / "results").glob("*.json")) == sorted(
         r["run_id"] for r in rows)
     for column in ("method", "distribution", "target_sparsity", "seed",
@@ -62,8 +62,11 @@ def test_tiny_config_runs_every_method(tmp_path):
             # Counted from the final weights. Rounding per layer, plus SET's
             # regrown weights that start at 0 and never get a gradient (digits
             # has pixels that are 0 in every image), stay within 0.005.
-            assert abs(r["achieved_sparsity"] - 0.9) <= 0.005, r
-            assert abs(r["flops_ratio"] - 0.1) <= 0.005, r
+            # SRigL's constant fan-in (floor(n / units)) and neuron ablation keep
+            # at most the target's count, so it may end sparser.
+            high = 0.03 if r["method"] == "srigl" else 0.005
+            assert -0.005 <= r["achieved_sparsity"] - 0.9 <= high, r
+            assert -high <= r["flops_ratio"] - 0.1 <= 0.005, r
             assert r["gzip_bytes"] < 0.5 * r["dense_gzip_bytes"], r
     text = (tmp_path / "summary.md").read_text()
     assert "| rigl | erk |" in text and "| tfmot | uniform |" in text
@@ -370,7 +373,7 @@ def test_int8_export_of_a_tiny_run(tmp_path):
 # -- bad configs --------------------------------------------------------------------
 BAD = [
     ({"methods": ["dense", "lottery"]}, r"methods\.1: Input should be 'dense', 'static', "
-     r"'magnitude', 'tfmot', 'set', 'rigl' or 'rigl_2x'; got 'lottery'"),
+     r"'magnitude', 'tfmot', 'set', 'rigl', 'rigl_2x', 'granet' or 'srigl'; got 'lottery'"),
     ({"lr_schedule": "linear"},
      r"lr_schedule: Input should be 'constant', 'cosine' or 'step'; got 'linear'"),
     ({"dataset": "imagenet"}, r"dataset: Input should be 'digits', 'teacher', "
@@ -522,7 +525,7 @@ def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch)
 def test_dry_run_checks_the_schedule_too(tmp_path, capsys, monkeypatch):
     _no_training(monkeypatch)
     assert run.main([str(TINY), "--out", str(tmp_path), "--dry-run"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "run 7/7: tfmot-uniform-s0.9-seed0"
+    assert capsys.readouterr().out.splitlines()[-1] == "run 9/9: tfmot-uniform-s0.9-seed0"
     args = [str(TINY), "--out", str(tmp_path), "--dry-run", "--update_freq", "1000"]
     assert run.main(args) == 2
     assert "the update schedule does not fit" in capsys.readouterr().err

@@ -35,16 +35,18 @@ class Flip(dst.updaters.Updater):
 
 
 def test_builtin_updaters_are_registered_by_name_in_any_case():
-    assert {n: dst.updaters.get(n) for n in ("fixed", "magnitude", "set", "rigl")} == {
+    assert {n: dst.updaters.get(n) for n in ("fixed", "magnitude", "set", "rigl", "granet",
+                                                 "srigl")} == {
         "fixed": dst.updaters.FixedMasks, "magnitude": dst.updaters.MagnitudePruning,
-        "set": dst.updaters.SET, "rigl": dst.updaters.RigL}
+        "set": dst.updaters.SET, "rigl": dst.updaters.RigL, "granet": dst.updaters.GraNet,
+        "srigl": dst.updaters.SRigL}
     assert dst.updaters.get("RigL") is dst.updaters.RigL
-    assert registry.names() == ["fixed", "magnitude", "rigl", "set"]
+    assert registry.names() == ["fixed", "granet", "magnitude", "rigl", "set", "srigl"]
 
 
 def test_unknown_updater_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"Unknown dst updater: 'snip'\. Known updaters: "
-                                         r"\['fixed', 'magnitude', 'rigl', 'set'\]"):
+                                         r"\['fixed', 'granet', 'magnitude', 'rigl', 'set', 'srigl'\]"):
         dst.updaters.get("snip")
     with pytest.raises(ValueError, match=r"Unknown dst updater: 3\."):
         dst.updaters.get(3)
@@ -55,7 +57,7 @@ def test_register_returns_the_class_and_lowercases_the_name():
     assert dst.updaters.get("flip") is Flip
     assert registry.name_of(Flip) == "flip"
     dst.updaters.register("flip")(Flip)  # the same class again: fine (a re-run cell)
-    assert registry.names() == ["fixed", "flip", "magnitude", "rigl", "set"]
+    assert registry.names() == ["fixed", "flip", "granet", "magnitude", "rigl", "set", "srigl"]
 
 
 def test_register_refuses_a_taken_name_naming_both_classes():
@@ -105,7 +107,7 @@ def test_callbacks_get_returns_an_instance_as_is_and_builds_from_a_config():
 
 def test_callbacks_get_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"Unknown dst callback: 'snip'\. Known callbacks: "
-                                         r"\['fixed', 'magnitude', 'rigl', 'set'\]\. "
+                                         r"\['fixed', 'granet', 'magnitude', 'rigl', 'set', 'srigl'\]\. "
                                          r"Add one by registering"):
         dst.callbacks.get("snip")
     with pytest.raises(ValueError, match=r"Unknown dst callback: None"):

@@ -273,3 +273,23 @@ def test_set_masks_that_match_neither_by_path_nor_by_order_is_an_error(tmp_path)
     after = dst.get_masks(loaded)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_load_model_restores_group_query_attention_masks(tmp_path):
+    # GroupQueryAttention, like MultiHeadAttention, hands its kernel_constraint
+    # to its four projections and rebuilds them from its own config.
+    x = keras.Input((5, 8))
+    y = layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2,
+                                   name="gqa")(x, x)
+    model = keras.Model(x, layers.Dense(2, name="head")(layers.Flatten()(y)), name="g")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot restore" warning
+        dst.sparsify(model, 0.6, seed=0)
+    masks = dst.get_masks(model)
+    assert len(masks) == 5
+    model.save(tmp_path / "g.keras")
+    loaded = keras.models.load_model(tmp_path / "g.keras")
+    got = dst.get_masks(loaded)
+    assert len(got) == 5
+    for (p, m), (q, n) in zip(sorted(masks.items()), sorted(got.items())):
+        np.testing.assert_array_equal(m, n, err_msg=f"{p} vs {q}")

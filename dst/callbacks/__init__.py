@@ -5,9 +5,11 @@ from typing import Any
 from dst import updaters
 from dst.callbacks.base import DSTCallback, callback_class
 from dst.callbacks.fixed import FixedMasks
+from dst.callbacks.granet import GraNet
 from dst.callbacks.magnitude import MagnitudePruning
 from dst.callbacks.rigl import RigL
 from dst.callbacks.set import SET
+from dst.callbacks.srigl import SRigL
 from dst.updaters import registry
 
 
@@ -65,4 +67,4 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     return callback_class(updater)(**kwargs)
 
 
-__all__ = ["DSTCallback", "FixedMasks", "MagnitudePruning", "RigL", "SET", "get"]
+__all__ = ["DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SRigL", "get"]

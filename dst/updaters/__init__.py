@@ -18,9 +18,11 @@ callback: `dst.callbacks.get(name, **kwargs)`.
 
 from dst.updaters.base import Updater
 from dst.updaters.fixed import FixedMasks
+from dst.updaters.granet import GraNet
 from dst.updaters.magnitude import MagnitudePruning
 from dst.updaters.registry import get, register
 from dst.updaters.rigl import RigL
 from dst.updaters.set import SET
+from dst.updaters.srigl import SRigL
 
-__all__ = ["FixedMasks", "MagnitudePruning", "RigL", "SET", "Updater", "get", "register"]
+__all__ = ["FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SRigL", "Updater", "get", "register"]

@@ -370,7 +370,7 @@ class Updater:
         row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int32")) - 1,
                           len(steps) - 1)
         value = ops.take(ops.take(ops.convert_to_tensor(table), ops.maximum(row, 0), axis=0),
-                         index)
+                         index, axis=0)  # an int, or a vector for a tuple `step_value`
         safe_w = ops.where(ops.isfinite(weight), weight, ops.zeros(weight.shape, weight.dtype))
         safe_g = None if grad is None else ops.where(ops.isfinite(grad), grad,
                                                      ops.zeros(grad.shape, grad.dtype))
@@ -403,7 +403,9 @@ class Updater:
         """The per-step count `new_mask` needs (connections to drop, or to keep).
 
         An integer computed on the host, so the count is exactly the same on
-        every backend and in both selection paths.
+        every backend and in both selection paths; or a tuple of integers of
+        one length for every step and weight (`new_mask` then indexes
+        `value[0]`, `value[1]`, ...).
         """
         return 0
 
