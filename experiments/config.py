@@ -35,6 +35,7 @@ DATASETS = ("digits", "teacher", "fashion_mnist", "mnist", "cifar10")
 IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")
 METHODS = methods_lib.NAMES
 BACKENDS = ("tensorflow", "jax", "torch")
+LR_SCHEDULES = ("constant", "cosine", "step")
 # Sweep-style singular names (`--method rigl --sparsity 0.9 --seed 0`).
 ALIASES = {"method": "methods", "sparsity": "sparsities", "seed": "seeds",
            "distributions": "distribution"}
@@ -238,6 +239,10 @@ class Config(_Strict):
     batch_size: PositiveInt = Field(description="examples per optimizer step")
     optimizer: Annotated[Optimizer, _shorthand("optimizer")] = Field(
         description="a name (adam, sgd, ...) or {name: adam, learning_rate: 0.001, ...}")
+    lr_schedule: Annotated[Literal[LR_SCHEDULES], BeforeValidator(_lower)] = Field(
+        default="constant", description="learning-rate decay over the run's steps: "
+                                        "constant, cosine (to 0) or step (x0.1 at 50% "
+                                        "and 75%)")
     backend: Annotated[Literal[BACKENDS], BeforeValidator(_lower)] = Field(
         default="tensorflow", description="Keras backend; tfmot needs tensorflow")
     name: str | None = Field(default=None, description="experiment name (W&B group, "
@@ -436,7 +441,7 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
         problems.append(("backend", f"method(s) {tf_keras_methods} run on tf_keras and need "
                                     f"backend 'tensorflow'; got {cfg.backend!r}."))
     for framework in sorted(frameworks):  # "keras" first; one report is enough
-        found = _check_optimizer(cfg.optimizer, framework, tf_keras_methods)
+        found = _check_optimizer(cfg.optimizer, framework, tf_keras_methods, cfg.lr_schedule)
         problems += found
         if found:
             break
@@ -477,17 +482,53 @@ def optimizer_classes(framework: str = "keras") -> dict[str, str]:
     return {n.lower(): n for n in sorted(names)}
 
 
-def make_optimizer(spec: Mapping[str, Any], framework: str = "keras"):
-    """Builds the optimizer `{name, **kwargs}` with Keras 3 (or tf_keras)."""
+def make_optimizer(spec: Mapping[str, Any], framework: str = "keras", *,
+                   lr_schedule: str = "constant", total_steps: int | None = None):
+    """Builds the optimizer `{name, **kwargs}` with Keras 3 (or tf_keras).
+
+    With `lr_schedule` other than "constant", its learning rate is the spec's
+    (or the class default) decayed over `total_steps` by `learning_rate_schedule`.
+    """
     if framework == "keras":
         import keras as k
     else:
         import tf_keras as k
     cls = getattr(k.optimizers, optimizer_classes(framework)[spec["name"]])
-    return cls(**{a: v for a, v in spec.items() if a != "name"})
+    kwargs = {a: v for a, v in spec.items() if a != "name"}
+    if lr_schedule != "constant":
+        if total_steps is None:
+            raise ValueError(f"lr_schedule={lr_schedule!r} needs the run's total_steps.")
+        initial = kwargs.get("learning_rate",
+                             inspect.signature(cls).parameters["learning_rate"].default)
+        kwargs["learning_rate"] = learning_rate_schedule(
+            lr_schedule, float(initial), total_steps, framework)
+    return cls(**kwargs)
 
 
-def _check_optimizer(opt: Optimizer, framework: str, tf_keras_methods) -> list:
+def learning_rate_schedule(name: str, initial: float, total_steps: int,
+                           framework: str = "keras"):
+    """The learning rate at each optimizer step, as a Keras 3 (or tf_keras) schedule.
+
+    "cosine": `initial * (1 + cos(pi * step / total_steps)) / 2`, 0 at the end;
+    "step": `initial`, then x0.1 after 50% and x0.01 after 75% of `total_steps`
+    (the RigL CIFAR setups). Both frameworks get the same formula.
+    """
+    if framework == "keras":
+        import keras as k
+    else:
+        import tf_keras as k
+    schedules = k.optimizers.schedules
+    if name == "cosine":
+        return schedules.CosineDecay(initial, decay_steps=total_steps, alpha=0.0)
+    if name == "step":
+        boundaries = [int(0.5 * total_steps), int(0.75 * total_steps)]
+        return schedules.PiecewiseConstantDecay(
+            boundaries, [initial, initial * 0.1, initial * 0.01])
+    raise ValueError(f"Unknown lr_schedule {name!r}; known: {', '.join(LR_SCHEDULES)}.")
+
+
+def _check_optimizer(opt: Optimizer, framework: str, tf_keras_methods,
+                     lr_schedule: str = "constant") -> list:
     spec = {"name": opt.name, **opt.kwargs()}
     if framework == "tf_keras":
         try:
@@ -500,7 +541,7 @@ def _check_optimizer(opt: Optimizer, framework: str, tf_keras_methods) -> list:
                                        f"which method(s) {tf_keras_methods} train with. "
                                        f"Use one of {', '.join(map(repr, classes))}.")]
     try:
-        make_optimizer(spec, framework)
+        make_optimizer(spec, framework, lr_schedule=lr_schedule, total_steps=100)
     except (TypeError, ValueError) as err:
         where = "Keras 3" if framework == "keras" else "tf_keras"
         return [("optimizer", f"{where} {opt.name!r} rejected its arguments "

@@ -69,6 +69,10 @@ class Method:
             "gradual" (pruned from 0 to the target by end_step).
         kwargs: (cfg, sparsity, seed, begin, end, distribution) -> the
             callback's constructor arguments.
+        budget: training budget as a multiple of the config's: the run trains
+            `budget * epochs` epochs, and everything defined over training
+            (begin_step/end_step, the learning-rate schedule) stretches with it
+            (RigL_2x in the RigL paper).
     """
 
     name: str
@@ -83,6 +87,7 @@ class Method:
     schedule: bool = False
     sparsity_schedule: str = "constant"
     kwargs: Callable[..., dict] = _no_kwargs
+    budget: int = 1
 
     @property
     def sparse(self) -> bool:
@@ -99,6 +104,17 @@ class Method:
                         begin: int, end: int, distribution: str) -> dict:
         """Constructor arguments of this method's dst callback."""
         return self.kwargs(cfg, sparsity, seed, begin, end, distribution)
+
+    def run_config(self, cfg: Mapping[str, Any]) -> dict:
+        """`cfg` as this method's runs train it: epochs (and begin/end steps given
+        as step counts) times `budget`; fractions of training scale by themselves."""
+        out = dict(cfg)
+        if self.budget != 1:
+            out["epochs"] = cfg["epochs"] * self.budget
+            for key in ("begin_step", "end_step"):
+                if isinstance(cfg[key], int):
+                    out[key] = cfg[key] * self.budget
+        return out
 
     def display(self, distribution: str) -> str:
         """The figure label of this method with `distribution`."""
@@ -122,6 +138,9 @@ TABLE: dict[str, Method] = {m.name: m for m in (
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
     Method("rigl", "RigL", "tab:red", "P", sparsify=True, callback="rigl",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
+    Method("rigl_2x", "RigL 2×", "darkred", "p", sparsify=True, callback="rigl",
+           distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs,
+           budget=2),
     Method("granet", "GraNet", "tab:green", "X", callback="granet",
            distribution_field="distribution", schedule=True, sparsity_schedule="gradual",
            kwargs=_granet_kwargs),

@@ -69,7 +69,7 @@ def plan(cfg: Mapping, tag: str = "") -> list[Job]:
         sparsities = cfg["sparsities"] if method.sparse else [0.0]
         block = tuple(cfg["block"]) if cfg.get("block") and method.sparse else None
         for dist, s in itertools.product(method.distributions(cfg), sparsities):
-            jobs.append(Job(dict(cfg), RunSpec(name, dist, s, seed, block), tag))
+            jobs.append(Job(method.run_config(cfg), RunSpec(name, dist, s, seed, block), tag))
     return jobs
 
 

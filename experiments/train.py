@@ -3,6 +3,13 @@
 Every method trains `models.build(cfg["model"], ...)` with the same optimizer,
 batch size, epochs and data order; the dst methods use Keras 3, `tfmot` the
 same architecture in tf_keras with TF-MOT's `prune_low_magnitude`.
+
+Runs of one seed start from the same weights and see the same batches in the
+same order, whichever framework trains them: `initial_model` draws the Keras 3
+model of a seed, and `tf_keras_model` copies its weights (in layer order) into
+the tf_keras one; `batch_order` draws each epoch's permutation with numpy from
+the seed, and `train_dataset` feeds it as one `tf.data` stream of
+epochs x steps batches, which both frameworks read through without reshuffling.
 """
 
 from __future__ import annotations
@@ -172,6 +179,7 @@ def train_run(
         "target_sparsity": spec.sparsity,
         "seed": spec.seed, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
         "steps_per_epoch": steps, "optimizer": cfg["optimizer"]["name"],
+        "lr_schedule": cfg["lr_schedule"],
         "update_freq": cfg["update_freq"], "drop_fraction": cfg["drop_fraction"],
         "begin_step": schedule[0], "end_step": schedule[1], "val_split": cfg["val_split"],
         "backend": _backend_of(spec.method),
@@ -203,12 +211,72 @@ def _history(h) -> dict:
     return {k: [float(x) for x in v] for k, v in h.history.items()}
 
 
-def _fit_args(cfg, data, val_data):
+def batch_order(n: int, batch_size: int, seed: int, epochs: int) -> list[list[np.ndarray]]:
+    """The example indices of every batch, per epoch: a fresh numpy permutation
+    of range(n) per epoch, drawn from (seed, epoch), cut into batches (the last
+    one smaller when batch_size does not divide n)."""
+    out = []
+    for epoch in range(epochs):
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.append([perm[i:i + batch_size] for i in range(0, n, batch_size)])
+    return out
+
+
+def train_dataset(data, cfg: Mapping[str, Any], seed: int):
+    """The training batches of a run as one `tf.data` stream of epochs x steps
+    batches, in `batch_order`. `fit(..., steps_per_epoch=steps)` reads it straight
+    through in Keras 3 and in tf_keras (neither recreates the iterator per epoch
+    when the stream is longer than an epoch)."""
+    import tensorflow as tf
+
+    order = batch_order(len(data.x_train), cfg["batch_size"], seed, cfg["epochs"])
+    flat = np.concatenate([np.concatenate(batches) for batches in order])
+    sizes = np.array([len(b) for batches in order for b in batches], dtype=np.int64)
+    x, y = tf.constant(data.x_train), tf.constant(data.y_train)
+    batches = tf.data.Dataset.from_tensor_slices(
+        tf.RaggedTensor.from_row_lengths(flat, sizes))
+    return batches.map(lambda i: (tf.gather(x, i), tf.gather(y, i)),
+                       num_parallel_calls=1, deterministic=True).prefetch(2)
+
+
+def _fit_args(cfg, data, val_data, seed):
     return dict(
-        x=data.x_train, y=data.y_train, batch_size=cfg["batch_size"],
-        epochs=cfg["epochs"], verbose=cfg["verbose"], shuffle=True,
-        validation_data=val_data,
+        x=train_dataset(data, cfg, seed), epochs=cfg["epochs"],
+        steps_per_epoch=int(np.ceil(len(data.x_train) / cfg["batch_size"])),
+        verbose=cfg["verbose"], validation_data=val_data, shuffle=False,
     )
+
+
+def _optimizer(cfg, data, framework):
+    steps = int(np.ceil(len(data.x_train) / cfg["batch_size"])) * cfg["epochs"]
+    return config_lib.make_optimizer(cfg["optimizer"], framework,
+                                     lr_schedule=cfg["lr_schedule"], total_steps=steps)
+
+
+def initial_model(cfg: Mapping[str, Any], data, seed: int):
+    """The Keras 3 model of `seed`, as every run of that seed starts."""
+    import keras
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    return models.build(cfg["model"], data.input_shape, data.num_classes, keras)
+
+
+def tf_keras_model(cfg: Mapping[str, Any], data, seed: int):
+    """The same architecture in tf_keras, with `initial_model(cfg, data, seed)`'s
+    weights copied in layer order (so TF-MOT starts where the dst runs start)."""
+    import tf_keras
+
+    weights = initial_model(cfg, data, seed).get_weights()
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(seed)
+    model = models.build(cfg["model"], data.input_shape, data.num_classes, tf_keras)
+    shapes = [w.shape for w in model.get_weights()]
+    if shapes != [w.shape for w in weights]:
+        raise RuntimeError(f"tf_keras weights {shapes} do not match Keras 3's "
+                           f"{[w.shape for w in weights]}.")
+    model.set_weights(weights)
+    return model
 
 
 def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
@@ -216,9 +284,7 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
 
     import dst
 
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(spec.seed)
-    model = models.build(cfg["model"], data.input_shape, data.num_classes, keras)
+    model = initial_model(cfg, data, spec.seed)
     method = methods.get(spec.method)
     callbacks = []
     keep = cfg["keep_dense"]
@@ -235,11 +301,11 @@ def _fit_dst(spec, cfg, data, val_data, reference, schedule, run):
         callbacks.append(dst.callbacks.get(method.callback, **kwargs))
     monitor = _monitor(keras.callbacks.Callback, reference.names)
     model.compile(
-        optimizer=config_lib.make_optimizer(cfg["optimizer"], "keras"),
+        optimizer=_optimizer(cfg, data, "keras"),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    h = model.fit(**_fit_args(cfg, data, val_data),
+    h = model.fit(**_fit_args(cfg, data, val_data, spec.seed),
                   callbacks=_callbacks(*callbacks, monitor, wandb_log.metrics_logger(run, "keras")))
     final = dst.strip(model)
     final.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -256,9 +322,7 @@ def _fit_tfmot(spec, cfg, data, val_data, reference, schedule, run):
             "Method 'tfmot' needs TF-MOT and tf_keras: pip install "
             "'keras-dst[tfmot]', or drop 'tfmot' from `methods`."
         ) from err
-    tf_keras.backend.clear_session()
-    tf_keras.utils.set_random_seed(spec.seed)
-    base = models.build(cfg["model"], data.input_shape, data.num_classes, tf_keras)
+    base = tf_keras_model(cfg, data, spec.seed)
     begin, end = schedule
     pruning = tfmot.sparsity.keras
     decay = pruning.PolynomialDecay(initial_sparsity=0.0, final_sparsity=spec.sparsity,
@@ -279,9 +343,9 @@ def _fit_tfmot(spec, cfg, data, val_data, reference, schedule, run):
         model = tf_keras.models.clone_model(base, clone_function=prune)
     monitor = _monitor(tf_keras.callbacks.Callback, reference.names)
     loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=config_lib.make_optimizer(cfg["optimizer"], "tf_keras"), loss=loss,
+    model.compile(optimizer=_optimizer(cfg, data, "tf_keras"), loss=loss,
                   metrics=["accuracy"])
-    h = model.fit(**_fit_args(cfg, data, val_data),
+    h = model.fit(**_fit_args(cfg, data, val_data, spec.seed),
                   callbacks=_callbacks(pruning.UpdatePruningStep(), monitor,
                                        wandb_log.metrics_logger(run, "tf_keras")))
     final = pruning.strip_pruning(model)

@@ -28,6 +28,7 @@ from typing import Any
 # describe it (the lists that plan the runs are replaced by the run's values).
 RUN_FIELDS = (
     "name", "dataset", "model", "backend", "epochs", "batch_size", "optimizer",
+    "lr_schedule",
     "update_freq", "drop_fraction", "drop_fraction_schedule", "sparse_init",
     "grow_candidates", "keep_dense",
     "val_split", "max_train_samples", "max_test_samples", "export",

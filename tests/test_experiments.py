@@ -19,7 +19,7 @@ import yaml  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
 from experiments import data as data_lib  # noqa: E402
-from experiments import methods, report, run, sweep, wandb_log  # noqa: E402
+from experiments import methods, report, run, sweep, train, wandb_log  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow_only  # tf.distribute / TF-MOT / experiments
 
@@ -376,7 +376,9 @@ def test_int8_export_of_a_tiny_run(tmp_path):
 # -- bad configs --------------------------------------------------------------------
 BAD = [
     ({"methods": ["dense", "lottery"]}, r"methods\.1: Input should be 'dense', 'static', "
-     r"'magnitude', 'tfmot', 'set' or 'rigl'; got 'lottery'"),
+     r"'magnitude', 'tfmot', 'set', 'rigl', 'rigl_2x', 'granet' or 'srigl'; got 'lottery'"),
+    ({"lr_schedule": "linear"},
+     r"lr_schedule: Input should be 'constant', 'cosine' or 'step'; got 'linear'"),
     ({"dataset": "imagenet"}, r"dataset: Input should be 'digits', 'teacher', "
      r"'fashion_mnist', 'mnist' or 'cifar10'; got 'imagenet'"),
     ({"sparsities": [0.9, 1.0]}, r"sparsities\.1: must be a number in \(0, 1\).*got 1\.0"),
@@ -526,7 +528,7 @@ def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch)
 def test_dry_run_checks_the_schedule_too(tmp_path, capsys, monkeypatch):
     _no_training(monkeypatch)
     assert run.main([str(TINY), "--out", str(tmp_path), "--dry-run"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "run 6/6: tfmot-uniform-s0.9-seed0"
+    assert capsys.readouterr().out.splitlines()[-1] == "run 9/9: tfmot-uniform-s0.9-seed0"
     args = [str(TINY), "--out", str(tmp_path), "--dry-run", "--update_freq", "1000"]
     assert run.main(args) == 2
     assert "the update schedule does not fit" in capsys.readouterr().err
@@ -594,3 +596,92 @@ def test_the_backend_field_runs_the_dst_methods_on_that_backend(tmp_path):
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert sorted(r["method"] for r in rows) == ["dense", "rigl"]
     assert {r["backend"] for r in rows} == {"jax"}
+
+
+# -- the papers' regime: learning-rate decay, RigL at 2x, one start for both frameworks --
+@pytest.mark.parametrize("framework", ["keras", "tf_keras"])
+def test_lr_schedules_follow_their_formulas_in_both_frameworks(framework):
+    total, lr = 200, 0.1
+    cosine = config_lib.learning_rate_schedule("cosine", lr, total, framework)
+    for step in (0, 1, 50, 100, 150, 199, 200):
+        expected = lr * (1 + np.cos(np.pi * step / total)) / 2
+        assert float(cosine(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7), step
+    step_decay = config_lib.learning_rate_schedule("step", lr, total, framework)
+    for step, expected in [(0, lr), (100, lr), (101, lr / 10), (150, lr / 10),
+                           (151, lr / 100), (199, lr / 100)]:
+        assert float(step_decay(step)) == pytest.approx(expected, rel=1e-6), step
+    # make_optimizer hands the schedule to the optimizer; the class default rate
+    # (SGD: 0.01) is the initial value when the config gives none.
+    opt = config_lib.make_optimizer({"name": "sgd", "momentum": 0.9}, framework,
+                                    lr_schedule="cosine", total_steps=total)
+    lr_config = opt.get_config()["learning_rate"]
+    assert lr_config["class_name"] == "CosineDecay"
+    assert lr_config["config"]["initial_learning_rate"] == pytest.approx(0.01)
+    assert lr_config["config"]["decay_steps"] == total
+    constant = config_lib.make_optimizer({"name": "sgd", "learning_rate": 0.1}, framework)
+    assert constant.get_config()["learning_rate"] == pytest.approx(0.1)
+
+
+def test_rigl_2x_trains_twice_the_steps_with_the_schedule_stretched(tmp_path):
+    cfg = tiny(methods=["rigl", "rigl_2x"], lr_schedule="cosine",
+               optimizer={"name": "sgd", "learning_rate": 0.1})
+    jobs = run.plan(cfg)
+    assert [j.cfg["epochs"] for j in jobs] == [1, 2]
+    rows = {r["method"]: r for r in run.run_jobs(jobs, tmp_path, print_fn=lambda *_: None)}
+    one, two = rows["rigl"], rows["rigl_2x"]
+    assert two["epochs"] * two["steps_per_epoch"] == 2 * one["epochs"] * one["steps_per_epoch"]
+    # end_step: 75% of training, on the update grid (update_freq 2)
+    assert (one["end_step"], two["end_step"]) == (6, 12)
+    assert abs(two["achieved_sparsity"] - 0.9) <= 0.005
+    # step counts (integers) stretch too; fractions stretch by themselves
+    assert methods.get("rigl_2x").run_config(tiny(end_step=5))["end_step"] == 10
+    assert methods.get("rigl").run_config(tiny(end_step=5))["end_step"] == 5
+
+
+def _digits(cfg):
+    return data_lib.load(cfg["dataset"], max_train_samples=cfg["max_train_samples"],
+                         max_test_samples=cfg["max_test_samples"])
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet"])
+def test_tfmot_starts_from_the_weights_of_the_dst_runs(model):
+    cfg = tiny(model=model)
+    data = _digits(cfg)
+    dst_start = train.initial_model(cfg, data, seed=3).get_weights()
+    tfmot_start = train.tf_keras_model(cfg, data, seed=3).get_weights()
+    assert len(dst_start) == len(tfmot_start)
+    for a, b in zip(dst_start, tfmot_start):
+        np.testing.assert_array_equal(a, b)
+    other_seed = train.initial_model(cfg, data, seed=4).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(dst_start, other_seed))
+
+
+def test_batch_order_is_one_numpy_stream_per_seed():
+    cfg = tiny(batch_size=100)  # 256 examples: batches of 100, 100, 56
+    data = _digits(cfg)
+    order = train.batch_order(256, 100, seed=0, epochs=2)
+    assert [len(b) for b in order[0]] == [100, 100, 56]
+    assert sorted(np.concatenate(order[0])) == list(range(256))
+    assert not np.array_equal(np.concatenate(order[0]), np.concatenate(order[1]))
+    assert np.array_equal(np.concatenate(train.batch_order(256, 100, 0, 1)[0]),
+                          np.concatenate(order[0]))
+    batches = list(train.train_dataset(data, dict(cfg, epochs=2), seed=0))
+    assert len(batches) == 6
+    for (x, y), idx in zip(batches, order[0] + order[1]):
+        np.testing.assert_array_equal(x.numpy(), data.x_train[idx])
+        np.testing.assert_array_equal(y.numpy(), data.y_train[idx])
+
+
+def test_dst_and_tfmot_runs_of_a_seed_see_the_same_first_epoch(tmp_path):
+    """Same start, same batches, same optimizer: before TF-MOT's pruning begins
+    (at 50% = the second epoch), its run matches the dense run step for step."""
+    import json
+
+    cfg = tiny(methods=["dense", "tfmot"], epochs=2, begin_step=0.5, seeds=[1],
+               optimizer={"name": "sgd", "learning_rate": 0.05, "momentum": 0.9})
+    run.run_jobs(run.plan(cfg), tmp_path, print_fn=lambda *_: None)
+    h = json.loads((tmp_path / "histories.json").read_text())
+    dense, tfmot = h["dense-none-s0-seed1"], h["tfmot-uniform-s0.9-seed1"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert tfmot[key][0] == pytest.approx(dense[key][0], rel=1e-4), key
+    assert tfmot["sparsity"][1] == pytest.approx(0.9, abs=1e-3)
