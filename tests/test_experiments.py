@@ -376,7 +376,7 @@ def test_int8_export_of_a_tiny_run(tmp_path):
 # -- bad configs --------------------------------------------------------------------
 BAD = [
     ({"methods": ["dense", "lottery"]}, r"methods\.1: Input should be 'dense', 'static', "
-     r"'magnitude', 'tfmot', 'set', 'rigl', 'rigl_2x', 'granet' or 'srigl'; got 'lottery'"),
+     r"'magnitude', 'tfmot', 'set', 'rigl', 'rigl_2x', 'granet', 'srigl' or 'snfs'; got 'lottery'"),
     ({"lr_schedule": "linear"},
      r"lr_schedule: Input should be 'constant', 'cosine' or 'step'; got 'linear'"),
     ({"dataset": "imagenet"}, r"dataset: Input should be 'digits', 'teacher', "
@@ -528,7 +528,7 @@ def test_bad_config_stops_the_cli_before_training(tmp_path, capsys, monkeypatch)
 def test_dry_run_checks_the_schedule_too(tmp_path, capsys, monkeypatch):
     _no_training(monkeypatch)
     assert run.main([str(TINY), "--out", str(tmp_path), "--dry-run"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "run 9/9: tfmot-uniform-s0.9-seed0"
+    assert capsys.readouterr().out.splitlines()[-1] == "run 6/6: tfmot-uniform-s0.9-seed0"
     args = [str(TINY), "--out", str(tmp_path), "--dry-run", "--update_freq", "1000"]
     assert run.main(args) == 2
     assert "the update schedule does not fit" in capsys.readouterr().err
