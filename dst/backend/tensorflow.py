@@ -15,27 +15,16 @@ from __future__ import annotations
 
 import contextlib
 
-import keras
 import tensorflow as tf
 
 from dst._compat import inner_optimizer
 from dst.backend._hook import SparseStep, masked_gradients
+from dst.backend._stateful import FUNCTIONAL, cond, hooked_train_function, is_traced, release
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
            "release", "sparse_train_function", "step_hook", "variable_key"]
 
 _HOOKED = "_distributed_tf_update_step"
-# `tf.cond` branches may assign variables.
-FUNCTIONAL = False
-
-
-def is_traced(x) -> bool:
-    """Unused here: the path is chosen by `in_graph` (see `dst.backend.jax`)."""
-    return False
-
-
-def cond(pred, true_fn, false_fn):
-    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def in_graph(model) -> bool:
@@ -44,23 +33,9 @@ def in_graph(model) -> bool:
 
 
 def sparse_train_function(model, optimizer, sparse, state):
-    """The model's train function, called with `sparse` hooked into `optimizer`.
-
-    `state` needs nothing here: TF functions read and write variables by
-    reference.
-    """
-    model.make_train_function(force=True)
-    plain = model.train_function
-
-    def call(*args):
-        with step_hook(optimizer, sparse):
-            return plain(*args)
-
-    return call
-
-
-def release(model, state) -> None:
-    """Nothing to undo on TensorFlow."""
+    """The model's train function, called with `sparse` hooked into `optimizer`
+    (`state` needs nothing: TF functions read and write variables by reference)."""
+    return hooked_train_function(model, optimizer, sparse, step_hook)
 
 
 @contextlib.contextmanager

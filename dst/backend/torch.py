@@ -7,24 +7,12 @@ step count is the only value read back every step.
 
 from __future__ import annotations
 
-import keras
-
 from dst import _compat
 from dst.backend._generic import no_autograph, step_hook, variable_key
+from dst.backend._stateful import FUNCTIONAL, cond, hooked_train_function, is_traced, release
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
            "release", "sparse_train_function", "step_hook", "variable_key"]
-
-FUNCTIONAL = False
-
-
-def is_traced(x) -> bool:
-    """Unused here: the path is chosen by `in_graph` (see `dst.backend.jax`)."""
-    return False
-
-
-def cond(pred, true_fn, false_fn):
-    return keras.ops.cond(pred, true_fn, false_fn)
 
 
 def in_graph(model) -> bool:
@@ -39,15 +27,4 @@ def host_call(fn, inputs, dtypes):
 
 def sparse_train_function(model, optimizer, sparse, state):
     """The model's train function, called with `sparse` hooked into `optimizer`."""
-    model.make_train_function(force=True)
-    plain = model.train_function
-
-    def call(*args):
-        with step_hook(optimizer, sparse):
-            return plain(*args)
-
-    return call
-
-
-def release(model, state) -> None:
-    """Nothing to undo on PyTorch."""
+    return hooked_train_function(model, optimizer, sparse, step_hook)
