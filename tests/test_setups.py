@@ -110,8 +110,11 @@ def test_mixed_float16_grows_from_the_unscaled_gradient_and_skipped_steps_do_not
         expected = gradients(model, x, lambda out: keras.losses.MeanSquaredError()(y, out),
                              [t.variable for t in targets])
         start = dst.get_masks(model)
+        # "before_drop": every update moves k connections, so each update is
+        # visible in the masks (with lr 0 and one repeated batch, "after_drop"
+        # may regrow exactly what it dropped: a fixed point, not a skipped update).
         cb = recording_rigl(update_freq=3, drop_fraction=0.5, drop_fraction_schedule="constant",
-                        end_step=6, seed=0)
+                            grow_candidates="before_drop", end_step=6, seed=0)
         log = MaskLog()
         model.fit(np.tile(x, (6, 1)), np.tile(y, (6, 1)), batch_size=8, epochs=5, verbose=0,
                   shuffle=False, callbacks=[cb, log])
