@@ -26,6 +26,7 @@ Both select exactly the same entries (tested on each backend).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import keras
@@ -189,19 +190,8 @@ class _OpsKit:
         flat_c = ops.reshape(candidates, (-1,))
         n = flat_c.shape[0]
         k = ops.cast(k, "int32")
-        # Primary key: score bits (non-negative int32), non-candidates last.
-        if scores is None:
-            hi = ops.zeros((n,), "int32")
-        else:
-            s = ops.abs(ops.cast(ops.reshape(scores, (-1,)), "float32"))
-            s = ops.where(ops.isnan(s), np.float32(np.inf), s)  # NaN never preferred
-            hi = ops.view(s, "int32")
-            if largest:
-                hi = _INF_BITS - hi
-        hi = ops.where(flat_c, hi, _NOT_CANDIDATE)
-        # Secondary key: the hash, made signed-comparable (sign bit flipped).
-        index = ops.arange(n, dtype="int32")
-        tie = ops.bitwise_xor(_fmix32_ops(ops.bitwise_xor(index, salt_value)), _SIGN)
+        flat_s = None if scores is None else ops.reshape(scores, (-1,))
+        hi, tie = _keys_ops(flat_s, flat_c, salt_value, largest)
 
         def search(values, eligible, need, low, high, steps):
             # Smallest t in [low, high] with #(eligible & values <= t) >= need.
@@ -265,13 +255,18 @@ def _select_columns_numpy(scores, candidates, k, salt_value, *, largest=False):
     return (key <= kth) & c & (k > 0)
 
 
-def _select_columns_ops(scores, candidates, k, salt_value, *, largest=False):
-    """`_select_columns_numpy` in `keras.ops`: the same keys, binary searches per column."""
+def _keys_ops(scores, candidates, salt_value, largest: bool):
+    """The two selection keys of every entry, in `keras.ops` (shape of `candidates`).
+
+    Primary: the score's float32 bits (a non-negative int32; NaN as +inf, so
+    never preferred; flipped for `largest`), non-candidates last. Secondary:
+    the seeded hash of the entry's row-major index, made signed-comparable
+    (sign bit flipped).
+    """
     ops = keras.ops
-    rows, cols = candidates.shape
-    k = ops.broadcast_to(ops.cast(k, "int32"), (cols,))
+    shape = tuple(candidates.shape)
     if scores is None:
-        hi = ops.zeros((rows, cols), "int32")
+        hi = ops.zeros(shape, "int32")
     else:
         s = ops.abs(ops.cast(scores, "float32"))
         s = ops.where(ops.isnan(s), np.float32(np.inf), s)
@@ -279,8 +274,17 @@ def _select_columns_ops(scores, candidates, k, salt_value, *, largest=False):
         if largest:
             hi = _INF_BITS - hi
     hi = ops.where(candidates, hi, _NOT_CANDIDATE)
-    index = ops.reshape(ops.arange(rows * cols, dtype="int32"), (rows, cols))
+    index = ops.reshape(ops.arange(math.prod(shape), dtype="int32"), shape)
     tie = ops.bitwise_xor(_fmix32_ops(ops.bitwise_xor(index, salt_value)), _SIGN)
+    return hi, tie
+
+
+def _select_columns_ops(scores, candidates, k, salt_value, *, largest=False):
+    """`_select_columns_numpy` in `keras.ops`: the same keys, binary searches per column."""
+    ops = keras.ops
+    rows, cols = candidates.shape
+    k = ops.broadcast_to(ops.cast(k, "int32"), (cols,))
+    hi, tie = _keys_ops(scores, candidates, salt_value, largest)
 
     def search(values, eligible, need, low, high, steps):
         # Per column: smallest t in [low, high] with #(eligible & values <= t) >= need.
