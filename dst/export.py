@@ -138,14 +138,7 @@ def convert(
         with _quiet(tf):  # "Assets written to: <a temporary folder>" is noise here
             model.export(tmp, format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-        if quantize is not None:
-            converter.optimizations.append(tf.lite.Optimize.DEFAULT)
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
-            converter.representative_dataset = lambda: ([b] for b in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        configure_converter(converter, quantize, calibration)
         try:
             return converter.convert()
         except Exception as err:  # noqa: BLE001 - re-raised with the ops named
@@ -303,6 +296,22 @@ class TFLiteModel:
         return (f"<TFLiteModel {len(self.content)} bytes, inputs "
                 f"{[tuple(d['shape_signature']) for d in self._inputs]}, "
                 f"delegate={self.delegate!r}>")
+
+
+def configure_converter(converter: Any, quantize: str | None,
+                        calibration: list[np.ndarray]) -> None:
+    """Sets a `tf.lite.TFLiteConverter` to dst's options: the sparsity
+    optimization, plus the quantization `quantize` names (`calibration`: the
+    int8 calibration batches). Shared with the benchmarks' TF-MOT path."""
+    tf = _tensorflow()
+    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+    if quantize is not None:
+        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        converter.representative_dataset = lambda: ([b] for b in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
 
 @contextlib.contextmanager

@@ -117,12 +117,8 @@ def train_tfmot(kind, small, sparsity, block, data, args):
 
     def convert(quantize):
         converter = tf.lite.TFLiteConverter.from_keras_model(final)
-        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-        if quantize == "int8":
-            calibration = [data.x_train[i:i + 32] for i in range(0, 256, 32)]
-            converter.optimizations.append(tf.lite.Optimize.DEFAULT)
-            converter.representative_dataset = lambda: ([b] for b in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        calibration = [data.x_train[i:i + 32] for i in range(0, 256, 32)]
+        dst.export.configure_converter(converter, quantize, calibration)
         return converter.convert()
 
     return final, convert

@@ -80,14 +80,10 @@ def _convert_tf_keras(model, quantize, calibration) -> bytes:
     """TensorFlow's converter on a tf_keras model, with `dst.export`'s options."""
     import tensorflow as tf
 
+    import dst.export
+
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    if quantize is not None:
-        converter.optimizations.append(tf.lite.Optimize.DEFAULT)
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    if quantize == "int8":
-        batches = [calibration[i:i + 32] for i in range(0, len(calibration), 32)]
-        converter.representative_dataset = lambda: ([b] for b in batches)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    batches = ([] if calibration is None else
+               [calibration[i:i + 32] for i in range(0, len(calibration), 32)])
+    dst.export.configure_converter(converter, quantize, batches)
     return converter.convert()
