@@ -28,19 +28,22 @@ def _run_script(name, *args, backend=BACKEND, env=None, timeout=300):
     return proc.stdout
 
 
+AGREEMENT_METHODS = ["set", "rigl", "snfs", "srigl", "granet"]
+
+
 @pytest.fixture(scope="module")
 def agreement_runs(tmp_path_factory):
-    """{backend: directory with set.npz and rigl.npz}, one process per backend."""
+    """{backend: directory with one .npz per method}, one process per backend."""
     out = {}
     for backend in BACKENDS:
         folder = tmp_path_factory.mktemp(backend)
-        _run_script("agreement.py", str(folder), "set", "rigl", backend=backend)
+        _run_script("agreement.py", str(folder), *AGREEMENT_METHODS, backend=backend)
         out[backend] = folder
     return out
 
 
 @pytest.mark.tensorflow_only  # runs all three backends itself
-@pytest.mark.parametrize("method", ["set", "rigl"])
+@pytest.mark.parametrize("method", AGREEMENT_METHODS)
 def test_the_same_seed_gives_the_same_masks_on_every_backend(agreement_runs, method):
     runs = {backend: dict(np.load(folder / f"{method}.npz"))
             for backend, folder in agreement_runs.items()}

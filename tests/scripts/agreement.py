@@ -1,6 +1,7 @@
-"""One seeded SET or RigL run on the backend of KERAS_BACKEND; writes its masks.
+"""One seeded run of a dst method on the backend of KERAS_BACKEND; writes its masks.
 
-Usage: python agreement.py OUT_DIR METHOD... (METHOD: set or rigl; writes OUT_DIR/METHOD.npz)
+Usage: python agreement.py OUT_DIR METHOD... (METHOD: a key of CALLBACKS; writes
+OUT_DIR/METHOD.npz)
 
 The initial weights, data and batch order come from numpy, so every backend
 starts from the same model. The masks and weights after every step are saved.
@@ -16,6 +17,15 @@ import numpy as np  # noqa: E402
 
 import dst  # noqa: E402
 
+#: Each method's callback arguments: mask updates at steps 0, 2, 4, 6 and 8 of 10.
+CALLBACKS = {
+    "set": dict(update_freq=2, drop_fraction=0.4, end_step=8, seed=3),
+    "rigl": dict(update_freq=2, drop_fraction=0.4, end_step=8, seed=3),
+    "snfs": dict(update_freq=2, drop_fraction=0.4, end_step=8, seed=3),
+    "srigl": dict(update_freq=2, drop_fraction=0.4, end_step=8, seed=3),
+    "granet": dict(final_sparsity=0.9, initial_sparsity=0.7, update_freq=2, end_step=8, seed=3),
+}
+
 
 def main(method: str, out: str) -> None:
     rng = np.random.default_rng(0)
@@ -25,10 +35,11 @@ def main(method: str, out: str) -> None:
                               keras.layers.Dense(3)])
     model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
                        for w in model.get_weights()])
-    dst.sparsify(model, 0.7, "uniform", seed=0)
+    if method != "granet":  # GraNet sparsifies at bind, to its initial_sparsity
+        dst.sparsify(model, 0.7, "uniform", seed=0)
     model.compile(keras.optimizers.SGD(0.05),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    cls = {"set": dst.callbacks.SET, "rigl": dst.callbacks.RigL}[method]
+    callback = dst.callbacks.get(method, **CALLBACKS[method])
     record = {}
 
     class Record(keras.callbacks.Callback):
@@ -39,7 +50,7 @@ def main(method: str, out: str) -> None:
                 [np.ravel(w) for w in self.model.get_weights()])
 
     model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0,
-              callbacks=[cls(update_freq=2, drop_fraction=0.4, end_step=8, seed=3), Record()])
+              callbacks=[callback, Record()])
     np.savez(out, **record)
 
 
