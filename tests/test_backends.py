@@ -223,6 +223,21 @@ def test_gradient_accumulation_is_refused_before_anything_changes():
     assert_unchanged(model, before)
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile is PyTorch's jit_compile")
+@pytest.mark.parametrize("make, sparse", [
+    (lambda: dst.callbacks.RigL(update_freq=1, end_step=2, seed=0), True),
+    (lambda: dst.callbacks.GraNet(0.9, update_freq=1, seed=0), False),  # sparsifies at bind
+], ids=["rigl", "granet"])
+def test_torch_compile_is_refused_before_anything_changes(make, sparse):
+    model = mlp(sparsity=0.8 if sparse else None)
+    model.compile("sgd", "mse", jit_compile=True)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"compiled with jit_compile=True, which on the PyTorch "
+                                         r"backend runs the train step under torch.compile"):
+        model.fit(*data(), batch_size=8, verbose=0, callbacks=[make()])
+    assert_unchanged(model, before)
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX's stateless train step only")
 def test_jax_refuses_a_train_step_with_its_own_optimizer():
     model = mlp()

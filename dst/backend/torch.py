@@ -16,7 +16,19 @@ __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autog
 
 
 def in_graph(model) -> bool:
-    """The step runs eagerly: masks are computed on the host."""
+    """The step runs eagerly: masks are computed on the host.
+
+    Raises:
+        ValueError: the model is compiled with `jit_compile=True`
+            (`torch.compile`), which dst's step does not support.
+    """
+    if getattr(model, "jit_compile", False) is True:
+        raise ValueError(
+            f"Model '{model.name}' is compiled with jit_compile=True, which on the "
+            "PyTorch backend runs the train step under torch.compile; dst's sparse step "
+            "does not support torch.compile (it fails inside Dynamo). Compile with "
+            "jit_compile=False (the PyTorch default); the model is unchanged."
+        )
     return False
 
 

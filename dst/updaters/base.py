@@ -111,8 +111,9 @@ class Updater:
                 `model.jit_compile`.
 
         Raises:
-            ValueError: no masks, no optimizer, or an optimizer whose
-                per-weight state dst cannot reset exactly.
+            ValueError: no masks, no optimizer, an optimizer whose
+                per-weight state dst cannot reset exactly, or a setup the
+                backend cannot run (`jit_compile=True` on PyTorch).
         """
         check_keras3_model(model, f"{type(self).__name__}.bind")
         optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
@@ -135,6 +136,7 @@ class Updater:
                 f"{inner.gradient_accumulation_steps}): its step count advances on "
                 "every micro-batch. Use a larger batch instead."
             )
+        in_graph = backend.in_graph(model)  # refuses what the backend cannot run
         self.model = model
         self.optimizer = optimizer
         if self._fresh_seed:
@@ -148,7 +150,7 @@ class Updater:
             self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
                                         model.trainable_variables)
         # JAX traces every step: masks are always computed in-graph there.
-        self.jit = backend.in_graph(model) if jit is None or backend.FUNCTIONAL else bool(jit)
+        self.jit = in_graph if jit is None or backend.FUNCTIONAL else bool(jit)
         self._table = None
         self.skipped = [t.mask_constraint.skipped for t in self.targets]
         self.active = [count_units(t) for t in self.targets]  # in blocks for block masks
