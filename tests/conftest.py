@@ -136,16 +136,21 @@ def data(n=64, seed=0):
     return x, (x[:, :3] @ rng.normal(size=(3, 3))).astype("float32")
 
 
+def _record(seen: list, x) -> None:
+    """Appends `x` to `seen` as numpy, also from inside a traced JAX step."""
+    if BACKEND == "jax":
+        import jax
+
+        jax.debug.callback(lambda a: seen.append(np.array(a)), x)
+    else:
+        seen.append(np.array(x))
+
+
 class RecordingRigL(dst.updaters.RigL):
     """RigL that records the gradient each weight's growth is scored with."""
 
     def grow_scores(self, kit, weight, mask, grad):
-        if BACKEND == "jax":  # a traced step: record from the host callback
-            import jax
-
-            jax.debug.callback(lambda g: self.seen.append(np.array(g)), grad)
-        else:
-            self.seen.append(np.array(grad))
+        _record(self.seen, grad)
         return super().grow_scores(kit, weight, mask, grad)
 
 
@@ -153,5 +158,21 @@ def recording_rigl(**kwargs):
     """A RigL callback whose updater records its gradients in `.updater.seen`."""
     cb = dst.callbacks.RigL(**kwargs)
     cb.updater = RecordingRigL(**kwargs)
+    cb.updater.seen = []
+    return cb
+
+
+def recording(name, **kwargs):
+    """The callback of algorithm `name` whose updater records, in
+    `.updater.seen`, the `grad` each new mask is computed from (one entry per
+    weight per update: the dense gradient, or SNFS' momentum)."""
+    base = dst.updaters.get(name)
+
+    def new_mask(self, kit, weight, mask, grad, value, salt):
+        _record(self.seen, grad)
+        return base.new_mask(self, kit, weight, mask, grad, value, salt)
+
+    cb = dst.callbacks.get(name, **kwargs)
+    cb.updater = type(f"Recording{base.__name__}", (base,), {"new_mask": new_mask})(**kwargs)
     cb.updater.seen = []
     return cb

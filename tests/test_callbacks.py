@@ -269,15 +269,31 @@ def test_teacher_student_rigl_recovers_more_than_set():
     assert recovered["rigl"] >= 10, recovered  # of 12: 4 teacher connections x 3 seeds
 
 
-def test_seeded_run_is_reproducible_and_survives_backup_and_restore(tmp_path):
-    x, y = data(64)
+class Interrupt(keras.callbacks.Callback):
+    """Stops `fit` at the end of the second epoch (after BackupAndRestore saved it)."""
 
-    def run(callbacks_extra=(), epochs=4, model=None):
-        model = model or mlp(seed=0)
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            self.masks = dst.get_masks(self.model)
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("name", ["rigl", "granet", "srigl"])
+def test_seeded_run_is_reproducible_and_survives_backup_and_restore(tmp_path, name):
+    x, y = data(64)
+    make = {
+        "rigl": lambda: dst.callbacks.RigL(update_freq=3, end_step=1.0, seed=5),
+        "granet": lambda: dst.callbacks.GraNet(0.9, update_freq=3, seed=5),
+        # gamma_sal: SRigL ablates units before the interruption (they must stay ablated)
+        "srigl": lambda: dst.callbacks.SRigL(update_freq=3, end_step=1.0, gamma_sal=0.5,
+                                             seed=5),
+    }[name]
+
+    def run(callbacks_extra=(), epochs=4):
+        model = mlp(seed=0, sparsity=0.5 if name == "granet" else 0.8)
         model.compile(keras.optimizers.Adam(0.01), "mse")
-        cb = dst.callbacks.RigL(update_freq=3, end_step=1.0, seed=5)
         model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, shuffle=False,
-                  callbacks=[cb, *callbacks_extra])
+                  callbacks=[make(), *callbacks_extra])
         return model
 
     def masks(model):  # paths differ between model instances; order does not
@@ -286,17 +302,62 @@ def test_seeded_run_is_reproducible_and_survives_backup_and_restore(tmp_path):
     a, b = masks(run()), masks(run())
     assert all(np.array_equal(m, n) for m, n in zip(a, b, strict=True))
 
-    class Interrupt(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise RuntimeError("interrupted")
-
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(RuntimeError, match="interrupted"):
         run([backup, Interrupt()])
-    resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))], model=mlp(seed=0))
+    resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
     c = masks(resumed)
     assert all(np.array_equal(m, n) for m, n in zip(a, c, strict=True))
+
+
+def test_snfs_resumes_from_backup_with_fresh_momentum(tmp_path):
+    # The README's limit, as it is: the masks and weights are restored exactly,
+    # SNFS' momentum buffers are not saved and restart at 0, and the resumed
+    # run goes on with a constant total and masked weights at exactly 0.
+    x, y = data(64)
+
+    def make():
+        return dst.callbacks.SNFS(update_freq=3, drop_fraction=0.5, end_step=1.0, seed=5)
+
+    model = mlp(seed=0)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    counts = [int(m.sum()) for m in dst.get_masks(model).values()]
+    total = sum(counts)
+    interrupt = Interrupt()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        model.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False,
+                  callbacks=[make(), keras.callbacks.BackupAndRestore(str(tmp_path / "b")),
+                             interrupt])
+    assert [int(m.sum()) for m in interrupt.masks.values()] != counts  # SNFS moved some
+
+    cb, seen = make(), []
+
+    class Check(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not seen:  # the first batch of the resumed run, after `cb` bound
+                assert int(self.model.optimizer.iterations.numpy()) == 16
+                for got, want in zip(dst.get_masks(self.model).values(),
+                                     interrupt.masks.values(), strict=True):
+                    np.testing.assert_array_equal(got, want)
+                for got, want in zip(self.model.get_weights(), model.get_weights(), strict=True):
+                    np.testing.assert_array_equal(got, want)
+                assert all(not numpy(m).any() for m in cb.updater.momenta)
+
+        def on_train_batch_end(self, batch, logs=None):
+            masks = dst.get_masks(self.model)
+            seen.append(masks)
+            assert sum(int(m.sum()) for m in masks.values()) == total
+            for v in self.model.trainable_variables:
+                if v.path in masks:
+                    assert np.all(numpy(v)[~masks[v.path]] == 0.0)
+
+    resumed = mlp(seed=0)
+    resumed.compile(keras.optimizers.Adam(0.01), "mse")
+    resumed.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False,
+                callbacks=[cb, keras.callbacks.BackupAndRestore(str(tmp_path / "b")), Check()])
+    assert len(seen) == 16  # epochs 2 and 3 only
+    assert any(not np.array_equal(a, b) for a, b in zip(seen[-1].values(),
+                                                        interrupt.masks.values(), strict=True))
 
 
 def test_logs_have_sparsity_churn_itop_and_instance_is_reusable():

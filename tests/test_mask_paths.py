@@ -230,6 +230,68 @@ def test_clone_warns_until_its_fresh_weights_are_masked():
     assert dst.sparsity(clone) == 0.75
 
 
+@pytest.mark.parametrize("name", ["rigl", "granet", "srigl", "snfs"])
+def test_a_clone_taken_mid_run_continues_the_run_exactly(name):
+    make = {  # 16 steps in two fits of 8; the last update at step 12 (GraNet: 13)
+        "rigl": lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.5, end_step=13,
+                                           seed=0),
+        "granet": lambda: dst.callbacks.GraNet(0.9, update_freq=2, end_step=13, seed=0),
+        "srigl": lambda: dst.callbacks.SRigL(update_freq=2, drop_fraction=0.5, end_step=13,
+                                             gamma_sal=0.0, seed=0),  # no ablation
+        "snfs": lambda: dst.callbacks.SNFS(update_freq=2, drop_fraction=0.5, end_step=13,
+                                           seed=0),
+    }[name]
+    keras.utils.set_random_seed(0)
+    model = dst.sparsify(mlp(), 0.5, "uniform", seed=0)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    x, y = data(model, n=32)
+    fit = dict(batch_size=4, epochs=1, shuffle=False, verbose=0)
+    model.fit(x, y, callbacks=[make()], **fit)  # the first half of the run
+    at_clone = list(masks_by_layer(model).values())
+
+    clone = keras.models.clone_model(model)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(masks_by_layer(clone).values(), at_clone, strict=True))
+    clone.set_weights(model.get_weights())
+    clone.compile(keras.optimizers.Adam(0.01), "mse")
+    clone.optimizer.build(clone.trainable_variables)
+    for mine, theirs in zip(clone.optimizer.variables, model.optimizer.variables, strict=True):
+        mine.assign(keras.ops.convert_to_numpy(theirs))  # step 8, and the moments (a copy:
+        # on JAX the model's next fit donates, so deletes, the arrays it holds)
+
+    class Log(keras.callbacks.Callback):
+        """The masks once dst's callback bound (first batch), then after each batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.start, self.masks = None, []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.start is None:
+                self.start = list(masks_by_layer(self.model).values())
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.masks.append(list(masks_by_layer(self.model).values()))
+
+    log = Log()
+    model.fit(x, y, callbacks=[make()], **fit)  # the second half, on the model
+    clone.fit(x, y, callbacks=[make(), log], **fit)  # and on its clone
+    assert all(np.array_equal(a, b) for a, b in zip(log.start, at_clone, strict=True))
+    for a, b in zip(masks_by_layer(clone).values(), masks_by_layer(model).values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(clone.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(log.masks[-1], at_clone))  # updated
+    counts = [[int(m.sum()) for m in masks] for masks in log.masks]
+    if name == "granet":  # the schedule's 0.9 at its end, step 13
+        assert counts[-1] == [5, 2]
+    elif name == "snfs":  # the total
+        assert {sum(c) for c in counts} == {sum(int(m.sum()) for m in at_clone)}
+    else:
+        assert all(c == [int(m.sum()) for m in at_clone] for c in counts)
+    assert masked_nonzero(clone) == 0
+
+
 def test_loaded_weights_mask_wins_over_the_config_mask(tmp_path):
     model = dst.sparsify(mha(), 0.7, seed=0)
     clone = keras.models.clone_model(model)

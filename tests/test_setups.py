@@ -16,18 +16,44 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf  # tf.distribute / tf.function tests only
-from conftest import BACKEND, data, gradients, mlp, numpy, recording_rigl
+from conftest import BACKEND, data, gradients, mlp, numpy, recording
 
 import dst
 from dst._model import dynamic_targets
 
 
+def callback(name, update_freq=2, seed=0, **kwargs):
+    """The dst callback of algorithm `name` that the setups are checked with.
+
+    SET, RigL, SRigL and SNFS replace half the active connections at each
+    update until the last step of `fit`; MagnitudePruning and GraNet prune to
+    0.8 by then (GraNet from the 0.5 of `start_sparsity`). `kwargs` override.
+    """
+    if name in ("magnitude", "granet"):
+        args = dict(final_sparsity=0.8)
+    else:
+        args = dict(drop_fraction=0.5, end_step=1.0)
+    return dst.callbacks.get(name, **{**args, "update_freq": update_freq, "seed": seed,
+                                      **kwargs})
+
+
+def start_sparsity(name):
+    """The sparsity `mlp` starts at for algorithm `name` (None: dense)."""
+    return {"magnitude": None, "granet": 0.5}.get(name, 0.8)
+
+
 class MaskLog(keras.callbacks.Callback):
-    """Records the optimizer step and the masks after every batch."""
+    """Records the masks when training starts (after dst's callback bound its
+    updater, which may change them: SRigL's constant fan-in), then the
+    optimizer step and the masks after every batch."""
 
     def __init__(self):
         super().__init__()
-        self.steps, self.masks = [], []
+        self.start, self.steps, self.masks = None, [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.start is None:
+            self.start = dst.get_masks(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         opt = self.model.optimizer
@@ -37,9 +63,9 @@ class MaskLog(keras.callbacks.Callback):
         self.masks.append(dst.get_masks(self.model))
 
 
-def changed_after(log, start_masks):
+def changed_after(log):
     """Optimizer step counts after which masks differ from the record before."""
-    out, prev = [], start_masks
+    out, prev = [], log.start
     for step, masks in zip(log.steps, log.masks):
         if any(not np.array_equal(prev[k], masks[k]) for k in masks):
             out.append(step)
@@ -48,88 +74,143 @@ def changed_after(log, start_masks):
 
 
 # -- steps_per_execution and jit_compile --------------------------------------
-@pytest.mark.parametrize("k, freq", [(1, 3), (2, 3), (3, 2), (4, 5), (8, 3)])
-def test_steps_per_execution_updates_at_exactly_the_scheduled_steps(k, freq):
+@pytest.mark.parametrize("name, k, freq", [
+    ("set", 1, 3), ("set", 2, 3), ("set", 3, 2), ("set", 4, 5), ("set", 8, 3),
+    ("granet", 2, 3), ("granet", 3, 2), ("srigl", 2, 3), ("srigl", 3, 2),
+    ("snfs", 2, 3), ("snfs", 3, 2),
+])
+def test_steps_per_execution_updates_at_exactly_the_scheduled_steps(name, k, freq):
     if BACKEND == "torch" and k > 1:
         pytest.skip("Keras refuses steps_per_execution > 1 on PyTorch")
-    model = mlp()
-    model.compile("adam", "mse", steps_per_execution=k)
-    cb = dst.callbacks.SET(update_freq=freq, drop_fraction=0.5, drop_fraction_schedule="constant",
-                           end_step=1.0, seed=0)
-    # Count updates by the ITOP record too: it only grows at updates.
-    model.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
-    k1 = mlp()
-    k1.compile("adam", "mse", steps_per_execution=1)
-    start = dst.get_masks(k1)
-    cb1 = dst.callbacks.SET(update_freq=freq, drop_fraction=0.5,
-                            drop_fraction_schedule="constant", end_step=1.0, seed=0)
-    log = MaskLog()
-    k1.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb1, log])
+    # Every update changes the masks: a constant drop fraction, and GraNet
+    # still pruning (its end far away).
+    args = dict(end_step=100) if name == "granet" else dict(drop_fraction_schedule="constant")
+
+    def run(k):
+        model = mlp(sparsity=start_sparsity(name))
+        model.compile("adam", "mse", steps_per_execution=k)
+        log = MaskLog()  # with k > 1 Keras calls it once per execution
+        model.fit(*data(96), batch_size=8, epochs=1, verbose=0,
+                  callbacks=[callback(name, freq, **args), log])
+        return model, log
+
+    model, _ = run(k)
+    k1, log = run(1)
     expected = [s + 1 for s in range(12) if s % freq == 0]
-    assert changed_after(log, start) == expected
-    # Same masks with k steps per execution as with 1: nothing skipped or moved.
-    for got, want in zip(dst.get_masks(model).values(), dst.get_masks(k1).values()):
+    assert changed_after(log) == expected
+    # Same masks and weights with k steps per execution as with 1: nothing
+    # skipped, moved or repeated (SNFS' momentum included).
+    for got, want in zip(dst.get_masks(model).values(), dst.get_masks(k1).values(), strict=True):
         np.testing.assert_array_equal(got, want)
+    for got, want in zip(model.weights, k1.weights, strict=True):
+        np.testing.assert_allclose(numpy(got), numpy(want), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.tensorflow_only  # JAX is always compiled, PyTorch never (the host path)
-@pytest.mark.parametrize("name", ["set", "rigl", "magnitude"])
+@pytest.mark.parametrize("name", ["set", "rigl", "magnitude", "granet", "srigl", "snfs"])
 def test_jit_compile_gives_the_same_masks_as_the_host_path(name):
-    make = {
-        "set": lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=4),
-        "rigl": lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=4),
-        "magnitude": lambda: dst.callbacks.MagnitudePruning(0.9, update_freq=2, seed=4),
-    }[name]
     results = []
     for jit in (False, True):
-        model = mlp(sparsity=None if name == "magnitude" else 0.8)
+        model = mlp(sparsity=start_sparsity(name))
         model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", jit_compile=jit)
-        cb = make()
+        cb = callback(name, seed=4)
         model.fit(*data(64), batch_size=8, epochs=2, verbose=0, callbacks=[cb])
         assert cb.updater.jit is jit
         results.append((dst.get_masks(model), [w.numpy() for w in model.weights]))
     (m0, w0), (m1, w1) = results
-    for a, b in zip(m0.values(), m1.values()):
+    for a, b in zip(m0.values(), m1.values(), strict=True):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(w0, w1):
+    for a, b in zip(w0, w1, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 # -- mixed precision ------------------------------------------------------------
-def test_mixed_float16_grows_from_the_unscaled_gradient_and_skipped_steps_do_not_count():
+MIXED = {
+    # "before_drop": every update moves k connections, so each update is
+    # visible in the masks (with lr 0 and one repeated batch, "after_drop"
+    # may regrow exactly what it dropped: a fixed point, not a skipped update).
+    "rigl": dict(drop_fraction=0.5, drop_fraction_schedule="constant",
+                 grow_candidates="before_drop", end_step=6),
+    "granet": dict(final_sparsity=0.9, end_step=6),  # prunes at each update: visible
+    "srigl": dict(drop_fraction=0.5, drop_fraction_schedule="constant", end_step=6,
+                  gamma_sal=0.0),  # no ablation: a constant count
+}
+
+
+def _mixed_float16_fit(model, x, y, callbacks):
+    """`fit` under mixed_float16 with a loss scale so large that the first
+    steps overflow: the loss scaler skips them and halves the scale each time."""
+    opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0), initial_scale=2.0**30)
+    model.compile(opt, "mse")
+    log = MaskLog()
+    model.fit(np.tile(x, (6, 1)), np.tile(y, (6, 1)), batch_size=8, epochs=5, verbose=0,
+              shuffle=False, callbacks=[*callbacks, log])
+    assert log.steps[-1] < 30  # some steps were skipped (the scale started far too high)
+    return log
+
+
+@pytest.mark.parametrize("name", sorted(MIXED))
+def test_mixed_float16_grows_from_the_unscaled_gradient_and_skipped_steps_do_not_count(name):
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     try:
         model = mlp(sparsity=0.5)
-        # A huge initial loss scale overflows float16 gradients: the first
-        # steps are skipped by the loss scaler and the scale halves each time.
-        opt = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.0),
-                                                  initial_scale=2.0**30)
-        model.compile(opt, "mse")
+        cb = recording(name, update_freq=3, seed=0, **MIXED[name])
+        if name == "srigl":  # its masks as the callback's bind makes them (constant fan-in)
+            dst.updaters.SRigL(end_step=6, seed=0).bind(model, optimizer=keras.optimizers.SGD())
         x, y = data(8)
         targets = dynamic_targets(model)
         expected = gradients(model, x, lambda out: keras.losses.MeanSquaredError()(y, out),
                              [t.variable for t in targets])
-        start = dst.get_masks(model)
-        # "before_drop": every update moves k connections, so each update is
-        # visible in the masks (with lr 0 and one repeated batch, "after_drop"
-        # may regrow exactly what it dropped: a fixed point, not a skipped update).
-        cb = recording_rigl(update_freq=3, drop_fraction=0.5, drop_fraction_schedule="constant",
-                            grow_candidates="before_drop", end_step=6, seed=0)
-        log = MaskLog()
-        model.fit(np.tile(x, (6, 1)), np.tile(y, (6, 1)), batch_size=8, epochs=5, verbose=0,
-                  shuffle=False, callbacks=[cb, log])
+        log = _mixed_float16_fit(model, x, y, [cb])
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    applied = log.steps[-1]
-    assert applied < 30  # some steps were skipped (the scale started far too high)
     # Updates happened after applied steps 0, 3 and 6 only, once each.
-    assert changed_after(log, start) == [1, 4, 7]
+    assert changed_after(log) == [1, 4, 7]
     assert len(cb.updater.seen) == 3 * len(targets)
     first = {g.shape: g for g in cb.updater.seen[:2]}  # weights may come in any order
     for want in expected:  # lr 0: same batch, same grads
         grad = first[tuple(want.shape)]
         np.testing.assert_allclose(grad, numpy(want), rtol=2e-2, atol=1e-3)
         assert np.isfinite(grad).all()
+    counts = [sum(int(m.sum()) for m in masks.values()) for masks in log.masks]
+    if name == "granet":  # the schedule's counts, reached at its end (step 6)
+        assert counts[-1] == sum(round(m.size * 0.1) for m in log.start.values())
+    else:
+        assert set(counts) == {sum(int(m.sum()) for m in log.start.values())}
+
+
+def test_mixed_float16_snfs_smooths_the_unscaled_gradient_and_skipped_steps_do_not_count():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = mlp(sparsity=0.5)
+        x, y = data(8)
+        targets = dynamic_targets(model)
+        expected = gradients(model, x, lambda out: keras.losses.MeanSquaredError()(y, out),
+                             [t.variable for t in targets])
+        cb = dst.callbacks.SNFS(update_freq=3, begin_step=3, end_step=6, drop_fraction=0.5,
+                                drop_fraction_schedule="constant",
+                                grow_candidates="before_drop", seed=0)
+        momenta = []
+
+        class Grab(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                opt = self.model.optimizer.inner_optimizer
+                if int(opt.iterations.numpy()) == 3 and not momenta:  # before step 3's update
+                    momenta.extend(numpy(m) for m in cb.updater.momenta)
+
+        log = _mixed_float16_fit(model, x, y, [cb, Grab()])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    # Updates after applied steps 3 and 6 only; the total count is constant.
+    assert changed_after(log) == [4, 7]
+    total = sum(int(m.sum()) for m in log.start.values())
+    assert all(sum(int(m.sum()) for m in masks.values()) == total for masks in log.masks)
+    # lr 0, one batch: after the applied steps 0, 1 and 2 (and no skipped one)
+    # the buffer is (1 − 0.9³) g, g the unscaled dense gradient.
+    assert [t.path for t in cb.updater.targets] == [t.path for t in targets]
+    for m, g in zip(momenta, expected, strict=True):
+        np.testing.assert_allclose(m, (1 - 0.9**3) * numpy(g), rtol=2e-2, atol=1e-3)
+        assert np.abs(m).max() > 1e-2
 
 
 # -- custom train_step ----------------------------------------------------------
@@ -190,33 +271,38 @@ def test_custom_train_step_with_its_own_optimizer_named():
 
 
 # -- EMA ----------------------------------------------------------------------
+def _assert_ema_masked(model):
+    """Each sparse weight and its EMA copy are exactly 0 where masked."""
+    opt = model.optimizer
+    for t in dynamic_targets(model):
+        mask = t.constraint.numpy()
+        assert np.all(t.variable.numpy()[~mask] == 0)
+        ema = opt._model_variables_moving_average[opt._get_variable_index(t.variable)]
+        assert np.all(ema.numpy()[~mask] == 0)
+
+
 @pytest.mark.parametrize("overwrite", [None, 3])
-@pytest.mark.parametrize("make", [
-    lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=0),
-    lambda: dst.callbacks.MagnitudePruning(0.8, update_freq=2),
-    lambda: dst.callbacks.FixedMasks(),
-], ids=["set", "magnitude", "fixed"])
-def test_ema_copies_and_final_weights_are_masked(overwrite, make):
-    model = mlp(sparsity=None if make().__class__.__name__ == "MagnitudePruning" else 0.8)
+@pytest.mark.parametrize("name", ["set", "magnitude", "fixed", "granet", "srigl", "snfs"])
+def test_ema_copies_and_final_weights_are_masked(overwrite, name):
+    model = mlp(sparsity=start_sparsity(name))
     model.compile(keras.optimizers.Adam(0.01, use_ema=True, ema_overwrite_frequency=overwrite),
                   "mse")
 
     class Check(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            for t in dynamic_targets(self.model):
-                mask = t.constraint.numpy()
-                assert np.all(t.variable.numpy()[~mask] == 0)
-                opt = self.model.optimizer
-                ema = opt._model_variables_moving_average[opt._get_variable_index(t.variable)]
-                assert np.all(ema.numpy()[~mask] == 0)
+            _assert_ema_masked(self.model)
 
-    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[make(), Check()])
-    for t in dynamic_targets(model):  # after finalize_variable_values (weights = EMA)
-        assert np.all(t.variable.numpy()[~t.constraint.numpy()] == 0)
-    assert dst.sparsity(model) == pytest.approx(0.8, abs=0.01)
+    cb = dst.callbacks.FixedMasks() if name == "fixed" else callback(name)
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[cb, Check()])
+    _assert_ema_masked(model)  # after finalize_variable_values (weights = EMA)
+    masks = list(dst.get_masks(model).values())
+    size = sum(m.size for m in masks)
+    masked = 1 - sum(int(m.sum()) for m in masks) / size
+    # SRigL's constant fan-in rounds each weight's count down (and ablates units).
+    assert masked == pytest.approx(0.8, abs=0.01) if name != "srigl" else masked > 0.8
+    assert dst.sparsity(model) == masked  # no stray non-zero (it would warn, too)
     zeros = sum(int((t.variable.numpy() == 0).sum()) for t in dynamic_targets(model))
-    size = sum(t.variable.numpy().size for t in dynamic_targets(model))
-    assert zeros / size >= 0.8 - 0.01
+    assert zeros >= round(masked * size)
 
 
 # -- optimizers whose slots do not start at 0 -------------------------------------
@@ -439,24 +525,48 @@ def test_mirrored_strategy_rigl_grows_from_the_global_batch_gradient():
 
 
 # -- frozen layers ----------------------------------------------------------------
-@pytest.mark.parametrize("make", [
-    lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.5, end_step=1.0, seed=0),
-    lambda: dst.callbacks.MagnitudePruning(0.9, update_freq=2),
-], ids=["rigl", "magnitude"])
-def test_updaters_leave_a_frozen_sparse_layer_unchanged(make):
+@pytest.mark.parametrize("name", ["rigl", "magnitude", "granet", "srigl", "snfs"])
+def test_updaters_leave_a_frozen_sparse_layer_unchanged(name):
     model = mlp()
     model.layers[0].trainable = False  # fine-tuning: the first layer is frozen
     model.compile("adam", "mse")
     before = dst.get_masks(model)
     frozen = model.layers[0].kernel.path
     frozen_values = model.layers[0].kernel.numpy()
-    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[make()])
+    cb = callback(name, **({"final_sparsity": 0.9} if name in ("magnitude", "granet") else {}))
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0, callbacks=[cb])
     after = dst.get_masks(model)
     assert set(after) == set(before)  # still reported
     np.testing.assert_array_equal(after[frozen], before[frozen])
     np.testing.assert_array_equal(model.layers[0].kernel.numpy(), frozen_values)
     other = next(p for p in before if p != frozen)
     assert not np.array_equal(after[other], before[other])
+
+
+def test_snfs_redistributes_among_the_trainable_layers_only():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)])
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    middle = model.layers[1]  # the largest weight (256 entries, 128 active): frozen
+    middle.trainable = False
+    model.compile("adam", "mse")
+    frozen, frozen_values = middle.kernel.path, middle.kernel.numpy()
+    before = dst.get_masks(model)
+    log = MaskLog()
+    model.fit(*data(), batch_size=8, epochs=2, verbose=0,
+              callbacks=[callback("snfs", drop_fraction_schedule="constant"), log])
+    trainable = [p for p in before if p != frozen]
+    start = [int(before[p].sum()) for p in trainable]
+    assert start == [96, 24]
+    moved = False
+    for masks in log.masks:
+        np.testing.assert_array_equal(masks[frozen], before[frozen])
+        counts = [int(masks[p].sum()) for p in trainable]
+        assert sum(counts) == sum(start)  # the budget stays among the trainable layers
+        moved |= counts != start
+    assert moved  # and moves between them
+    np.testing.assert_array_equal(middle.kernel.numpy(), frozen_values)
 
 
 def test_static_masks_with_ema_and_no_callback_are_reported_not_silent():

@@ -57,12 +57,12 @@ def test_every_unit_keeps_the_same_fan_in_and_grows_its_top_gradients(seed):
     fans = mask.sum(axis=0)
     assert (fans == fans[0]).all()
     up = _up(gamma_sal=0.0)  # no ablation
-    value = int(np.floor(0.4 * mask.sum()))
-    new = up.new_mask(_select.NUMPY, weight, mask, grad, value, _salt)
+    new = up.new_mask(_select.NUMPY, weight, mask, grad, up.step_value(0, 0), _salt)
     assert up.expected_active(0, mask, 0) == mask.sum()
     np.testing.assert_array_equal(new.sum(axis=0), fans)
-    # The layer drops its `value` smallest magnitudes (unique here) ...
-    kth = np.sort(np.abs(weight[mask]))[value - 1]
+    # The layer drops its K = floor(0.4 n) smallest magnitudes (unique here) ...
+    k = int(np.floor(0.4 * mask.sum()))
+    kth = np.sort(np.abs(weight[mask]))[k - 1]
     kept = mask & (np.abs(weight) > kth)
     assert not (kept & ~new).any()
     # ... and each unit regrows the largest |grad| among its inactive inputs.
@@ -82,7 +82,7 @@ def _crafted():
 def test_a_unit_with_tiny_weights_and_gradients_is_ablated_and_its_budget_redistributed():
     weight, grad, mask = _crafted()
     up = _up()
-    value = int(np.floor(0.4 * mask.sum()))
+    value = up.step_value(0, 0)
     new = up.new_mask(_select.NUMPY, weight, mask, grad, value, _salt)
     fans = new.sum(axis=0)
     assert fans[3] == 0
@@ -100,7 +100,7 @@ def test_a_unit_with_tiny_weights_and_gradients_is_ablated_and_its_budget_redist
 def test_host_and_compiled_rule_give_the_same_mask(tiny):
     weight, grad, mask = _crafted() if tiny else _case(1)
     up = _up()
-    value = int(np.floor(0.4 * mask.sum()))
+    value = up.step_value(0, 0)
     host = up.new_mask(_select.NUMPY, weight, mask, grad, value, lambda role: _salt(role, 5))
 
     def in_graph(w, m, g, v, s):
@@ -135,3 +135,51 @@ def test_fit_keeps_constant_fan_in_on_dense_and_conv_kernels():
             fans = fans[fans > 0]
             assert (fans == fans[0]).all(), path
             assert mask.sum() == first[path].sum()
+
+
+def test_bind_keeps_a_mask_whose_active_units_share_one_fan_in():
+    # A run resumed, or continued by a second `fit`, binds again: units that
+    # SRigL ablated stay ablated, and the count stays (before the fix, bind
+    # spread the 9 connections as 2 per unit over all 4 units).
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    path = model.layers[0].kernel.path
+    mask = np.zeros((6, 4), bool)
+    mask[:3, 0] = mask[2:5, 2] = mask[[0, 3, 5], 3] = True  # unit 1 ablated
+    dst.set_masks(model, {path: mask})
+    model.compile("sgd", "mse")
+    dst.updaters.SRigL(end_step=10, seed=0).bind(model)
+    np.testing.assert_array_equal(dst.get_masks(model)[path], mask)
+    np.testing.assert_array_equal(constant_fan_in(mask, 7), mask)
+    uneven = mask.copy()
+    uneven[5, 0] = True  # fan-ins 4, 0, 3, 3: made constant, every unit again
+    assert constant_fan_in(uneven, 7).sum(axis=0).tolist() == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("alive", [8, 5])
+def test_the_drop_count_is_of_the_connections_active_at_the_update(alive):
+    # After an ablation a weight has fewer connections: K = floor(f · n) of
+    # those, as the SRigL code counts, not of the count at `bind` (when `fit`
+    # began), which made K larger than RigL's and a resumed run differ.
+    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8)])
+    dst.sparsify(model, 7 / 12, "uniform", seed=0)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    up = updaters.SRigL(update_freq=1, drop_fraction=0.4, drop_fraction_schedule="constant",
+                        end_step=10, gamma_sal=0.0, seed=0)
+    up.bind(model)  # fan-in 5 on each of the 8 units: 40 active
+    kernel = model.layers[0].kernel
+    mask = dst.get_masks(model)[kernel.path]
+    assert mask.sum(axis=0).tolist() == [5] * 8
+    mask[:, alive:] = False  # the units from `alive` on, as if ablated since
+    dst.set_masks(model, {kernel.path: mask})
+    weight, grad, _ = _case(2)
+    kernel.assign(np.where(mask, weight, 0.0))
+    assert up.update(0, {kernel.path: grad})
+    k = int(np.floor(0.4 * mask.sum()))
+    kept = mask.ravel().copy()
+    kept[np.argsort(np.where(mask, np.abs(weight), np.inf), axis=None)[:k]] = False
+    expected = kept.reshape(mask.shape).copy()
+    for j in range(alive):  # each unit regrows its top |grad| back to fan-in 5
+        free = np.where(expected[:, j], -np.inf, np.abs(grad[:, j]))
+        expected[np.argsort(-free)[:5 - expected[:, j].sum()], j] = True
+    np.testing.assert_array_equal(dst.get_masks(model)[kernel.path], expected)

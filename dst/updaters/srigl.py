@@ -12,11 +12,13 @@ import numpy as np
 from dst import _select
 from dst._select import Array, Kit
 from dst._validate import as_float
-from dst.blocks import block_of, count_units
+from dst.blocks import block_of
 from dst.updaters.registry import register
 from dst.updaters.rigl import RigL
 
 __all__ = ["SRigL", "constant_fan_in"]
+
+_UNIT = 2**24  # f(t) reaches `new_mask` in units of 2^-24, rounded up
 
 
 @register("srigl")
@@ -28,7 +30,9 @@ class SRigL(RigL):
     kernel's output channels); a unit's fan-in counts its active entries
     over all other axes. At `bind` each mask is made constant fan-in
     (`constant_fan_in`). At each update step, per weight with n active
-    connections, K = floor(f(t) · n) (RigL's count):
+    connections now (fewer after an ablation), K = floor(f(t) · n), as the
+    SRigL code counts (in float32 from f(t) rounded up to a multiple of
+    2^-24, the same on every path: RigL's count, or in rare cases one more):
 
     1. drop the K smallest-magnitude active connections of the weight;
     2. salient connections: the kept ones and the K inactive ones with the
@@ -97,7 +101,11 @@ class SRigL(RigL):
             if not np.array_equal(old, new):
                 self._write(index, keras.ops.convert_to_tensor(old),
                             keras.ops.convert_to_tensor(new), keras.ops.convert_to_tensor(True))
-        self.active = [count_units(t) for t in self.targets]
+
+    def step_value(self, step: int, index: int) -> int:
+        """f(t) in units of 2^-24, rounded up (`new_mask` takes K of the count
+        active at the update, which an ablation lowers)."""
+        return int(math.ceil(self.drop_fraction_at(step) * _UNIT))
 
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
@@ -116,7 +124,8 @@ class SRigL(RigL):
             return i32(xp.sum(i32(x), axis=0))
 
         n = i32(kit.count(m))
-        k = xp.minimum(i32(value), n)
+        fraction = kit.cast(value, "float32") * np.float32(1.0 / _UNIT)
+        k = xp.minimum(i32(xp.floor(fraction * kit.cast(n, "float32"))), n)
         kept = xp.logical_and(m, xp.logical_not(kit.select(xp.abs(w), m, k, salt(0))))
         inactive = xp.logical_not(m)
         top = kit.select(g, inactive, xp.minimum(k, i32(kit.count(inactive))), salt(2),
@@ -165,7 +174,9 @@ def constant_fan_in(mask: np.ndarray, salt: int) -> np.ndarray:
     the n active entries of `mask` (the SRigL code's `int`), keeping its
     active entries first and filling up, or choosing among them, by the
     seeded hash of `salt`. Newly active entries start at 0.0 when an updater
-    writes this mask.
+    writes this mask. A mask whose active units already share one fan-in is
+    returned as it is: the units with none are ablated (a run resumed or
+    continued with a new `fit` keeps them ablated).
 
     Args:
         mask: a bool mask whose last axis is the output units.
@@ -177,6 +188,9 @@ def constant_fan_in(mask: np.ndarray, salt: int) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     units = mask.shape[-1]
     flat = mask.reshape(-1, units)
+    fans = flat.sum(axis=0)
+    if fans.any() and (fans[fans > 0] == fans.max()).all():
+        return mask
     fan = min(flat.shape[0], max(1, int(flat.sum()) // units))
     new = _select.NUMPY.select_columns(flat.astype(np.float32), np.ones_like(flat), fan, salt,
                                        largest=True)
