@@ -1,6 +1,7 @@
 """SNFS / sparse momentum (Dettmers & Zettlemoyer 2019): the cross-layer split,
 the momentum buffer, and the same masks on every path."""
 
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -11,6 +12,8 @@ import pytest
 from conftest import BACKEND, gradients, numpy
 
 import dst
+from dst._select import NUMPY, OPS
+from dst.updaters.set import fraction_count, fraction_units
 
 DROP = 0.25
 
@@ -376,3 +379,11 @@ def test_mirrored_strategy_smooths_the_global_gradient_and_replicas_agree():
     assert max(out["rel_err"]) < 1e-5, out
     assert out["replicas_equal"] and sum(out["counts"]) == 224, out
     assert out["counts"] != [64, 128, 32], out  # the update at step 3 moved connections
+
+
+@pytest.mark.parametrize("kit", [NUMPY, OPS], ids=["host", "ops"])
+def test_drop_count_is_not_one_short_when_the_product_is_an_integer(kit):
+    # 0.3 is below 3/10 in binary: rounding f(t) down to 2^-24 units dropped 2 of 10.
+    for fraction, n in [(0.3, 10), (0.1, 30), (0.7, 100), (0.25, 4), (0.3, 11), (0.99, 1000)]:
+        got = int(numpy(fraction_count(kit, fraction_units(fraction), np.int32(n))))
+        assert got == math.floor(fraction * n), (fraction, n, got)

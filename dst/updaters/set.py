@@ -15,12 +15,30 @@ from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
 from dst.updaters.registry import register
 
-__all__ = ["SET", "GROW_CANDIDATES"]
+__all__ = ["SET", "GROW_CANDIDATES", "fraction_count", "fraction_units"]
 
 #: Where SET and RigL may grow: among the connections inactive after the drop
 #: (the references'), or only among those inactive before the update.
 GROW_CANDIDATES = ("after_drop", "before_drop")
 _ANCHORS = ("begin", "zero")
+
+#: Updaters whose drop count depends on an in-graph active count (SNFS, SRigL)
+#: get f(t) from the host as an integer number of 2^-24 units.
+FRACTION_UNIT = 2**24
+
+
+def fraction_units(fraction: float) -> int:
+    """f in units of 2^-24, rounded up (exact in float32 for f <= 1)."""
+    return int(math.ceil(fraction * FRACTION_UNIT))
+
+
+def fraction_count(kit: Kit, units: Any, n: Any) -> Any:
+    """floor(f · n) as int32, in float32, from `units` = `fraction_units(f)` and
+    an in-graph count n < 2^24: the host's floor(f · n), or in rare cases one
+    more (f rounded up, then a float32 product), the same on every path. A
+    product f · n that is an integer (0.3 · 10) is never one short."""
+    fraction = kit.cast(units, "float32") * np.float32(1.0 / FRACTION_UNIT)
+    return kit.cast(kit.xp.floor(fraction * kit.cast(n, "float32")), "int32")
 
 
 @register("set")

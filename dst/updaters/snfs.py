@@ -14,11 +14,9 @@ from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import block_of
 from dst.updaters.registry import register
-from dst.updaters.set import SET
+from dst.updaters.set import SET, fraction_count, fraction_units
 
 __all__ = ["SNFS"]
-
-_UNIT = 2**24  # the drop fraction is handed to `plan` in units of 2^-24
 
 
 @register("snfs")
@@ -33,8 +31,10 @@ class SNFS(SET):
     1. each weight l scores its mean |m| over its active connections;
     2. it drops its d_l = floor(f(t) · a_l) active connections of smallest
        magnitude (a_l: its active count now; f(t): SET's drop-fraction
-       schedule; the product is rounded to float32 before the floor, the same
-       on every path). T = Σ d_l is the number regrown;
+       schedule; computed in float32 from f(t) rounded up to a multiple of
+       2^-24, the same on every path: the host's count, or in rare cases one
+       more, and never one short when f(t) · a_l is an integer, as 0.3 · 10).
+       T = Σ d_l is the number regrown;
     3. T is split across weights in proportion to their scores, capped at each
        weight's free places (the connections inactive after its drop; before
        it with `grow_candidates="before_drop"`), and each weight grows its
@@ -143,18 +143,17 @@ class SNFS(SET):
     def step_value(self, step: int, index: int) -> int:
         """f(t) in units of 2^-24 (the drop counts depend on the active counts,
         which `plan` reads)."""
-        return int(math.floor(self.drop_fraction_at(step) * _UNIT))
+        return fraction_units(self.drop_fraction_at(step))
 
     def plan(self, kit: Kit, values: list, weights: list, masks: list, grads: list) -> list:
         """(drop, grow) of every weight: see the class docstring."""
         xp = kit.xp
         after_drop = self.grow_candidates == "after_drop"
-        fraction = kit.cast(values[0], "float32") * np.float32(1.0 / _UNIT)
         drops, caps, scores = [], [], []
         for mask, grad in zip(masks, grads):
             size = math.prod(mask.shape)
             active = kit.cast(kit.count(mask), "int32")
-            drop = kit.cast(xp.floor(fraction * kit.cast(active, "float32")), "int32")
+            drop = fraction_count(kit, values[0], active)
             if not after_drop:
                 drop = xp.minimum(drop, size - active)
             drops.append(drop)

@@ -15,10 +15,9 @@ from dst._validate import as_float
 from dst.blocks import block_of
 from dst.updaters.registry import register
 from dst.updaters.rigl import RigL
+from dst.updaters.set import fraction_count, fraction_units
 
 __all__ = ["SRigL", "constant_fan_in"]
-
-_UNIT = 2**24  # f(t) reaches `new_mask` in units of 2^-24, rounded up
 
 
 @register("srigl")
@@ -105,7 +104,7 @@ class SRigL(RigL):
     def step_value(self, step: int, index: int) -> int:
         """f(t) in units of 2^-24, rounded up (`new_mask` takes K of the count
         active at the update, which an ablation lowers)."""
-        return int(math.ceil(self.drop_fraction_at(step) * _UNIT))
+        return fraction_units(self.drop_fraction_at(step))
 
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
@@ -124,8 +123,7 @@ class SRigL(RigL):
             return i32(xp.sum(i32(x), axis=0))
 
         n = i32(kit.count(m))
-        fraction = kit.cast(value, "float32") * np.float32(1.0 / _UNIT)
-        k = xp.minimum(i32(xp.floor(fraction * kit.cast(n, "float32"))), n)
+        k = xp.minimum(fraction_count(kit, value, n), n)
         kept = xp.logical_and(m, xp.logical_not(kit.select(xp.abs(w), m, k, salt(0))))
         inactive = xp.logical_not(m)
         top = kit.select(g, inactive, xp.minimum(k, i32(kit.count(inactive))), salt(2),
