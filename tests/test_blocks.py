@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import assert_unchanged, state
+from conftest import BACKEND, assert_unchanged, state
 
 import dst
 from dst import _select
@@ -144,6 +144,8 @@ def test_rigl_drops_smallest_block_norms_and_grows_largest_gradient_norms():
     assert is_union_of_blocks(new, (4, 1))
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="jit_compile=True (torch.compile) is refused "
+                                               "on PyTorch (test_backends.py)")
 def test_block_updates_are_the_same_under_jit():
     masks = []
     for jit in (False, True):
@@ -228,7 +230,8 @@ def test_same_shape_weights_keep_their_own_block_structure(name):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(96, 30)).astype("float32"), rng.normal(size=(96, 30)).astype("float32")
     runs = []
-    for jit in (False, True):
+    # torch.compile (jit_compile=True on PyTorch) is refused (test_backends.py).
+    for jit in (False,) if BACKEND == "torch" else (False, True):
         model = same_shape_mixed_blocks()
         blocked, plain = (layer.layers[0].kernel.path for layer in model.layers)
         start = dst.get_masks(model)
@@ -248,4 +251,4 @@ def test_same_shape_weights_keep_their_own_block_structure(name):
         assert not np.array_equal(final[plain], start[plain])
         runs.append(final)
     for path in runs[0]:
-        np.testing.assert_array_equal(runs[0][path], runs[1][path], err_msg=path)
+        np.testing.assert_array_equal(runs[0][path], runs[-1][path], err_msg=path)

@@ -578,6 +578,8 @@ def test_static_masks_with_ema_and_no_callback_are_reported_not_silent():
     assert real < 0.8  # the real zeros, not the masks' 0.8
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="jit_compile=True (torch.compile) is refused "
+                                               "on PyTorch (test_backends.py)")
 def test_fixed_masks_with_ema_under_jit_compile():
     model = mlp()
     model.compile(keras.optimizers.Adam(0.01, use_ema=True, ema_overwrite_frequency=2), "mse",
