@@ -84,7 +84,7 @@ class SNFS(SET):
         >>> cb = dst.callbacks.SNFS(update_freq=2, seed=0)
         >>> h = model.fit(np.ones((16, 8)), np.ones((16, 4)), epochs=2, verbose=0,
         ...               callbacks=[cb])
-        >>> round(h.history["sparsity"][-1], 2)
+        >>> round(h.history["sparsity"].pop(), 2)
         0.5
     """
 
