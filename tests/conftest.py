@@ -146,22 +146,6 @@ def _record(seen: list, x) -> None:
         seen.append(np.array(x))
 
 
-class RecordingRigL(dst.updaters.RigL):
-    """RigL that records the gradient each weight's growth is scored with."""
-
-    def grow_scores(self, kit, weight, mask, grad):
-        _record(self.seen, grad)
-        return super().grow_scores(kit, weight, mask, grad)
-
-
-def recording_rigl(**kwargs):
-    """A RigL callback whose updater records its gradients in `.updater.seen`."""
-    cb = dst.callbacks.RigL(**kwargs)
-    cb.updater = RecordingRigL(**kwargs)
-    cb.updater.seen = []
-    return cb
-
-
 def recording(name, **kwargs):
     """The callback of algorithm `name` whose updater records, in
     `.updater.seen`, the `grad` each new mask is computed from (one entry per

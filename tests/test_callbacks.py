@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import pytest
-from conftest import data, gradients, mlp, numpy, recording_rigl
+from conftest import data, gradients, mlp, numpy, recording
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -454,7 +454,7 @@ def test_rigl_in_fit_sees_the_dense_gradient_of_the_current_batch():
     expected = gradients(model, x, lambda out: keras.losses.MeanSquaredError()(y, out),
                          [t.variable for t in dst._model.dynamic_targets(model)])
     before = list(dst.get_masks(model).values())
-    cb = recording_rigl(update_freq=1, end_step=0, seed=0)
+    cb = recording("rigl", update_freq=1, end_step=0, seed=0)
     model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
     assert len(cb.updater.seen) == len(expected) == 2
     seen = {g.shape: g for g in cb.updater.seen}  # weights may be computed in any order

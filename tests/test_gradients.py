@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 import pytest
-from conftest import data, gradients, mlp, numpy, recording_rigl
+from conftest import data, gradients, mlp, numpy, recording
 
 import dst
 
@@ -83,7 +83,7 @@ def test_rigl_scores_the_dense_gradient_while_the_optimizer_sees_the_masked_one(
     dense = {v.path: numpy(g) for v, g in zip(model.trainable_variables,
                                                 gradients(model, x, _mse(y)))}
     model.compile(keras.optimizers.SGD(0.1, global_clipnorm=0.01), "mse")
-    cb = recording_rigl(update_freq=1, end_step=0, seed=0)  # updates after step 0 only
+    cb = recording("rigl", update_freq=1, end_step=0, seed=0)  # updates after step 0 only
     model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
     paths = [t.path for t in cb.updater.targets]
     # Weights may be updated in any order: match the records by shape (distinct here).
