@@ -40,7 +40,8 @@ class PolynomialSparsity:
     """Zhu & Gupta 2017: s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t_end − t0))^power.
 
     The same values as TF-MOT's `PolynomialDecay` for the same arguments;
-    before `begin` it is s_i, after `end` it is s_f.
+    before `begin` it is s_i, from `end` on it is s_f (also when `end` equals
+    `begin`: the one update step prunes to s_f).
     """
 
     initial: float
@@ -50,8 +51,9 @@ class PolynomialSparsity:
     power: float = 3
 
     def __call__(self, step: int) -> float:
-        span = max(self.end - self.begin, 1)
-        p = min(1.0, max(0.0, (step - self.begin) / span))
+        if step >= self.end:
+            return self.final
+        p = max(0.0, (step - self.begin) / max(self.end - self.begin, 1))
         return self.final + (self.initial - self.final) * (1.0 - p) ** self.power
 
 

@@ -1,6 +1,7 @@
 """GraNet: gradual magnitude pruning with zero-cost neuroregeneration."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -136,3 +137,23 @@ def test_arguments_are_checked():
         updaters.GraNet(0.9, regrowth_fraction=1.0)
     with pytest.raises(ValueError, match="initial_sparsity"):
         updaters.GraNet(0.5, initial_sparsity=0.8)
+
+
+def test_a_start_sparser_than_the_target_is_refused_since_regrowth_only_replaces():
+    # Each update prunes to the schedule's count, then regrows exactly as many as it
+    # drops: the default sparse start (0.5) can't come down to 0.3.
+    text = re.escape(
+        "`initial_sparsity` must be <= `final_sparsity` for GraNet, whose updates never add "
+        "active connections. Received: initial_sparsity=0.5, final_sparsity=0.3. Pass "
+        "initial_sparsity <= 0.3 (0.0 starts dense; equal values keep the sparsity constant) "
+        "or raise final_sparsity."
+    )
+    with pytest.raises(ValueError, match=text):
+        updaters.GraNet(0.3)
+    with pytest.raises(ValueError, match=text):
+        dst.callbacks.GraNet(0.3, seed=0)
+    model = _model()
+    up = updaters.GraNet(0.5, initial_sparsity=0.5, update_freq=1, end_step=4, seed=0)
+    up.bind(model)
+    assert {up.sparsity_schedule(step) for step in range(6)} == {0.5}
+    assert dst.sparsity(model) == 0.5

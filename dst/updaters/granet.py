@@ -40,6 +40,11 @@ class GraNet(MagnitudePruning):
     Regrown connections start at 0.0 with fresh optimizer slots; a connection
     dropped and regrown in the same update keeps its weight.
 
+    Regrowth only replaces: no update raises a weight's active count, as in
+    the paper, where the density only falls from the initial to the final
+    one. So `initial_sparsity` above `final_sparsity` is refused; equal
+    values keep the count constant while connections are still replaced.
+
     A model without masks is sparsified at `bind` to `initial_sparsity` with
     `distribution` (random masks; `initial_sparsity=0.0` starts dense).
 
@@ -63,6 +68,11 @@ class GraNet(MagnitudePruning):
         distribution: how s_t is spread over weights. Defaults to "uniform".
         seed: seed of the initial masks and of tie-breaking. Defaults to None.
 
+    Raises:
+        ValueError: an argument out of range, or `initial_sparsity` greater
+            than `final_sparsity` (as `GraNet(0.3)`, whose default start is
+            0.5).
+
     Example:
         >>> import numpy as np, keras, dst
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
@@ -84,11 +94,6 @@ class GraNet(MagnitudePruning):
                          begin_step=begin_step, end_step=end_step, update_freq=update_freq,
                          power=power, distribution=distribution, seed=seed)
         who = type(self).__name__
-        if self.initial_sparsity > self.final_sparsity:
-            raise ValueError(
-                f"`initial_sparsity` must not exceed `final_sparsity` for {who}. Received: "
-                f"initial_sparsity={initial_sparsity!r}, final_sparsity={final_sparsity!r}"
-            )
         self.regrowth_fraction = as_float(regrowth_fraction, "regrowth_fraction", who,
                                           low=0.0, high=1.0, high_open=True)
 

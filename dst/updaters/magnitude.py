@@ -30,12 +30,15 @@ class MagnitudePruning(Updater):
     round(size × density_t) of its largest-magnitude active entries, where
     density_t comes from `distribution` at overall sparsity s_t (TF-MOT keeps
     every entry tied with the threshold; dst keeps exactly that many, ties
-    broken by a seeded random order). Pruned connections never come back.
+    broken by a seeded random order). Pruned connections never come back,
+    so the sparsity can only rise: `initial_sparsity` above `final_sparsity`
+    is refused, and equal values give a constant schedule. If `end_step`
+    resolves to `begin_step`, that one update prunes to `final_sparsity`.
     A model without masks gets all-ones masks at `bind`.
 
     Args:
         final_sparsity: s_f, in [0, 1).
-        initial_sparsity: s_i, in [0, 1). Defaults to 0.0.
+        initial_sparsity: s_i, in [0, s_f]. Defaults to 0.0.
         begin_step: t0. Defaults to 0.
         end_step: t_end: an int, a float in (0, 1] (fraction of the fit's
             steps), or None for the last step of the fit. Defaults to None.
@@ -44,6 +47,10 @@ class MagnitudePruning(Updater):
         distribution: how s_t is spread over weights ("uniform", "er",
             "erk" or a callable). Defaults to "uniform".
         seed: seed for tie-breaking. Defaults to None.
+
+    Raises:
+        ValueError: an argument out of range, or `initial_sparsity` greater
+            than `final_sparsity`.
     """
 
     update_at_end = True
@@ -53,14 +60,22 @@ class MagnitudePruning(Updater):
                  update_freq: int = 100, power: float = 3,
                  distribution: str | Callable = "uniform", seed: int | None = None):
         who = type(self).__name__
-        final_sparsity = as_float(final_sparsity, "final_sparsity", who, low=0.0, high=1.0,
-                                  high_open=True)
-        initial_sparsity = as_float(initial_sparsity, "initial_sparsity", who, low=0.0,
-                                    high=1.0, high_open=True)
+        final = as_float(final_sparsity, "final_sparsity", who, low=0.0, high=1.0,
+                         high_open=True)
+        initial = as_float(initial_sparsity, "initial_sparsity", who, low=0.0, high=1.0,
+                           high_open=True)
+        if initial > final:  # pruning never adds connections back
+            raise ValueError(
+                f"`initial_sparsity` must be <= `final_sparsity` for {who}, whose updates "
+                "never add active connections. Received: "
+                f"initial_sparsity={initial_sparsity!r}, final_sparsity={final_sparsity!r}. "
+                f"Pass initial_sparsity <= {final!r} (0.0 starts dense; equal values keep "
+                "the sparsity constant) or raise final_sparsity."
+            )
         super().__init__(update_freq=update_freq, begin_step=begin_step,
                          end_step=end_step, seed=seed)
-        self.final_sparsity = final_sparsity
-        self.initial_sparsity = initial_sparsity
+        self.final_sparsity = final
+        self.initial_sparsity = initial
         self.power = as_float(power, "power", who, low=0.0, low_open=True)
         self.distribution = distribution
         self._fn = dist_lib.get(distribution)
