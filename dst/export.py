@@ -14,6 +14,12 @@ smaller file, same speed; what unstructured masks get) or, for weights whose
 non-zeros form blocks of consecutive inputs of one output unit (dst's
 `block=(4, 1)` to `(16, 1)` on a Dense kernel; measured in the README), runs
 XNNPACK's sparse kernels.
+
+The SavedModel's inputs are named `input_0, input_1, ...` in `model.inputs`
+order (Keras names its outputs `output_0, ...` in `model.outputs` order), and
+`load` orders the file's tensors by those names: TFLite's own tensor order
+differs from the model's (for three same-shaped heads `z_first, a_second,
+m_third` it is `a_second, z_first, m_third`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import contextlib
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,12 +37,13 @@ import numpy as np
 from dst import _compat, _csr
 from dst._csr import CSRModel
 from dst._model import check_keras3_model, masked_targets
+from dst._tflite import EXTRA as _EXTRA
+from dst._tflite import TFLiteModel, fits
 
 __all__ = ["convert", "save", "load", "TFLiteModel", "CSRModel", "FORMATS", "QUANTIZE_MODES"]
 
 FORMATS = ("tflite", "npz")
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
-_EXTRA = "pip install 'keras-dst[export]'"
 
 
 def convert(
@@ -53,7 +59,9 @@ def convert(
     Masked weights are exported as zeros even where `set_weights` wrote
     values since the last optimizer step; the model itself is left
     unchanged. Weights are stored sparse where TFLite's sparsity
-    optimization finds it pays.
+    optimization finds it pays. The file's inputs and outputs keep the
+    order of `model.inputs` and `model.outputs` (a dict's values in sorted
+    key order, as `keras.tree.flatten` gives them), for every `quantize`.
 
     Args:
         model: a built Keras 3 model, sparsified with dst or already
@@ -65,10 +73,11 @@ def convert(
         quantize: None (float32), "float16" (float16 weights), "dynamic"
             (int8 weights, float activations) or "int8" (int8 weights and
             activations, float32 inputs and outputs). Defaults to None.
-        representative_data: calibration inputs for `quantize="int8"`: an
-            array (split into batches of 32), a batched `tf.data.Dataset`,
-            or an iterable of batches; elements may be `(x, y)` pairs, of
-            which `x` is used. Defaults to None.
+        representative_data: calibration inputs for `quantize="int8"` (a
+            model with one input): an array (split into batches of 32), a
+            batched `tf.data.Dataset`, or an iterable of batches; elements
+            may be `(x, y)` pairs, of which `x` is used. Each batch must have
+            the model's input shape (any batch size). Defaults to None.
         max_calibration_batches: at most this many batches are used for
             calibration. Defaults to 100.
 
@@ -78,8 +87,14 @@ def convert(
     Raises:
         ValueError: an unknown `format` or `quantize`, a layer the "npz"
             format cannot run (named), `quantize="int8"` without
-            `representative_data` or with empty data, or ops that TFLite's
-            built-in kernels cannot run (the message names them).
+            `representative_data`, with empty data, with batches of another
+            shape than the model's input, or on a model with several inputs,
+            or ops that TFLite's built-in kernels cannot run (the message
+            names them and where they sit; for the loop of a recurrent layer
+            such as `LSTM`, it names the layer and `unroll=True`). dst.export
+            does not convert with TensorFlow's Select TF ops: such a file
+            needs TFLite's Flex delegate, which `load` (`ai-edge-litert`)
+            cannot run.
         ImportError: TensorFlow is not installed.
 
     Examples:
@@ -134,24 +149,20 @@ def convert(
     calibration: list[np.ndarray] = []
     if quantize == "int8":
         calibration = _calibration_batches(representative_data, max_calibration_batches)
+        _check_calibration_shapes(model, calibration)
     with tempfile.TemporaryDirectory(prefix="dst_export_") as tmp, _MaskedValues(model):
         with _quiet(tf):  # "Assets written to: <a temporary folder>" is noise here
-            model.export(tmp, format="tf_saved_model", verbose=False)
+            model.export(tmp, format="tf_saved_model", verbose=False,
+                         input_signature=_named_input_signature(model))
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         configure_converter(converter, quantize, calibration)
         try:
             return converter.convert()
         except Exception as err:  # noqa: BLE001 - re-raised with the ops named
-            ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op", str(err))))
-            if not ops:
+            error = _unsupported_ops_error(model, err)
+            if error is None:
                 raise
-            where = sorted(set(re.findall(r'fused\["\w+:", "([^"@]+)@', str(err))))
-            raise ValueError(
-                f"dst.export: TFLite has no built-in kernel for the TensorFlow ops "
-                f"{ops} of model '{model.name}' (at {where}). Replace the layers "
-                "that use them, or convert with TensorFlow's own converter and "
-                "Select TF ops (tf.lite.OpsSet.SELECT_TF_OPS)."
-            ) from None
+            raise error from err
 
 
 def save(model: keras.Model, path: str | os.PathLike, **kwargs: Any) -> str:
@@ -184,12 +195,15 @@ def load(path_or_bytes: str | os.PathLike | bytes, *,
 
     Returns:
         A `TFLiteModel` or `CSRModel`: `runner(x)` returns the model's
-        output for the batch `x` (a list of arrays for several inputs or
-        outputs).
+        output for the batch `x`. Several inputs are passed as a list in
+        `model.inputs` order; several outputs come back as a list in
+        `model.outputs` order, for every `quantize` setting.
 
     Raises:
         ImportError: `ai-edge-litert` (TFLite) or `scipy` (npz) is not
-            installed; both are in the `[export]` extra.
+            installed; both are in the `[export]` extra. A `TFLiteModel`
+            raises ValueError when called on a batch whose shape does not
+            fit its input (any batch size), naming both shapes.
     """
     if isinstance(path_or_bytes, bytes | bytearray):
         content = bytes(path_or_bytes)
@@ -199,103 +213,6 @@ def load(path_or_bytes: str | os.PathLike | bytes, *,
     if content[:2] == b"PK":  # a zip archive: np.savez
         return CSRModel(content)
     return TFLiteModel(content, num_threads=num_threads)
-
-
-class TFLiteModel:
-    """A TFLite flatbuffer run by `ai-edge-litert`'s interpreter on numpy batches.
-
-    The default delegates (XNNPACK on CPU) are used when they can allocate the
-    model. TFLite's XNNPACK delegate refuses some int8 and "dynamic" files (int8
-    weights stored sparse, or int8 models at some batch sizes); such a file then
-    runs on the built-in kernels and `delegate` is "none" (a warning says so).
-
-    Attributes:
-        delegate: "default" or "none".
-        content: the flatbuffer bytes.
-    """
-
-    def __init__(self, path_or_bytes: str | os.PathLike | bytes, *,
-                 num_threads: int | None = 1) -> None:
-        try:
-            from ai_edge_litert import interpreter as litert
-        except ImportError:
-            raise ImportError(
-                "dst.export.load needs the `ai-edge-litert` package (TFLite's "
-                f"runtime): {_EXTRA}."
-            ) from None
-        if isinstance(path_or_bytes, bytes | bytearray):
-            self.content = bytes(path_or_bytes)
-        else:
-            with open(path_or_bytes, "rb") as f:
-                self.content = f.read()
-        self._litert = litert
-        self.num_threads = num_threads
-        self.delegate = "default"
-        self._interpreter = self._new_interpreter()
-        try:
-            self._interpreter.allocate_tensors()
-        except RuntimeError as err:
-            self._without_delegates(err, stacklevel=4)
-        self._inputs = self._interpreter.get_input_details()
-        self._outputs = self._interpreter.get_output_details()
-        self._shapes: list[tuple[int, ...]] | None = [tuple(d["shape"]) for d in self._inputs]
-
-    def _without_delegates(self, err, stacklevel: int = 3) -> None:
-        """Falls back to the built-in kernels when XNNPACK refuses the model."""
-        if self.delegate != "default":
-            raise err
-        resolver = self._litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        self.delegate = "none"
-        self._interpreter = self._new_interpreter(resolver)
-        self._interpreter.allocate_tensors()
-        self._shapes = None
-        warnings.warn(
-            "dst.export.load: TFLite's default delegate (XNNPACK) could not "
-            f"run this model ({str(err).strip().splitlines()[0]}); it runs on the "
-            "built-in kernels. Pass experimental_op_resolver_type=OpResolverType."
-            "BUILTIN_WITHOUT_DEFAULT_DELEGATES to the interpreter where you "
-            "deploy it.",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-
-    def _new_interpreter(self, resolver=None):
-        kwargs = {"model_content": self.content, "num_threads": self.num_threads}
-        if resolver is not None:
-            kwargs["experimental_op_resolver_type"] = resolver
-        return self._litert.Interpreter(**kwargs)
-
-    def __call__(self, x):
-        xs = list(x) if isinstance(x, list | tuple) else [x]
-        if len(xs) != len(self._inputs):
-            raise ValueError(
-                f"This TFLite model takes {len(self._inputs)} inputs; received {len(xs)}."
-            )
-        xs = [np.asarray(a, dtype=d["dtype"]) for a, d in zip(xs, self._inputs)]
-        try:
-            return self._run(xs)
-        except RuntimeError as err:  # XNNPACK may refuse only at a new batch size
-            self._without_delegates(err)
-            return self._run(xs)
-
-    def _run(self, xs):
-        it = self._interpreter
-        shapes = [a.shape for a in xs]
-        if shapes != self._shapes:
-            for a, d in zip(xs, self._inputs):
-                it.resize_tensor_input(d["index"], a.shape)
-            it.allocate_tensors()
-            self._shapes = shapes
-        for a, d in zip(xs, self._inputs):
-            it.set_tensor(d["index"], a)
-        it.invoke()
-        out = [it.get_tensor(d["index"]) for d in self._outputs]
-        return out[0] if len(out) == 1 else out
-
-    def __repr__(self):
-        return (f"<TFLiteModel {len(self.content)} bytes, inputs "
-                f"{[tuple(d['shape_signature']) for d in self._inputs]}, "
-                f"delegate={self.delegate!r}>")
 
 
 def configure_converter(converter: Any, quantize: str | None,
@@ -385,3 +302,84 @@ def _calibration_batches(data, limit: int) -> list[np.ndarray]:
 
 def _is_dataset(data) -> bool:
     return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
+
+
+def _model_inputs(model) -> list | None:
+    """`model.inputs`, or None for a subclassed model (which has none)."""
+    try:
+        return list(model.inputs) or None
+    except (AttributeError, ValueError):
+        return None
+
+
+def _named_input_signature(model) -> list | None:
+    """Keras' export signature with the inputs named `input_0, input_1, ...`
+    in `model.inputs` order, for `load` to order them; None (Keras infers it,
+    with its own names) for a subclassed model."""
+    inputs = _model_inputs(model)
+    if inputs is None:
+        return None
+    position = {id(t): i for i, t in enumerate(inputs)}
+
+    def spec(t):
+        return keras.InputSpec(shape=(None, *t.shape[1:]), dtype=t.dtype,
+                               name=f"input_{position[id(t)]}")
+
+    if isinstance(model, _compat.Functional):  # one argument: the input structure
+        return [keras.tree.map_structure(spec, model.input)]
+    return [spec(t) for t in inputs]  # Sequential: one positional argument
+
+
+def _check_calibration_shapes(model, batches: list[np.ndarray]) -> None:
+    """Refuses int8 calibration data that does not fit the model's one input."""
+    inputs = _model_inputs(model)
+    if inputs is None:
+        return
+    if len(inputs) != 1:
+        raise ValueError(
+            f"dst.export with quantize='int8' calibrates models with one input; "
+            f"model '{model.name}' has {len(inputs)}. Use quantize='dynamic' (int8 "
+            "weights, no calibration) or quantize='float16'."
+        )
+    want = (None, *inputs[0].shape[1:])
+    for i, batch in enumerate(batches):
+        if not fits(batch.shape, want):
+            raise ValueError(
+                f"`representative_data` must hold batches of shape {want} (the "
+                f"input of model '{model.name}', any batch size) for dst.export "
+                f"with quantize='int8'. Received: batch {i} of shape {batch.shape}."
+            )
+
+
+_NO_KERNEL = (r"'tf\.(\w+)' op is neither a custom op",
+              r"failed to legalize operation 'tf\.(\w+)'")
+
+
+def _unsupported_ops_error(model, err: Exception) -> ValueError | None:
+    """A ValueError naming the TensorFlow ops TFLite has no kernel for, where
+    they sit and what to do; None when `err` is another converter error."""
+    text = str(err)
+    ops = sorted({op for pattern in _NO_KERNEL for op in re.findall(pattern, text)})
+    if not ops:
+        return None
+    where = sorted({name for name in re.findall(r'fused\["\w+:", "([^"@]+)@', text)
+                    if not name.startswith("StatefulPartitionedCall")})
+    message = (f"dst.export: TFLite has no built-in kernel for the TensorFlow ops "
+               f"{ops} of model '{model.name}' (at {where}). ")
+    if any(op.startswith("TensorList") for op in ops):
+        rnns = ", ".join(f"'{layer.name}' ({type(layer).__name__})"
+                         for layer in _compat.flatten_layers(model)
+                         if isinstance(layer, keras.layers.RNN) and not layer.unroll)
+        return ValueError(
+            message + f"They are the time loop of the recurrent layers {rnns}. "
+            "Build them with `unroll=True` (that needs a fixed sequence length, "
+            "e.g. keras.Input((steps,))) and copy the weights over with "
+            "set_weights. dst.export offers no Select TF ops: a file with them "
+            "needs TFLite's Flex delegate, which dst.export.load (ai-edge-litert) "
+            "cannot run."
+        )
+    return ValueError(
+        message + "Replace the layers that use them, or convert with TensorFlow's "
+        "own converter and Select TF ops (tf.lite.OpsSet.SELECT_TF_OPS; the file "
+        "then needs TFLite's Flex delegate, which dst.export.load cannot run)."
+    )

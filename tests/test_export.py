@@ -161,8 +161,9 @@ def test_unconvertible_op_is_named():
     inputs = keras.Input((4,))
     h = keras.layers.Dense(3)(inputs)
     model = keras.Model(inputs, keras.ops.erfinv(keras.ops.tanh(h) * 0.5))
-    with pytest.raises(ValueError, match=r"no built-in kernel for the TensorFlow ops \['Erfinv'\]"):
+    with pytest.raises(ValueError, match=r"no built-in kernel for the TensorFlow ops \['Erfinv'\]") as info:
         dst.export.convert(model)
+    assert info.value.__cause__ is not None  # TFLite's converter error, chained
 
 
 def test_missing_runtime_names_the_extra(monkeypatch):
@@ -186,6 +187,85 @@ def test_runner_takes_any_batch_size():
         np.testing.assert_allclose(runner(x), model.predict(x, verbose=0), atol=1e-5)
     with pytest.raises(ValueError, match="takes 1 inputs; received 2"):
         runner([x, x])
+
+
+def three_heads():
+    """Three same-shaped heads whose names sort unlike their order, 10 apart."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="relu")(inputs)
+    heads = [keras.layers.Dense(3, name=name, bias_initializer=keras.initializers.Constant(b))(h)
+             for name, b in (("z_first", 10.0), ("a_second", 20.0), ("m_third", 30.0))]
+    return keras.Model(inputs, heads)
+
+
+@pytest.mark.parametrize("quantize", [None, "float16", "dynamic", "int8"])
+def test_outputs_come_back_in_model_outputs_order(tmp_path, quantize):
+    model = three_heads()
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    kwargs = {"representative_data": x} if quantize == "int8" else {}
+    path = dst.export.save(model, tmp_path / "heads.tflite", quantize=quantize, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "dynamic" and int8 may run without XNNPACK
+        got = dst.export.load(path)(x)
+    want = model.predict(x, verbose=0)
+    # TFLite's own tensor order is [a_second, z_first, m_third]: off by 10 per head.
+    assert [relative_error(g, w) for g, w in zip(got, want)] == pytest.approx([0, 0, 0], abs=0.05)
+
+
+def test_inputs_are_taken_in_model_inputs_order():
+    inputs = [keras.Input((4,), name=name) for name in ("z_in", "a_in", "m_in")]
+    h = keras.layers.Concatenate()([inputs[0], 2.0 * inputs[1], 3.0 * inputs[2]])
+    model = keras.Model(inputs, keras.layers.Dense(3)(h))
+    xs = [np.random.default_rng(i).normal(size=(5, 4)).astype("float32") for i in range(3)]
+    got = dst.export.load(dst.export.convert(model))(xs)
+    assert relative_error(got, model.predict(xs, verbose=0)) < 1e-5
+
+
+def test_int8_refuses_wrongly_shaped_representative_data():
+    model = small_cnn()
+    before = state(model)
+    data = np.zeros((8, 12, 12, 4), "float32")
+    with pytest.raises(ValueError, match=r"`representative_data` must hold batches of shape "
+                       r"\(None, 12, 12, 3\) .*Received: batch 0 of shape \(8, 12, 12, 4\)"):
+        dst.export.convert(model, quantize="int8", representative_data=data)
+    assert_unchanged(model, before)
+    a, b = keras.Input((4,)), keras.Input((4,))
+    two = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    with pytest.raises(ValueError, match=r"calibrates models with one input; model '.*' has 2"):
+        dst.export.convert(two, quantize="int8", representative_data=[[np.zeros((2, 4))] * 2])
+
+
+def test_runner_refuses_a_wrongly_shaped_input_without_a_delegate_warning():
+    runner = dst.export.load(dst.export.convert(small_cnn()))
+    x = np.zeros((2, 12, 12, 3), "float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not XNNPACK's fallback warning first
+        with pytest.raises(ValueError, match=r"`x` must have shape \(None, 12, 12, 3\) "
+                           r".*Received: x.shape=\(2, 12, 12, 4\)"):
+            runner(np.zeros((2, 12, 12, 4)))
+        with pytest.raises(ValueError, match=r"Received: x.shape=\(2, 12, 12\)"):
+            runner(x[..., 0])
+    assert runner.delegate == "default"
+    assert runner(x).shape == (2, 5)
+
+
+def rnn_classifier(unroll):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((10,), dtype="int32"), keras.layers.Embedding(50, 8),
+                             keras.layers.LSTM(6, unroll=unroll, name="encoder"),
+                             keras.layers.Dense(2)])
+
+
+def test_rnn_loop_names_the_op_the_layer_and_unroll():
+    with pytest.raises(ValueError, match=r"ops \['TensorListReserve'\] .*recurrent layers "
+                       r"'encoder' \(LSTM\)\. Build them with `unroll=True`") as info:
+        dst.export.convert(rnn_classifier(unroll=False))
+    assert "SELECT_TF_OPS" in str(info.value.__cause__)  # TFLite's own error, chained
+    model = rnn_classifier(unroll=True)  # the way out the message names
+    x = np.random.default_rng(0).integers(0, 50, size=(4, 10))
+    runner = dst.export.load(dst.export.convert(model))
+    assert relative_error(runner(x), model.predict(x, verbose=0)) < 1e-5
 
 
 def test_npz_csr_export_matches_predict(tmp_path):
