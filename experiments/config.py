@@ -3,9 +3,11 @@
 `load` reads a YAML file, applies overrides and checks everything a run needs
 before any data is loaded or any model trained. Every problem is reported at
 once, each with its field path (`methods.1`, `model.mlp.hidden`,
-`optimizer.name`), in one `ConfigError`. The only check that needs the data
-is `schedule_steps` (it needs the number of steps per epoch); the runner does
-it for every run before the first one trains, `--dry-run` included.
+`optimizer.name`), in one `ConfigError`: a field that fails the schema does
+not stop the checks across fields (against Keras, TF-MOT and dst) that do not
+read it. The only check that needs the data is `schedule_steps` (it needs the
+number of steps per epoch); the runner does it for every run before the first
+one trains, `--dry-run` included.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import copy
 import difflib
 import inspect
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -83,6 +86,15 @@ def _unique(items: list) -> list:
     if not items:
         raise ValueError("must not be empty")
     return list(dict.fromkeys(items))
+
+
+def _distinct_seeds(value: list) -> list:
+    repeated = sorted({s for s in value if value.count(s) > 1})
+    if repeated:
+        raise ValueError(f"must not repeat a seed (each seed is one run); got {value!r}, "
+                         f"where {', '.join(map(str, repeated))} repeat(s). Give distinct "
+                         "seeds, e.g. [0, 1, 2].")
+    return _unique(value)
 
 
 def _sparsity(value):
@@ -234,7 +246,7 @@ class Config(_Strict):
     sparsities: Annotated[list[Sparsity], BeforeValidator(_as_list)] = Field(
         description="target sparsities in (0, 1)")
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_as_list)] = Field(
-        description="random seeds")
+        description="random seeds, all distinct")
     epochs: PositiveInt = Field(description="training epochs of every run")
     batch_size: PositiveInt = Field(description="examples per optimizer step")
     optimizer: Annotated[Optimizer, _shorthand("optimizer")] = Field(
@@ -249,19 +261,24 @@ class Config(_Strict):
                                                        "default output folder); "
                                                        "None: <dataset>_<model>")
     distribution: Distributions = Field(
-        default=["erk"], description="layer-wise distribution(s) of static, set, rigl")
+        default=["erk"], description="layer-wise distribution(s) of static, set, rigl, "
+                                     "rigl_2x, granet, srigl, snfs")
     magnitude_distribution: Distributions = Field(
         default=["uniform"], description="the same for magnitude (uniform is TF-MOT's rule)")
     update_freq: PositiveInt = Field(default=100, description="steps between mask updates")
     drop_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
-        default=0.3, description="SET/RigL drop fraction, in (0, 1]")
-    drop_fraction_schedule: str = Field(default="cosine", description="SET/RigL")
+        default=0.3, description="drop fraction of set, rigl, rigl_2x, srigl, snfs, "
+                                 "in (0, 1]")
+    drop_fraction_schedule: str = Field(
+        default="cosine", description="its decay: set, rigl, rigl_2x, srigl, snfs")
     begin_step: Step = Field(default=0, description="fraction of training or step count")
-    end_step: Step = Field(default=0.75, description="fraction of training or step count")
+    end_step: Step = Field(default=0.75, description="fraction of training or step count, "
+                                                     "after begin_step")
     sparse_init: bool = Field(default=False, description="dst.sparsify(sparse_init=...)")
     grow_candidates: Literal["after_drop", "before_drop"] = Field(
-        default="after_drop", description="SET/RigL: grow among connections inactive after "
-                                          "the drop (the references') or before it")
+        default="after_drop", description="set, rigl, rigl_2x, snfs: grow among connections "
+                                          "inactive after the drop (the references') or "
+                                          "before it")
     keep_dense: Literal["first", "last", "both"] | None = Field(
         default=None, description="dst.sparsify(keep_dense=...) for the dst methods "
                                   "(both: first and last); TF-MOT prunes every layer")
@@ -284,11 +301,15 @@ class Config(_Strict):
         default_factory=WandbOptions, description="a mode (auto, online, offline, "
                                                   "disabled) or {mode, project, ...}")
 
-    @field_validator("methods", "sparsities", "seeds", "distribution",
-                     "magnitude_distribution")
+    @field_validator("methods", "sparsities", "distribution", "magnitude_distribution")
     @classmethod
     def _no_duplicates(cls, value: list) -> list:
         return _unique(value)
+
+    @field_validator("seeds")
+    @classmethod
+    def _no_repeated_seed(cls, value: list) -> list:
+        return _distinct_seeds(value)
 
     @model_validator(mode="after")
     def _default_name(self):
@@ -397,12 +418,17 @@ def validate(raw: Mapping[str, Any], source: str = "config") -> dict:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError([_problem(e) for e in err.errors()], source) from None
-    problems = _cross_checks(cfg)
+        problems = [_problem(e) for e in err.errors()]
+        bad = {path.split(".")[0] for path, _ in problems}
+        fields = _valid_fields(raw, bad)
+        problems += _cross_checks(fields)
+        if "optimizer" in bad:
+            problems += _skipping(_check_unknown_optimizer, raw.get("optimizer"), fields)
+        raise ConfigError(problems, source) from None
+    out = _as_dict(cfg)
+    problems = _cross_checks(_Fields(out))
     if problems:
         raise ConfigError(problems, source)
-    out = cfg.model_dump()
-    out["optimizer"] = {"name": cfg.optimizer.name, **cfg.optimizer.kwargs()}
     if out["block"] is not None and tuple(out["block"]) == (1, 1):
         out["block"] = None  # a 1x1 block is an unstructured mask
     return out
@@ -412,53 +438,160 @@ def _required(field: str) -> bool:
     return Config.model_fields[field].is_required()
 
 
+def _as_dict(cfg: Config) -> dict:
+    out = cfg.model_dump()
+    out["optimizer"] = {"name": cfg.optimizer.name, **cfg.optimizer.kwargs()}
+    return out
+
+
 def _problem(error: Mapping) -> tuple[str, str]:
     path = ".".join(str(p) for p in error["loc"])
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         msg = "required field is missing"
     elif error["type"] == "extra_forbidden":
-        msg = "unknown field"
-        if len(error["loc"]) == 1:
-            close = difflib.get_close_matches(str(error["loc"][0]), Config.model_fields, n=1)
-            msg += (f" (did you mean {close[0]!r}?)" if close else "") + (
-                f"; allowed fields: {', '.join(Config.model_fields)}")
+        msg = "unknown field" + _field_hint(error["loc"])
     elif error["type"] not in ("value_error", "union_tag_invalid"):
         msg += f"; got {error['input']!r}"
     return path, msg
 
 
+def _field_hint(loc: Sequence) -> str:
+    """` (did you mean 'model.mlp.hidden'?); allowed fields: ...` for unknown field `loc`."""
+    schema = _schema_at(loc[:-1])
+    if schema is None:
+        return ""
+    allowed = list(schema.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    guess = ".".join([*map(str, loc[:-1]), close[0]]) if close else ""
+    return (f" (did you mean {guess!r}?)" if guess else "") + (
+        f"; allowed fields: {', '.join(allowed)}")
+
+
+def _schema_at(loc: Sequence) -> type[BaseModel] | None:
+    """The schema class at field path `loc` (a tagged union's tag is a step: `model.mlp`)."""
+    schema, steps = Config, list(loc)
+    while steps:
+        info = schema.model_fields.get(str(steps.pop(0)))
+        if info is None:
+            return None
+        options = [t for t in typing.get_args(info.annotation) or (info.annotation,)
+                   if isinstance(t, type) and issubclass(t, BaseModel)]
+        if info.discriminator and steps:
+            tag = steps.pop(0)
+            options = [t for t in options if tag in typing.get_args(
+                t.model_fields[info.discriminator].annotation)]
+        if len(options) != 1:
+            return None
+        schema = options[0]
+    return schema
+
+
 # -- checks across fields and against Keras, TF-MOT and dst -----------------------------
-def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
+class _FailedFieldError(Exception):
+    """A check read a field that failed the schema; it is skipped."""
+
+
+class _Fields(dict):
+    """The config fields that passed the schema; reading another raises `_FailedFieldError`."""
+
+    def __missing__(self, key):
+        raise _FailedFieldError(key)
+
+
+# Valid values of the required fields, standing in for those that fail the schema so
+# that the other fields can be validated; no check reads a stand-in.
+_STAND_INS = {"dataset": "digits", "model": "mlp", "methods": ["dense"], "sparsities": [0.5],
+              "seeds": [0], "epochs": 1, "batch_size": 1, "optimizer": "sgd"}
+
+
+def _valid_fields(raw: Mapping[str, Any], bad: set[str]) -> _Fields:
+    """The fields of `raw` not in `bad`, validated and with defaults filled in."""
+    stand_in = {k: v for k, v in raw.items() if k not in bad}
+    stand_in.update({k: v for k, v in _STAND_INS.items() if k in bad})
+    try:
+        out = _as_dict(Config.model_validate(stand_in))
+    except ValidationError:  # a required field without a stand-in: check nothing more
+        return _Fields()
+    return _Fields({k: v for k, v in out.items() if k not in bad})
+
+
+def _skipping(check, *args) -> list[tuple[str, str]]:
+    try:
+        return check(*args)
+    except _FailedFieldError:
+        return []
+
+
+def _cross_checks(cfg: _Fields) -> list[tuple[str, str]]:
+    """Every check that reads only fields of `cfg` (those that passed the schema)."""
     problems = []
-    if cfg.model.name in ("cnn", "resnet") and cfg.dataset not in IMAGE_DATASETS:
-        problems.append(("model", f"{cfg.model.name!r} needs image data; dataset "
-                                  f"{cfg.dataset!r} is a vector task. Use model 'mlp', or a "
-                                  f"dataset from {', '.join(IMAGE_DATASETS)}."))
-    frameworks = {methods_lib.get(m).framework for m in cfg.methods}
-    tf_keras_methods = [m for m in cfg.methods if methods_lib.get(m).framework == "tf_keras"]
-    if tf_keras_methods and cfg.backend != "tensorflow":
-        problems.append(("backend", f"method(s) {tf_keras_methods} run on tf_keras and need "
-                                    f"backend 'tensorflow'; got {cfg.backend!r}."))
-    for framework in sorted(frameworks):  # "keras" first; one report is enough
-        found = _check_optimizer(cfg.optimizer, framework, tf_keras_methods, cfg.lr_schedule)
-        problems += found
-        if found:
-            break
-    if cfg.export is not None:
-        problems += _check_export(cfg)
-    kwargs = _fake_schedule_kwargs(cfg)
-    for i, method in enumerate(cfg.methods):
-        problems += _check_callback(i, methods_lib.get(method), kwargs)
+    for check in (_check_model, _check_backend, _check_optimizers, _check_export,
+                  _check_step_order):
+        problems += _skipping(check, cfg)
+    for i, method in enumerate(cfg.get("methods", ())):
+        problems += _skipping(_check_callback, i, methods_lib.get(method), cfg)
     return problems
 
 
-def _check_export(cfg: Config) -> list[tuple[str, str]]:
+def _check_model(cfg: Mapping) -> list[tuple[str, str]]:
+    name = cfg["model"]["name"]
+    if name in ("cnn", "resnet") and cfg["dataset"] not in IMAGE_DATASETS:
+        return [("model", f"{name!r} needs image data; dataset {cfg['dataset']!r} is a vector "
+                          f"task. Use model 'mlp', or a dataset from "
+                          f"{', '.join(IMAGE_DATASETS)}.")]
+    return []
+
+
+def _tf_keras_methods(cfg: Mapping) -> list[str]:
+    return [m for m in cfg["methods"] if methods_lib.get(m).framework == "tf_keras"]
+
+
+def _check_backend(cfg: Mapping) -> list[tuple[str, str]]:
+    tf_keras_methods = _tf_keras_methods(cfg)
+    if tf_keras_methods and cfg["backend"] != "tensorflow":
+        return [("backend", f"method(s) {tf_keras_methods} run on tf_keras and need "
+                            f"backend 'tensorflow'; got {cfg['backend']!r}.")]
+    return []
+
+
+def _check_optimizers(cfg: Mapping) -> list[tuple[str, str]]:
+    frameworks = {methods_lib.get(m).framework for m in cfg["methods"]}
+    for framework in sorted(frameworks):  # "keras" first; one report is enough
+        found = _check_optimizer(cfg["optimizer"], framework, _tf_keras_methods(cfg),
+                                 cfg["lr_schedule"])
+        if found:
+            return found
+    return []
+
+
+def _check_step_order(cfg: Mapping) -> list[tuple[str, str]]:
+    """begin_step before end_step, when both are fractions or both step counts."""
+    if not any(methods_lib.get(m).schedule for m in cfg["methods"]):
+        return []
+    begin, end = cfg["begin_step"], cfg["end_step"]
+    if type(begin) is type(end) and end <= begin:
+        return [_step_order_problem(begin, end, begin > end)]
+    return []
+
+
+def _step_order_problem(begin_step, end_step, after: bool,
+                        steps: str = "") -> tuple[str, str]:
+    """`end_step` is not after `begin_step` (`steps`: what they resolve to, if they do)."""
+    order = "begin_step is after end_step" if after else "they are the same step"
+    return ("end_step", f"must be after begin_step, as mask updates run from one to the "
+                        f"other; got begin_step={begin_step!r}, end_step={end_step!r}{steps}, "
+                        f"so {order}. Move begin_step before end_step.")
+
+
+def _check_export(cfg: Mapping) -> list[tuple[str, str]]:
     import importlib.util
 
-    if cfg.backend != "tensorflow":
+    if cfg["export"] is None:
+        return []
+    if cfg["backend"] != "tensorflow":
         return [("export", f"the TFLite export converts with TensorFlow and needs backend "
-                           f"'tensorflow'; got {cfg.backend!r}. Drop `export`, or train "
+                           f"'tensorflow'; got {cfg['backend']!r}. Drop `export`, or train "
                            "on tensorflow.")]
     missing = [m for m in ("tensorflow", "ai_edge_litert")
                if importlib.util.find_spec(m) is None]
@@ -527,36 +660,57 @@ def learning_rate_schedule(name: str, initial: float, total_steps: int,
     raise ValueError(f"Unknown lr_schedule {name!r}; known: {', '.join(LR_SCHEDULES)}.")
 
 
-def _check_optimizer(opt: Optimizer, framework: str, tf_keras_methods,
+def _check_optimizer(spec: Mapping[str, Any], framework: str, tf_keras_methods,
                      lr_schedule: str = "constant") -> list:
-    spec = {"name": opt.name, **opt.kwargs()}
+    name, kwargs = spec["name"], {a: v for a, v in spec.items() if a != "name"}
     if framework == "tf_keras":
         try:
             classes = optimizer_classes("tf_keras")
         except ImportError:
             return [("methods", f"{tf_keras_methods} need TF-MOT and tf_keras: pip install "
                                 "'keras-dst[tfmot]', or drop them from `methods`.")]
-        if opt.name not in classes:
-            return [("optimizer.name", f"{opt.name!r} exists in Keras 3 but not in tf_keras, "
+        if name not in classes:
+            return [("optimizer.name", f"{name!r} exists in Keras 3 but not in tf_keras, "
                                        f"which method(s) {tf_keras_methods} train with. "
                                        f"Use one of {', '.join(map(repr, classes))}.")]
     try:
         make_optimizer(spec, framework, lr_schedule=lr_schedule, total_steps=100)
     except (TypeError, ValueError) as err:
         where = "Keras 3" if framework == "keras" else "tf_keras"
-        return [("optimizer", f"{where} {opt.name!r} rejected its arguments "
-                              f"{opt.kwargs()}: {err}")]
+        return [("optimizer", f"{where} {name!r} rejected its arguments {kwargs}: {err}")]
     return []
 
 
-def _fake_schedule_kwargs(cfg: Config) -> dict:
-    return dict(cfg=cfg.model_dump(), sparsity=cfg.sparsities[0], seed=0, begin=1, end=2)
+def _check_unknown_optimizer(raw: Any, cfg: Mapping) -> list[tuple[str, str]]:
+    """With no known optimizer name, checks the arguments every Keras 3 optimizer takes."""
+    import keras
+
+    if not isinstance(raw, Mapping):
+        return []
+    common = set.intersection(*(set(inspect.signature(getattr(keras.optimizers, c)).parameters)
+                                for c in optimizer_classes().values())) - {"name", "kwargs"}
+    given = {a: v for a, v in raw.items() if a in common}
+    if not given:
+        return []
+    lr_schedule = cfg["lr_schedule"]
+    try:
+        kwargs = dict(given)
+        if "learning_rate" in kwargs and lr_schedule != "constant":
+            kwargs["learning_rate"] = learning_rate_schedule(
+                lr_schedule, float(kwargs["learning_rate"]), total_steps=100)
+        keras.optimizers.Optimizer(**kwargs)
+    except (TypeError, ValueError) as err:
+        return [("optimizer", f"Keras 3 rejected {given}, arguments that every optimizer "
+                              f"takes (the name is unknown, so its own arguments are not "
+                              f"checked): {err}")]
+    return []
 
 
-def _check_callback(i: int, method: methods_lib.Method, kw: dict) -> list:
+def _check_callback(i: int, method: methods_lib.Method, cfg: Mapping) -> list:
     """Builds the method's dst callback once, so dst's own checks run before training."""
     if method.callback is None:
         return []
+    kw = dict(cfg=cfg, sparsity=cfg["sparsities"][0], seed=0, begin=1, end=2)
     import dst
 
     try:
@@ -604,22 +758,33 @@ def schedule_steps(cfg: Mapping[str, Any], steps_per_epoch: int) -> tuple[int, i
     actually reaches its final sparsity.
 
     Raises:
-        ConfigError: when no update fits in training.
+        ConfigError: when begin_step is not before end_step, or no update fits
+            in training.
     """
     total = steps_per_epoch * cfg["epochs"]
     freq = cfg["update_freq"]
+    training = f"{cfg['epochs']} epoch(s) x {steps_per_epoch} steps = {total} steps"
 
     def to_step(v):
         return int(round(v * total)) if isinstance(v, float) else int(v)
 
-    begin, end = to_step(cfg["begin_step"]), min(to_step(cfg["end_step"]), total - 1)
-    end = begin + (end - begin) // freq * freq
+    def fail(path, msg):
+        raise ConfigError([(path, msg)], cfg.get("name", "config"))
+
+    begin_step, end_step = cfg["begin_step"], cfg["end_step"]
+    begin, stop = to_step(begin_step), to_step(end_step)
+    if stop <= begin:
+        fail(*_step_order_problem(begin_step, end_step, begin > stop,
+                                  f" (steps {begin} and {stop} of {training})"))
+    last = min(stop, total - 1)
+    if last <= begin:
+        fail("begin_step", f"must be before the last step of training; got "
+                           f"begin_step={begin_step!r} (step {begin}) with {training}. "
+                           "Begin earlier, or train for more steps.")
+    end = begin + (last - begin) // freq * freq
     if end <= begin:
-        raise ConfigError([("update_freq", (
-            f"the update schedule does not fit in training: {cfg['epochs']} "
-            f"epoch(s) x {steps_per_epoch} steps = {total} steps, "
-            f"begin_step={cfg['begin_step']!r}, end_step={cfg['end_step']!r}, "
-            f"update_freq={freq}. Lower `update_freq` (at most "
-            f"{max(1, (to_step(cfg['end_step']) - begin) // 2)} here), or train "
-            "for more steps."))], cfg.get("name", "config"))
+        fail("update_freq", f"the update schedule does not fit in training: {training}, "
+                            f"begin_step={begin_step!r}, end_step={end_step!r}, "
+                            f"update_freq={freq}. Lower `update_freq` (at most "
+                            f"{max(1, (last - begin) // 2)} here), or train for more steps.")
     return begin, end

@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 import csv  # noqa: E402
 import gzip  # noqa: E402
 import re  # noqa: E402
+import shlex  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
+import typing  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -423,6 +425,20 @@ BAD = [
     ({"export": True, "backend": "jax", "methods": ["rigl"]},
      r"export: the TFLite export converts with TensorFlow and needs backend 'tensorflow'; "
      r"got 'jax'"),
+    ({"seeds": [0, 1, 0]}, r"seeds: must not repeat a seed \(each seed is one run\); "
+     r"got \[0, 1, 0\], where 0 repeat\(s\)\. Give distinct seeds"),
+    ({"model": {"name": "mlp", "hiden": [3]}}, r"model\.mlp\.hiden: unknown field \(did you "
+     r"mean 'model\.mlp\.hidden'\?\); allowed fields: name, hidden$"),
+    ({"export": {"quantise": "int8"}},
+     r"export\.quantise: unknown field \(did you mean 'export\.quantize'\?\)"),
+    ({"wandb": {"projet": "x"}}, r"wandb\.projet: unknown field \(did you mean 'wandb\.project'"),
+    # Both step counts (or both fractions): found before any data is loaded.
+    ({"begin_step": 10, "end_step": 5, "update_freq": 1},
+     r"end_step: must be after begin_step, as mask updates run from one to the other; "
+     r"got begin_step=10, end_step=5, so begin_step is after end_step\. Move begin_step"),
+    ({"begin_step": 0.5, "end_step": 0.5},
+     r"end_step: must be after begin_step.*got begin_step=0\.5, end_step=0\.5, so they are "
+     r"the same step"),
 ]
 
 
@@ -441,6 +457,31 @@ def test_every_problem_is_reported_at_once_with_its_path():
         ["methods.1", "model.mlp.hidden.0", "sparsities.1", "epochs", "lr"])
     assert str(info.value).startswith("5 problems in ")
     assert all(f"  {p}: " in str(info.value) for p in paths)
+
+
+def test_a_field_that_fails_the_schema_hides_no_other_config_error():
+    # An unknown optimizer name and a bad dataset (a required field) do not stop the
+    # checks against Keras and dst, nor those of the optimizer's common arguments.
+    with pytest.raises(config_lib.ConfigError) as info:
+        tiny(dataset="imagenet", optimizer={"name": "adamx", "learning_rate": -1},
+             drop_fraction_schedule="zigzag")
+    problems = dict(info.value.problems)
+    assert sorted(problems) == ["dataset", "methods.3", "methods.4", "optimizer",
+                                "optimizer.name"]
+    assert re.match(r"Keras 3 rejected \{'learning_rate': -1\}, arguments that every "
+                    r"optimizer takes \(the name is unknown.*learning_rate=-1",
+                    problems["optimizer"])
+    assert "zigzag" in problems["methods.3"] and "zigzag" in problems["methods.4"]
+    # A check that reads a failed field is skipped rather than run on a stand-in.
+    with pytest.raises(config_lib.ConfigError) as info:
+        tiny(dataset="imagenet", model="cnn", optimizer="adamx")
+    assert [path for path, _ in info.value.problems] == ["dataset", "optimizer.name"]
+    required = {f for f, i in config_lib.Config.model_fields.items() if i.is_required()}
+    assert set(config_lib._STAND_INS) == required
+
+
+def test_begin_step_after_end_step_is_a_config_error_only_with_a_schedule():
+    assert tiny(methods=["dense", "static"], begin_step=10, end_step=5)["begin_step"] == 10
 
 
 def test_keras_only_optimizer_is_accepted_without_tfmot():
@@ -532,6 +573,62 @@ def test_dry_run_checks_the_schedule_too(tmp_path, capsys, monkeypatch):
     args = [str(TINY), "--out", str(tmp_path), "--dry-run", "--update_freq", "1000"]
     assert run.main(args) == 2
     assert "the update schedule does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    # A step count and a fraction: resolved with the data (8 steps), then compared.
+    (["--begin_step", "10", "--end_step", "0.75", "--update_freq", "1"],
+     r"end_step: must be after begin_step, as mask updates run from one to the other; got "
+     r"begin_step=10, end_step=0\.75 \(steps 10 and 6 of 1 epoch\(s\) x 8 steps = 8 steps\), "
+     r"so begin_step is after end_step\. Move begin_step before end_step\."),
+    (["--begin_step", "100", "--end_step", "200"],
+     r"begin_step: must be before the last step of training; got begin_step=100 \(step 100\) "
+     r"with 1 epoch\(s\) x 8 steps = 8 steps\. Begin earlier, or train for more steps\."),
+])
+def test_a_schedule_error_names_the_steps_not_update_freq(args, message, tmp_path, capsys,
+                                                           monkeypatch):
+    _no_training(monkeypatch)
+    assert run.main([str(TINY), "--out", str(tmp_path), "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "update_freq" not in err.split("(runs:")[0], err
+
+
+README = ROOT / "experiments" / "README.md"
+
+
+def test_the_docs_list_every_method_the_config_accepts():
+    (accepted,) = typing.get_args(config_lib.Config.model_fields["methods"].annotation)
+    names = typing.get_args(accepted)
+    assert names and set(names) == set(methods.NAMES)
+    row = re.search(r"^\| `methods` \|.*$", README.read_text(), re.M).group()
+    intro = README.read_text().split("```")[0]
+    docs = (ROOT / "docs" / "experiments.md").read_text()
+    for text, where in [(row, "README methods row"), (intro, "README intro"),
+                        (docs, "docs/experiments.md")]:
+        assert [n for n in names if f"`{n}`" not in text] == [], where
+
+
+def test_the_readme_has_a_row_for_every_config_field():
+    rows = re.findall(r"^\| ([^|]*) \|", README.read_text(), re.M)
+    listed = set(re.findall(r"`(\w+)`", " ".join(rows)))
+    assert [f for f in config_lib.Config.model_fields if f not in listed] == []
+
+
+def test_the_readme_config_error_example_is_what_the_runner_prints(capsys, monkeypatch):
+    command, printed = re.search(r"^`python -m experiments\.run ([^`]*)`\nprints[^`]*"
+                                 r"```\n(.*?)```", README.read_text(), re.M | re.S).groups()
+    _no_training(monkeypatch)
+    monkeypatch.chdir(ROOT)
+    assert run.main(shlex.split(command)) == 2
+    got = capsys.readouterr().err.splitlines()
+    want = printed.splitlines()
+    assert len(got) == len(want), got
+    for line, expected in zip(got, want):
+        if expected.endswith("..."):
+            assert line.startswith(expected[:-3]), (line, expected)
+        else:
+            assert line == expected
 
 
 def test_help_lists_every_field_with_its_default(capsys):
