@@ -27,6 +27,17 @@ class UpdateSteps:
             return True
         return self.begin <= step <= self.end and (step - self.begin) % self.freq == 0
 
+    def next_update(self, step: int) -> int | None:
+        """The first update step at or after `step`, or None if there is none."""
+        found = None
+        if step <= self.end and self.begin <= self.end:
+            first = max(step, self.begin)
+            first = self.begin + -(-(first - self.begin) // self.freq) * self.freq
+            found = first if first <= self.end else None
+        if self.include_end and step <= self.end and (found is None or self.end < found):
+            found = self.end
+        return found
+
     def steps(self) -> list[int]:
         """Every update step, in order."""
         out = list(range(self.begin, self.end + 1, self.freq))

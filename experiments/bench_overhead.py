@@ -1,19 +1,21 @@
-"""Overhead of dst in `model.fit`: dense vs fixed masks vs SET vs RigL.
+"""Per-step cost of dst in `model.fit`, as a ratio to dense Keras 3.
 
 In one process, alternating the variants round by round, times each epoch
 (after the first, which traces) of an MLP 784-1000-1000-10 and a small CNN on
-synthetic data, batch 128, and prints the median seconds per epoch and the
-ratio to dense Keras 3: the median over rounds of (variant / dense of the same
-round), with its min and max, so that slow drifts of a shared machine cancel.
-Target: every dst ratio <= 1.05. It also times one mask update (all sparse
-weights, random gradients) through the public updater API, as a fraction of
-100 dense steps (target <= 0.02). `--jit` compiles every model with
-`jit_compile=True` (the update then runs in XLA); `--resnet50` times one
-update of ResNet50 (weights=None, 32x32 inputs, 90% ERK) instead.
-`--backend` picks the Keras backend (default: KERAS_BACKEND, else
-tensorflow); each ratio is to dense Keras on that same backend. The separate
-timing of one update runs on TensorFlow only (inside `fit`, the epoch times
-include the updates on every backend: one update per 100-step epoch).
+synthetic data, batch 128, by wall time and by process CPU time, and prints
+the median over rounds of (variant / dense of the same round), with its min
+and max, so that slow drifts of a shared machine cancel.
+
+The variants: fixed masks, and SET, RigL, GraNet and SNFS *between updates*
+(their one update of each fit falls in the untimed first epoch), then SET and
+RigL with one update per 100-step epoch. Target between updates: <= 1.03 by
+CPU time and <= 1.05 by wall time. SNFS smooths the gradient into momentum at
+every step, its own algorithm's cost. On TensorFlow it also times one mask
+update through the public updater API, as a fraction of 100 dense steps
+(target <= 0.02). `--jit` compiles every model with `jit_compile=True`;
+`--resnet50` times one update of ResNet50 (weights=None, 32x32 inputs, 90%
+ERK) instead. `--backend` picks the Keras backend (default: KERAS_BACKEND,
+else tensorflow).
 
     python -m experiments.bench_overhead [--backend jax] [--rounds 8] [--epochs 2] [--steps 100] [--jit]
     python -m experiments.bench_overhead --resnet50 [--jit]
@@ -72,23 +74,34 @@ def cnn():
     ])
 
 
+# "between updates": the one update of each fit falls in its first epoch,
+# which traces and is not timed; "every 100": one update per timed epoch.
+QUIET = 10**6
 VARIANTS = {
     "dense": None,
-    "dst fixed masks": lambda: None,
-    "dst SET": lambda: dst.callbacks.SET(update_freq=100, end_step=1.0, seed=0),
-    "dst RigL": lambda: dst.callbacks.RigL(update_freq=100, end_step=1.0, seed=0),
+    "fixed masks": lambda: dst.callbacks.FixedMasks(),
+    "SET": lambda: dst.callbacks.SET(update_freq=QUIET, end_step=1.0, seed=0),
+    "RigL": lambda: dst.callbacks.RigL(update_freq=QUIET, end_step=1.0, seed=0),
+    "GraNet": lambda: dst.callbacks.GraNet(0.9, initial_sparsity=0.9, update_freq=QUIET,
+                                           seed=0),
+    "SNFS (momentum)": lambda: dst.callbacks.SNFS(update_freq=QUIET, end_step=1.0, seed=0),
+    "SET every 100": lambda: dst.callbacks.SET(update_freq=100, end_step=1.0, seed=0),
+    "RigL every 100": lambda: dst.callbacks.RigL(update_freq=100, end_step=1.0, seed=0),
 }
 
 
 class EpochTimer(keras.callbacks.Callback):
+    """Wall and process CPU seconds of each epoch."""
+
     def on_train_begin(self, logs=None):
-        self.times = []
+        self.times, self.cpu = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._t = time.perf_counter()
+        self._t = (time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
+        self.times.append(time.perf_counter() - self._t[0])
+        self.cpu.append(time.process_time() - self._t[1])
 
 
 def bench(name, build, x, y, rounds, epochs, jit=False):
@@ -104,28 +117,35 @@ def bench(name, build, x, y, rounds, epochs, jit=False):
     times = {v: [] for v in VARIANTS}
     update_ms = {v: [] for v in VARIANTS}
     ratios = {v: [] for v in VARIANTS}  # per round, against dense of the same round
+    cpu_ratios = {v: [] for v in VARIANTS}
     for r in range(rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
-        this_round = {}
+        wall, cpu = {}, {}
         for variant in order:
             timer = EpochTimer()
             make = VARIANTS[variant]
             extra = make() if make else None
             cbs = [timer] + ([extra] if extra is not None else [])
             models[variant].fit(x, y, batch_size=128, epochs=epochs, verbose=0, callbacks=cbs)
-            this_round[variant] = statistics.median(timer.times[1:])  # the first epoch traces
+            wall[variant] = statistics.median(timer.times[1:])  # the first epoch traces
+            cpu[variant] = statistics.median(timer.cpu[1:])
             times[variant].extend(timer.times[1:])
-            if extra is not None and r < 2 and keras.backend.backend() == "tensorflow":
+            if (variant in ("SET every 100", "RigL every 100") and r < 2
+                    and keras.backend.backend() == "tensorflow"):
                 update_ms[variant].extend(time_update(extra.updater, models[variant], jit))
         for variant in VARIANTS:
-            ratios[variant].append(this_round[variant] / this_round["dense"])
+            ratios[variant].append(wall[variant] / wall["dense"])
+            cpu_ratios[variant].append(cpu[variant] / cpu["dense"])
     mode = f" (jit_compile={models['dense'].jit_compile})"
-    print(f"\n{name}{mode} on {keras.backend.backend()}: {rounds} rounds, median seconds per epoch, median of per-round ratios")
-    print(f"{'variant':<18}{'s/epoch':>10}{'ratio':>8}{'min':>8}{'max':>8}")
+    print(f"\n{name}{mode} on {keras.backend.backend()}: {rounds} rounds; medians of the "
+          "per-round ratios to dense (wall time, process CPU time)")
+    print(f"{'variant':<18}{'s/epoch':>9}{'wall':>7}{'min':>7}{'max':>7}{'cpu':>7}{'min':>7}"
+          f"{'max':>7}")
     for variant in VARIANTS:
-        rs = ratios[variant]
-        print(f"{variant:<18}{statistics.median(times[variant]):>10.3f}"
-              f"{statistics.median(rs):>8.3f}{min(rs):>8.3f}{max(rs):>8.3f}")
+        rs, cs = ratios[variant], cpu_ratios[variant]
+        print(f"{variant:<18}{statistics.median(times[variant]):>9.3f}"
+              f"{statistics.median(rs):>7.3f}{min(rs):>7.3f}{max(rs):>7.3f}"
+              f"{statistics.median(cs):>7.3f}{min(cs):>7.3f}{max(cs):>7.3f}")
     step = statistics.median(times["dense"]) / (len(y) // 128)
     for variant, ms in update_ms.items():
         if ms:

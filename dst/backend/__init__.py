@@ -14,6 +14,8 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
   model's train function with `sparse` hooked into the optimizer as above;
   `state` lists (layer, variables) that the step reads and writes besides
   the weights and the optimizer (masks, ITOP records, counters).
+- `read_after(model, result, variables)`: host values of optimizer
+  variables after a train-function call returned `result` (one host sync).
 - `release(model, state)`: undoes what `sparse_train_function` registered.
 - `host_call(fn, inputs, dtypes)`: runs a numpy function from inside the step.
 - `no_autograph(fn)`: keeps a function plain Python when a user's compiled
@@ -43,6 +45,7 @@ if _BACKEND == "tensorflow":
         in_graph,
         is_traced,
         no_autograph,
+        read_after,
         release,
         sparse_train_function,
         step_hook,
@@ -56,6 +59,7 @@ elif _BACKEND == "jax":
         in_graph,
         is_traced,
         no_autograph,
+        read_after,
         release,
         sparse_train_function,
         step_hook,
@@ -69,6 +73,7 @@ elif _BACKEND == "torch":
         in_graph,
         is_traced,
         no_autograph,
+        read_after,
         release,
         sparse_train_function,
         step_hook,
@@ -89,6 +94,7 @@ __all__ = [
     "in_graph",
     "is_traced",
     "no_autograph",
+    "read_after",
     "release",
     "sparse_train_function",
     "step_hook",

@@ -29,14 +29,23 @@ def cond(pred: Any, true_fn: Callable, false_fn: Callable) -> Any:
 def hooked_train_function(model: keras.Model, optimizer: Any, sparse: Any,
                           step_hook: Callable) -> Callable:
     """The model's train function, called with `sparse` hooked into `optimizer`."""
+    previous = model.train_function
     model.make_train_function(force=True)
-    plain = model.train_function
+    plain, model.train_function = model.train_function, previous
 
     def call(*args):
         with step_hook(optimizer, sparse):
             return plain(*args)
 
+    call.function = plain  # type: ignore[attr-defined]
     return call
+
+
+def read_after(model: keras.Model, result: Any, variables: list) -> list:
+    """Host values of `variables` after a train-function call (a host sync)."""
+    from dst._compat import to_numpy
+
+    return [to_numpy(v) for v in variables]
 
 
 def release(model: keras.Model, state: list) -> None:

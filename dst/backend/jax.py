@@ -29,7 +29,7 @@ from dst import _compat
 from dst.backend._generic import no_autograph, step_hook, variable_key
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
-           "release", "sparse_train_function", "step_hook", "variable_key"]
+           "read_after", "release", "sparse_train_function", "step_hook", "variable_key"]
 
 # `lax.cond` branches cannot assign variables: they return values.
 FUNCTIONAL = True
@@ -92,11 +92,23 @@ def sparse_train_function(model, optimizer, sparse, state):
         return logs, (tv, ntv, ov, mv)
 
     model.train_step = train_step
+    previous = model.train_function
     try:
         model.make_train_function(force=True)
+        function = model.train_function
     finally:
         del model.__dict__["train_step"]
-    return model.train_function
+        model.train_function = previous
+    return function
+
+
+def read_after(model, result, variables) -> list:
+    """Host values of optimizer `variables` in the state a train-function call
+    returned (`(logs, (trainable, non_trainable, optimizer, metrics))`): the
+    model's own variables are not synced in the middle of an epoch."""
+    values = result[1][2]
+    position = {id(v): i for i, v in enumerate(model.optimizer.variables)}
+    return [np.asarray(values[position[id(v)]]) for v in variables]
 
 
 def release(model, state) -> None:

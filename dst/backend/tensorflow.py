@@ -19,10 +19,17 @@ import tensorflow as tf
 
 from dst._compat import inner_optimizer
 from dst.backend._hook import SparseStep, masked_gradients
-from dst.backend._stateful import FUNCTIONAL, cond, hooked_train_function, is_traced, release
+from dst.backend._stateful import (
+    FUNCTIONAL,
+    cond,
+    hooked_train_function,
+    is_traced,
+    read_after,
+    release,
+)
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
-           "release", "sparse_train_function", "step_hook", "variable_key"]
+           "read_after", "release", "sparse_train_function", "step_hook", "variable_key"]
 
 _HOOKED = "_distributed_tf_update_step"
 

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dst import _compat
 from dst.backend._generic import no_autograph, step_hook, variable_key
-from dst.backend._stateful import FUNCTIONAL, cond, hooked_train_function, is_traced, release
+from dst.backend._stateful import (
+    FUNCTIONAL,
+    cond,
+    hooked_train_function,
+    is_traced,
+    read_after,
+    release,
+)
 
 __all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
-           "release", "sparse_train_function", "step_hook", "variable_key"]
+           "read_after", "release", "sparse_train_function", "step_hook", "variable_key"]
 
 
 def in_graph(model) -> bool:

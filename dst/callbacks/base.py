@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
 from typing import Any, ClassVar
 
 import keras
@@ -65,7 +66,6 @@ class DSTCallback(keras.callbacks.Callback):
     _function: _SparseTrainFunction | None
     _epoch: int
     _epoch_masks: list[np.ndarray] | None
-    _start: tuple[int, float | None] | None
     _skipped_seen: list[int]
 
     def __init__(self, *args: Any, optimizer: keras.optimizers.Optimizer | None = None,
@@ -109,26 +109,38 @@ class DSTCallback(keras.callbacks.Callback):
         _BY_UPDATER.setdefault(updater, cls)
 
     # -- Keras hooks ------------------------------------------------------
+    # No batch-end hook is overridden: such an override turns off Keras'
+    # asynchronous callback dispatch, which then blocks on every step's logs.
+    # The train function itself (`_SparseTrainFunction`) counts steps on the
+    # host; `on_train_batch_begin` only arms it (no device read).
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # Every callback of one `fit` gets the same `params` dict: a second
+        # dst callback in it finds the first one registered with that dict.
+        other = _IN_FIT.get(self.model)
+        if other is not None and other[0] is self.params and other[1] is not self:
+            raise ValueError(
+                f"Two dst callbacks in one fit: {type(other[1]).__name__} and "
+                f"{type(self).__name__}. Only one can drive the masks of model "
+                f"'{self.model.name}'; pass one of them (to prune and then train "
+                "sparse, run two fits, one per callback)."
+            )
+        _IN_FIT[self.model] = (self.params, self)
         self._function = None
         self._epoch = 0
         self._epoch_masks = None
-        self._start = None
         self._skipped_seen = []
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # Binding waits for the first epoch begin: every callback's
+        # `on_train_begin` has run, so weights a `BackupAndRestore` loads are in.
         self._epoch = epoch
-        self._epoch_masks = None
+        if self._function is None:
+            self._bind()
+        self._epoch_masks = [t.mask_constraint.numpy() for t in self.updater.targets]
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        function = self._function if self._function is not None else self._bind(batch)
-        if self._epoch_masks is None:
-            self._epoch_masks = [t.mask_constraint.numpy() for t in self.updater.targets]
-        function.armed = True
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._start is not None:
-            self._check_advanced()
+        if self._function is not None:
+            self._function.armed = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._function is None:
@@ -148,6 +160,7 @@ class DSTCallback(keras.callbacks.Callback):
                            if (ever := t.mask_constraint.ever_active) is not None) / size
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        _IN_FIT.pop(self.model, None)
         if self._function is not None:
             self._warn_skipped()
             model = self.model  # (on JAX, reading it syncs the trained state)
@@ -156,42 +169,22 @@ class DSTCallback(keras.callbacks.Callback):
             self._function = None
 
     # -- helpers ------------------------------------------------------------
-    def _bind(self, batch: int) -> _SparseTrainFunction:
+    def _bind(self) -> _SparseTrainFunction:
         optimizer = self.optimizer if self.optimizer is not None else self.model.optimizer
         inner = _compat.inner_optimizer(optimizer) if optimizer is not None else None
         step = _read(inner.iterations) if inner is not None else 0
         params = self.params or {}
         steps, epochs = params.get("steps"), params.get("epochs")
         total = steps * epochs if steps and epochs else None
-        first = step - self._epoch * (steps or 0) - batch  # resumed runs start later
+        first = step - self._epoch * (steps or 0)  # resumed runs start later
         self.updater.bind(self.model, total, first, optimizer)
         self.updater.state.mask_ema([t.mask_constraint.mask for t in self.updater.targets])
         for t in self.updater.targets:  # weights written since the last step
             t.mask_constraint.zero_masked()
         self._skipped_seen = [_read(v) for v in self.updater.skipped]
-        scale = getattr(optimizer, "dynamic_scale", None)
-        self._start = (step, None if scale is None else _read(scale, float))
-        self._function = _SparseTrainFunction(self.model, optimizer, self.updater)
+        self._function = _SparseTrainFunction(self, optimizer, step)
         self.model.train_function = self._function
         return self._function
-
-    def _check_advanced(self) -> None:
-        if self._start is None:
-            return
-        step, scale = self._start
-        self._start = None
-        optimizer = self.updater.optimizer
-        self.model  # noqa: B018 - on JAX, reading it syncs the trained state
-        now = _read(_compat.inner_optimizer(optimizer).iterations)
-        moved = now != step or (scale is not None
-                                and _read(optimizer.dynamic_scale, float) != scale)
-        if not moved:
-            raise RuntimeError(
-                f"{type(self).__name__}: optimizer {optimizer.name!r} did not step during "
-                "the first batch, so dst's mask updates would never run. If your "
-                "train_step applies gradients with its own optimizer, pass it: "
-                f"{type(self).__name__}(..., optimizer=that_optimizer)."
-            )
 
     def _warn_skipped(self) -> None:
         counts = [_read(v) for v in self.updater.skipped]
@@ -223,25 +216,85 @@ class DSTCallback(keras.callbacks.Callback):
 
 
 class _SparseTrainFunction:
-    """Keras' train function, called with dst's sparse step hooked in.
+    """Keras' train function, with dst's step chosen on the host per call.
+
+    Two programs share the model's state: the lean step (`Updater.lean_step`:
+    masked gradients and weights, no conditional, no host read) and the
+    update step (`Updater.sparse_step`, which updates the masks when the
+    optimizer's own step count is an update step). A call runs up to
+    `steps_per_execution` steps; it runs the update program when its window
+    may hold the next update step, and the lean one otherwise. The host's
+    count `step` never runs behind the optimizer's (a step the loss scaler
+    skips does not advance the optimizer), so a lean call can never hold an
+    update step; after each update call (and the first call) the host reads
+    the optimizer's count back, once.
 
     `armed` is set by the callback before each call. A call that finds it
     unset comes from a `fit` this callback is not part of (an earlier `fit`
-    raised before `on_train_end`): it puts back a plain train function.
+    raised before `on_train_end`): it puts back a train function that
+    changes no mask.
     """
 
-    def __init__(self, model, optimizer, updater):
-        self.model = model
-        self.updater = updater
+    def __init__(self, callback, optimizer, step):
+        model, updater = callback.model, callback.updater
+        self.callback, self.model, self.updater = callback, model, updater
         self.state = updater.state_variables()
-        self.sparse = backend.sparse_train_function(model, optimizer,
-                                                    updater.as_sparse_step(), self.state)
+        self.optimizer = optimizer
+        self.window = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+        self.lean = backend.sparse_train_function(model, optimizer,
+                                                  updater.as_sparse_step(update=False),
+                                                  self.state)
+        # Built now, while the model's variables hold their values (on JAX a
+        # distribution reads their shardings), unless no update step is left.
+        self.full = None
+        if updater.schedule.next_update(step) is not None:
+            self.full = backend.sparse_train_function(model, optimizer,
+                                                      updater.as_sparse_step(), self.state)
+        self.step = step
+        self.start = step
+        scale = getattr(optimizer, "dynamic_scale", None)
+        self.scale = None if scale is None else _read(scale, float)
+        self.checked = False
         self.armed = False
 
     def __call__(self, *args):
-        if self.armed:
-            self.armed = False
-            return self.sparse(*args)
+        if not self.armed:
+            return self._unarmed(*args)
+        self.armed = False
+        following = self.updater.schedule.next_update(self.step)
+        if following is not None and following < self.step + self.window:
+            result = self.full(*args)
+            self._read_step(result)
+            return result
+        result = self.lean(*args)
+        if not self.checked:
+            self._read_step(result)
+        else:
+            self.step += self.window
+        return result
+
+    def _read_step(self, result) -> None:
+        """Reads the optimizer's step count (and loss scale) back: one host sync."""
+        optimizer = self.optimizer
+        variables = [_compat.inner_optimizer(optimizer).iterations]
+        if self.scale is not None:
+            variables.append(optimizer.dynamic_scale)
+        values = backend.read_after(self.model, result, variables)
+        self.step = int(values[0])
+        if not self.checked:
+            self.checked = True
+            moved = self.step != self.start or (self.scale is not None
+                                                and float(values[1]) != self.scale)
+            if not moved:
+                who = type(self.callback).__name__
+                raise RuntimeError(
+                    f"{who}: optimizer {optimizer.name!r} did not step during the first "
+                    "batch, so dst's mask updates would never run. If your train_step "
+                    "applies gradients with its own optimizer, pass it: "
+                    f"{who}(..., optimizer=that_optimizer)."
+                )
+
+    def _unarmed(self, *args):
         if backend.FUNCTIONAL:
             # On JAX the state of this call already holds dst's variables (they
             # stay registered until a dst fit ends): thread them, update nothing.
@@ -251,6 +304,10 @@ class _SparseTrainFunction:
             self.model.train_function = None
             self.model.make_train_function()
         return self.model.train_function(*args)
+
+
+# model -> (params of the fit it is in, the dst callback bound in that fit)
+_IN_FIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _hold(step, grads):

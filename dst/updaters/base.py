@@ -213,12 +213,15 @@ class Updater:
             raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
         return step_hook(self.optimizer, self.as_sparse_step())
 
-    def as_sparse_step(self) -> backend.SparseStep:
-        """What a backend hooks into the optimizer: `sparse_step`, the masks
-        of the gradients the optimizer sees, and whether the step needs the
-        dense gradient."""
+    def as_sparse_step(self, update: bool = True) -> backend.SparseStep:
+        """What a backend hooks into the optimizer: `sparse_step` (or, with
+        `update=False`, `lean_step`), the masks of the gradients the optimizer
+        sees, and whether the step needs the dense gradient."""
         if self.schedule is None:
             raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
+        if not update:
+            return backend.SparseStep(self.lean_step, dict(self._gradient_masks),
+                                      self.needs_gradients and self.observes)
         return backend.SparseStep(self.sparse_step, dict(self._gradient_masks),
                                   self.needs_gradients)
 
@@ -259,6 +262,23 @@ class Updater:
         if is_update:
             self._update_all(step, by_index)
         return is_update
+
+    @no_autograph
+    def lean_step(self, step: Array, grads: dict) -> None:
+        """The in-graph step between updates: no conditional, no mask change.
+
+        It runs only what every step needs besides the masked weights and
+        gradients: `observe` (SNFS' momentum) and the zeroing of the EMA
+        copies of inactive weights. `dst.callbacks` runs it on every step
+        whose window holds no update step, and `sparse_step` on the others.
+        """
+        if self.observes:
+            if isinstance(step, keras.Variable):
+                step = step.value
+            self.observe(step, {i: grads.get(key) for key, i in self._keys.items()})
+        if self.state.ema:
+            for t in self.targets:
+                t.mask_constraint.zero_masked()
 
     @no_autograph
     def sparse_step(self, step: Array, grads: dict) -> None:
@@ -636,7 +656,16 @@ class Updater:
                     f"None (or nothing) for {missing}. Compute gradients with respect "
                     "to all of model.trainable_variables."
                 )
-        return {i: keras.ops.convert_to_tensor(g) for i, g in out.items() if g is not None}
+        out = {i: keras.ops.convert_to_tensor(g) for i, g in out.items() if g is not None}
+        for i, g in out.items():  # every input checked before anything changes
+            target = self.targets[i]
+            if tuple(g.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{who}.update: the gradient of '{target.path}' has shape "
+                    f"{tuple(g.shape)}, expected {tuple(target.shape)} (the weight's shape). "
+                    "No mask was changed."
+                )
+        return out
 
 
 def _agreed_seed(model, seed: int) -> int:

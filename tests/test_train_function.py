@@ -1,0 +1,224 @@
+"""The train function of a dst fit: the lean step between updates, the update
+step only where its window may hold an update, and no per-step host sync."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND, data, mlp
+
+import dst
+
+CONTROL_FLOW_TF = ("If", "StatelessIf", "While", "StatelessWhile")
+
+
+class Grab(keras.callbacks.Callback):
+    """Records the arguments of the first lean call and runs `check` at the
+    end of the first epoch, while dst's train function is bound."""
+
+    def __init__(self, dst_callback, check):
+        super().__init__()
+        self.dst_callback, self.check, self.args, self.done = dst_callback, check, None, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        function = self.dst_callback._function
+        lean = function.lean
+
+        def recording(*args):
+            if self.args is None:
+                self.args = args
+            return lean(*args)
+
+        function.lean, self.lean = recording, lean
+
+    def on_epoch_end(self, epoch, logs=None):
+        function = self.dst_callback._function
+        function.lean = self.lean
+        if not self.done:
+            self.done = True
+            self.check(function, self.args)
+
+
+def counting(monkeypatch):
+    """Counts the calls of the lean and the update programs of dst's fits."""
+    calls = {"lean": 0, "full": 0}
+    build = dst.backend.sparse_train_function
+
+    def counted(model, optimizer, sparse, state):
+        program = build(model, optimizer, sparse, state)
+        name = "lean" if sparse.run.__name__ == "lean_step" else "full"
+
+        def call(*args):
+            calls[name] += 1
+            return program(*args)
+
+        return call
+
+    monkeypatch.setattr(dst.backend, "sparse_train_function", counted)
+    return calls
+
+
+@pytest.mark.parametrize("spe", [1, pytest.param(3, marks=pytest.mark.skipif(
+    BACKEND == "torch", reason="Keras' PyTorch trainer runs one step per call"))])
+def test_update_program_runs_only_on_windows_that_may_hold_an_update(spe, monkeypatch):
+    model = mlp()
+    model.compile("adam", "mse", steps_per_execution=spe)
+    cb = dst.callbacks.SET(update_freq=5, end_step=1.0, seed=0)
+    calls = counting(monkeypatch)
+    model.fit(*data(160), batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[cb])
+    # 20 steps, updates at steps 0, 5, 10, 15 (end_step=1.0: step 19 is the last)
+    windows = [range(s, min(s + spe, 20)) for s in range(0, 20, spe)]
+    want = sum(any(t % 5 == 0 for t in w) for w in windows)
+    assert calls["full"] == want
+    assert calls["lean"] == len(windows) - want
+
+
+def test_fixed_masks_never_build_the_update_program():
+    model = mlp()
+    model.compile("adam", "mse")
+    cb = dst.callbacks.FixedMasks()
+    seen = []
+    grab = Grab(cb, lambda function, args: seen.append(function.full))
+    model.fit(*data(64), batch_size=8, epochs=1, verbose=0, callbacks=[cb, grab])
+    assert seen == [None]
+
+
+def test_callback_dispatch_stays_asynchronous_with_a_dst_callback():
+    from keras.callbacks import CallbackList
+
+    for make in (dst.callbacks.FixedMasks, lambda: dst.callbacks.RigL(seed=0),
+                 lambda: dst.callbacks.SNFS(seed=0)):
+        plain = CallbackList([keras.callbacks.History()])
+        with_dst = CallbackList([keras.callbacks.History(), make()])
+        # TensorFlow is not thread-safe for Keras: no async dispatch there at all.
+        assert with_dst._async_train == plain._async_train
+        assert with_dst._async_train == (BACKEND != "tensorflow")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the lowered JAX program")
+def test_lean_step_holds_no_conditional_on_jax():
+    import jax
+
+    model = mlp()
+    model.compile("adam", "mse")
+    cb = dst.callbacks.RigL(update_freq=4, end_step=1.0, seed=0)
+    x, y = data(64)
+    batch = (x[:8], y[:8])
+    texts = {}
+
+    def check(function, args):
+        state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                     optimizer_variables=True, metrics_variables=True)
+        full = function.full
+        for name, program in (("lean", function.lean), ("full", full)):
+            texts[name] = str(jax.make_jaxpr(
+                lambda s, program=program: program(s, iter([batch]))[1])(tuple(state)))
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb, Grab(cb, check)])
+    assert "cond[" in texts["full"]  # the check can fail: the update step branches
+    assert "cond[" not in texts["lean"] and "while[" not in texts["lean"]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the TensorFlow graph")
+@pytest.mark.parametrize("jit", [False, True])
+def test_lean_step_holds_no_conditional_on_tensorflow(jit):
+    def control_flow(function, args):
+        # Keras' train function calls a tf.function (held in its closure).
+        traced = next(c.cell_contents for c in function.__closure__
+                      if hasattr(c.cell_contents, "get_concrete_function"))
+        graph = traced.get_concrete_function(*args).graph.as_graph_def()
+        ops = [n.op for n in graph.node]
+        ops += [n.op for f in graph.library.function for n in f.node_def]
+        return sum(op in CONTROL_FLOW_TF for op in ops)
+
+    x, y = data(64)
+    args = []
+
+    class Args(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not args:
+                plain = self.model.train_function
+
+                def record(*a):
+                    if not args:
+                        args.extend(a)
+                    return plain(*a)
+
+                self.model.train_function = record
+
+    dense = mlp()
+    dense.compile("adam", "mse", jit_compile=jit)
+    dense.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[Args()])
+    dense.train_function = None
+    dense.make_train_function()  # Keras' own tf.function (the recorder replaced it)
+    counts = {"dense": control_flow(dense.train_function, args)}
+
+    model = mlp()
+    model.compile("adam", "mse", jit_compile=jit)
+    cb = dst.callbacks.RigL(update_freq=4, end_step=1.0, seed=0)
+
+    def check(function, lean_args):
+        counts["lean"] = control_flow(function.lean.function, lean_args)
+        counts["full"] = control_flow(function.full.function, lean_args)
+
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb, Grab(cb, check)])
+    assert counts["full"] > counts["dense"]  # the check can fail
+    assert counts["lean"] == counts["dense"]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the PyTorch profiler")
+def test_no_host_read_per_step_on_torch():
+    from torch.profiler import profile
+
+    def reads(steps, with_dst):
+        model = mlp()
+        model.compile("adam", "mse")
+        callbacks = [dst.callbacks.SET(update_freq=1000, end_step=1.0, seed=0)] if with_dst \
+            else []
+        x, y = data(8 * steps)
+        with profile() as prof:
+            model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
+        return sum(e.count for e in prof.key_averages()
+                   if e.key in ("aten::item", "aten::_local_scalar_dense"))
+
+    extra_8 = reads(8, True) - reads(8, False)
+    extra_16 = reads(16, True) - reads(16, False)
+    assert extra_16 == extra_8  # a fixed cost per fit, nothing per step
+
+
+def test_two_dst_callbacks_in_one_fit_are_refused_before_anything_changes():
+    model = mlp()
+    model.compile("adam", "mse")
+    before = dst.get_masks(model)
+    weights = model.get_weights()
+    with pytest.raises(ValueError, match=r"Two dst callbacks in one fit: MagnitudePruning "
+                                         r"and RigL\. Only one can drive the masks"):
+        model.fit(*data(32), batch_size=8, epochs=1, verbose=0,
+                  callbacks=[dst.callbacks.MagnitudePruning(0.9),
+                             dst.callbacks.RigL(seed=0)])
+    for path, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, before[path])
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The same callback in a later fit, alone, runs.
+    model.fit(*data(32), batch_size=8, epochs=1, verbose=0,
+              callbacks=[dst.callbacks.RigL(update_freq=1, end_step=1.0, seed=0)])
+    assert any(not np.array_equal(m, before[p]) for p, m in dst.get_masks(model).items())
+
+
+def test_a_wrongly_shaped_gradient_changes_no_mask():
+    model = mlp()
+    model.compile("adam", "mse")
+    model.fit(*data(8), batch_size=8, epochs=1, verbose=0)  # builds the optimizer
+    up = dst.updaters.RigL(update_freq=1, end_step=10, seed=0)
+    up.bind(model)
+    before = dst.get_masks(model)
+    grads = [np.ones(v.shape, "float32") for v in model.trainable_variables]
+    last = [i for i, v in enumerate(model.trainable_variables) if len(v.shape) == 2][-1]
+    path = model.trainable_variables[last].path
+    grads[last] = np.ones((3, 2), "float32")
+    with pytest.raises(ValueError, match=rf"RigL\.update: the gradient of '{path}' has shape "
+                                         r"\(3, 2\), expected \(\d+, \d+\) \(the weight's "
+                                         r"shape\)\. No mask was changed\."):
+        up.update(0, grads)
+    for p, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, before[p])
