@@ -232,7 +232,7 @@ def test_torch_compile_is_refused_before_anything_changes(make, sparse):
     model = mlp(sparsity=0.8 if sparse else None)
     model.compile("sgd", "mse", jit_compile=True)
     before = state(model)
-    with pytest.raises(ValueError, match=r"compiled with jit_compile=True, which on the PyTorch "
+    with pytest.raises(ValueError, match=r"has jit_compile=True, which on the PyTorch "
                                          r"backend runs the train step under torch.compile"):
         model.fit(*data(), batch_size=8, verbose=0, callbacks=[make()])
     assert_unchanged(model, before)

@@ -222,3 +222,24 @@ def test_a_wrongly_shaped_gradient_changes_no_mask():
         up.update(0, grads)
     for p, mask in dst.get_masks(model).items():
         np.testing.assert_array_equal(mask, before[p])
+
+
+def test_a_hook_called_outside_fit_says_where_the_callback_runs():
+    cb = dst.callbacks.RigL(seed=0)
+    for hook in ("on_train_batch_begin", "on_epoch_begin", "on_epoch_end"):
+        with pytest.raises(RuntimeError, match=rf"RigL\.{hook} was called outside model\.fit: "
+                                               r".*updater\.attach\(\)"):
+            getattr(cb, hook)(0)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile")
+def test_jit_compile_from_a_saved_file_names_its_origin_and_the_fix():
+    model = mlp()
+    model.compile("adam", "mse", jit_compile=True)
+    with pytest.raises(ValueError, match=r"keeps the setting it was saved with .*Set "
+                                         r"`.*\.jit_compile = False`"):
+        model.fit(*data(16), batch_size=8, epochs=1, verbose=0,
+                  callbacks=[dst.callbacks.RigL(seed=0)])
+    model.jit_compile = False  # the one line the message gives
+    model.fit(*data(16), batch_size=8, epochs=1, verbose=0,
+              callbacks=[dst.callbacks.RigL(seed=0)])

@@ -31,10 +31,12 @@ def in_graph(model) -> bool:
     """
     if getattr(model, "jit_compile", False) is True:
         raise ValueError(
-            f"Model '{model.name}' is compiled with jit_compile=True, which on the "
-            "PyTorch backend runs the train step under torch.compile; dst's sparse step "
-            "does not support torch.compile (it fails inside Dynamo). Compile with "
-            "jit_compile=False (the PyTorch default); the model is unchanged."
+            f"Model '{model.name}' has jit_compile=True, which on the PyTorch backend "
+            "runs the train step under torch.compile; dst's sparse step does not support "
+            "torch.compile (it fails inside Dynamo). A model loaded from a .keras file "
+            "keeps the setting it was saved with (on JAX, jit_compile='auto' is saved as "
+            f"True). Set `{model.name}.jit_compile = False` (or compile with "
+            "jit_compile=False, the PyTorch default) before fit; the model is unchanged."
         )
     return False
 

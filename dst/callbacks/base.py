@@ -26,7 +26,14 @@ class DSTCallback(keras.callbacks.Callback):
     `steps_per_execution` is, with the all-reduced gradient under
     `tf.distribute.MirroredStrategy`, with the unscaled gradient under mixed
     precision (a step the loss scaler skips is not a step), and under
-    `jit_compile=True`. No host synchronization happens per batch.
+    `jit_compile=True`.
+
+    Between updates a step costs what the masks cost: the train function
+    holds a lean program with no conditional and no host read, and runs the
+    update program only for the calls whose `steps_per_execution` window may
+    hold an update step (chosen on the host; the optimizer's step is read
+    back once after each such call). No batch-end hook is overridden, so
+    Keras keeps dispatching callbacks asynchronously.
 
     The optimizer is patched only while Keras calls the train function, so
     between batches, after `fit` and after an exception inside `fit`, it is
@@ -37,8 +44,9 @@ class DSTCallback(keras.callbacks.Callback):
 
     A `train_step` that steps its own optimizer (e.g. a GAN with one
     optimizer per sub-model) must name it: `RigL(..., optimizer=opt)`. If the
-    optimizer dst drives does not advance during the first batch, `fit` stops
-    with an error instead of training with masks that never change.
+    optimizer dst drives does not advance during the first call of the train
+    function, `fit` stops with an error instead of training with masks that
+    never change. Two dst callbacks in one `fit` are refused when it starts.
 
     `DSTCallback(updater)` wraps any updater instance. The named callbacks
     (`SET`, `RigL`, `MagnitudePruning`, `FixedMasks`, and one per name added
@@ -131,6 +139,7 @@ class DSTCallback(keras.callbacks.Callback):
         self._skipped_seen = []
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._require_fit("on_epoch_begin")
         # Binding waits for the first epoch begin: every callback's
         # `on_train_begin` has run, so weights a `BackupAndRestore` loads are in.
         self._epoch = epoch
@@ -139,10 +148,12 @@ class DSTCallback(keras.callbacks.Callback):
         self._epoch_masks = [t.mask_constraint.numpy() for t in self.updater.targets]
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._require_fit("on_train_batch_begin")
         if self._function is not None:
             self._function.armed = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._require_fit("on_epoch_end")
         if self._function is None:
             return
         self._warn_skipped()
@@ -169,6 +180,18 @@ class DSTCallback(keras.callbacks.Callback):
             self._function = None
 
     # -- helpers ------------------------------------------------------------
+    def _require_fit(self, hook: str) -> None:
+        """A hook called outside `fit` (before `on_train_begin`) is an error."""
+        if "_function" not in vars(self):  # (not `self.model`: on JAX it syncs)
+            who = type(self).__name__
+            raise RuntimeError(
+                f"{who}.{hook} was called outside model.fit: a dst callback runs inside "
+                f"`model.fit(callbacks=[{who}(...)])`, which calls `on_train_begin` first. "
+                f"For a custom training loop, use its updater: `{who}(...).updater`, then "
+                "`updater.bind(model)` and `with updater.attach(): ...` (or "
+                "`updater.update(step, grads)` after each optimizer step)."
+            )
+
     def _bind(self) -> _SparseTrainFunction:
         optimizer = self.optimizer if self.optimizer is not None else self.model.optimizer
         inner = _compat.inner_optimizer(optimizer) if optimizer is not None else None
