@@ -83,7 +83,7 @@ VARIANTS = {
     "SET": lambda: dst.callbacks.SET(update_freq=QUIET, end_step=1.0, seed=0),
     "RigL": lambda: dst.callbacks.RigL(update_freq=QUIET, end_step=1.0, seed=0),
     "GraNet": lambda: dst.callbacks.GraNet(0.9, initial_sparsity=0.9, update_freq=QUIET,
-                                           seed=0),
+                                           end_step=1, seed=0),  # updates at steps 0 and 1
     "SNFS (momentum)": lambda: dst.callbacks.SNFS(update_freq=QUIET, end_step=1.0, seed=0),
     "SET every 100": lambda: dst.callbacks.SET(update_freq=100, end_step=1.0, seed=0),
     "RigL every 100": lambda: dst.callbacks.RigL(update_freq=100, end_step=1.0, seed=0),

@@ -278,36 +278,51 @@ class Interrupt(keras.callbacks.Callback):
             raise RuntimeError("interrupted")
 
 
-@pytest.mark.parametrize("name", ["rigl", "granet", "srigl"])
+@pytest.mark.parametrize("name", ["rigl", "granet", "srigl", "magnitude_dense",
+                                  "granet_dense"])
 def test_seeded_run_is_reproducible_and_survives_backup_and_restore(tmp_path, name):
+    # "_dense": started on a dense model, which the callback sparsifies (the
+    # documented usage of pruning); the checkpoint holds its masks.
     x, y = data(64)
     make = {
         "rigl": lambda: dst.callbacks.RigL(update_freq=3, end_step=1.0, seed=5),
         "granet": lambda: dst.callbacks.GraNet(0.9, update_freq=3, seed=5),
+        "magnitude_dense": lambda: dst.callbacks.MagnitudePruning(0.9, update_freq=3,
+                                                                  end_step=1.0),
+        "granet_dense": lambda: dst.callbacks.GraNet(0.9, update_freq=3, end_step=1.0,
+                                                     seed=5),
         # gamma_sal: SRigL ablates units before the interruption (they must stay ablated)
         "srigl": lambda: dst.callbacks.SRigL(update_freq=3, end_step=1.0, gamma_sal=0.5,
                                              seed=5),
     }[name]
 
+    sparsity = {"granet": 0.5, "magnitude_dense": None, "granet_dense": None}.get(name, 0.8)
+
     def run(callbacks_extra=(), epochs=4):
-        model = mlp(seed=0, sparsity=0.5 if name == "granet" else 0.8)
+        model = mlp(seed=0, sparsity=sparsity)
         model.compile(keras.optimizers.Adam(0.01), "mse")
         model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, shuffle=False,
-                  callbacks=[make(), *callbacks_extra])
+                  callbacks=[*callbacks_extra[:1], make(), *callbacks_extra[1:]])
         return model
 
     def masks(model):  # paths differ between model instances; order does not
         return list(dst.get_masks(model).values())
 
-    a, b = masks(run()), masks(run())
+    first, second = run(), run()
+    a, b = masks(first), masks(second)
     assert all(np.array_equal(m, n) for m, n in zip(a, b, strict=True))
+    assert dst.sparsity(first) > 0.5  # the schedule pruned
 
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(RuntimeError, match="interrupted"):
         run([backup, Interrupt()])
+    # BackupAndRestore first in the list: it loads the checkpoint before the
+    # dst callback's own hooks run.
     resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
     c = masks(resumed)
     assert all(np.array_equal(m, n) for m, n in zip(a, c, strict=True))
+    for w, v in zip(first.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(w, v, rtol=1e-5, atol=1e-6)
 
 
 def test_snfs_resumes_from_backup_with_fresh_momentum(tmp_path):
@@ -473,3 +488,45 @@ def test_get_config_round_trip(cls, kwargs):
     config = cls(**kwargs).get_config()
     assert {k: config[k] for k in kwargs} == kwargs
     assert cls.from_config(config).get_config() == config
+
+
+@pytest.mark.parametrize("name", ["magnitude", "granet", "set", "rigl"])
+def test_a_fresh_callback_in_a_second_fit_ramps_from_that_fits_start(name):
+    make = {
+        "magnitude": lambda **kw: dst.callbacks.MagnitudePruning(
+            0.9, initial_sparsity=0.5, update_freq=1, end_step=1.0, **kw),
+        "granet": lambda **kw: dst.callbacks.GraNet(0.9, initial_sparsity=0.5, update_freq=1,
+                                                    end_step=1.0, seed=0, **kw),
+        "set": lambda **kw: dst.callbacks.SET(update_freq=1, drop_fraction=0.3, end_step=1.0,
+                                              seed=0, **kw),
+        "rigl": lambda **kw: dst.callbacks.RigL(update_freq=1, drop_fraction=0.3,
+                                                end_step=1.0, seed=0, **kw),
+    }[name]
+    model = mlp(sparsity=None if name in ("magnitude", "granet") else 0.8)
+    model.compile("adam", "mse")
+    model.fit(*data(64), batch_size=8, epochs=2, verbose=0)  # 16 steps without dst
+
+    def value(up, step):  # the scheduled sparsity, or the drop fraction
+        if name in ("magnitude", "granet"):
+            return up.sparsity_schedule(step)
+        return up.drop_fraction_at(step)
+
+    first = {"magnitude": 0.5, "granet": 0.5, "set": 0.3, "rigl": 0.3}[name]
+    cb = make()
+    model.fit(*data(64), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert (cb.updater.begin, cb.updater.end) == (16, 23)
+    assert value(cb.updater, 16) == pytest.approx(first)  # ramps from its own start
+    if name in ("magnitude", "granet"):
+        assert dst.sparsity(model) == pytest.approx(0.9, abs=0.02)
+
+    # steps_from="optimizer": begin_step counts from the optimizer's step 0.
+    cb = make(steps_from="optimizer")
+    model.fit(*data(64), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert (cb.updater.begin, cb.updater.end) == (0, 31)
+    assert value(cb.updater, 24) != pytest.approx(first)
+
+
+def test_steps_from_is_checked():
+    with pytest.raises(ValueError, match=r"`steps_from` must be one of \['fit', 'optimizer'\] "
+                                         r"for RigL\. Received: steps_from='epoch'"):
+        dst.callbacks.RigL(steps_from="epoch")

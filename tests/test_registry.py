@@ -135,16 +135,17 @@ def test_named_callbacks_take_their_updaters_signature_plus_optimizer_and_verbos
                            (dst.callbacks.MagnitudePruning, dst.updaters.MagnitudePruning),
                            (dst.callbacks.FixedMasks, dst.updaters.FixedMasks)]:
         params = list(inspect.signature(cb_cls).parameters.values())
-        assert params[:-2] == list(inspect.signature(up_cls).parameters.values())
-        assert [(p.name, p.kind, p.default) for p in params[-2:]] == [
+        assert params[:-3] == list(inspect.signature(up_cls).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in params[-3:]] == [
             ("optimizer", inspect.Parameter.KEYWORD_ONLY, None),
+            ("steps_from", inspect.Parameter.KEYWORD_ONLY, "fit"),
             ("verbose", inspect.Parameter.KEYWORD_ONLY, 0)]
         assert cb_cls.updater_class is up_cls
         # help() shows the updater's arguments: its Args section is in the docstring.
         for p in params:
             assert f"\n    {p.name}: " in cb_cls.__doc__, (cb_cls, p.name)
     assert list(inspect.signature(dst.callbacks.DSTCallback).parameters) == [
-        "updater", "optimizer", "verbose"]
+        "updater", "optimizer", "steps_from", "verbose"]
 
 
 def test_dst_callback_wraps_an_updater_instance():
@@ -168,10 +169,11 @@ def test_a_registered_custom_updater_is_a_callback_by_name():
     assert type(cb).__name__ == "Flip" and type(cb).updater_class is Flip
     assert type(cb.updater) is Flip and cb.updater.tag == "x"
     assert list(inspect.signature(type(cb)).parameters) == [
-        "tag", "update_freq", "end_step", "seed", "optimizer", "verbose"]
+        "tag", "update_freq", "end_step", "seed", "optimizer", "steps_from", "verbose"]
     assert "\n    tag: any label" in type(cb).__doc__
     config = cb.get_config()
-    assert config == {"tag": "x", "update_freq": 3, "end_step": 0, "seed": None, "verbose": 0}
+    assert config == {"tag": "x", "update_freq": 3, "end_step": 0, "seed": None,
+                      "steps_from": "fit", "verbose": 0}
     again = dst.callbacks.get({"class_name": "flip", "config": config})
     assert type(again) is type(cb) and again.get_config() == config
 
@@ -195,7 +197,8 @@ def test_a_new_updater_argument_reaches_the_callback_with_no_edit():
 
     cb = dst.callbacks.get("flip2", tag="y", extra=9, update_freq=2)
     assert (cb.updater.extra, cb.updater.update_freq) == (9, 2)
-    assert cb.get_config() == {"tag": "y", "extra": 9, "update_freq": 2, "verbose": 0}
+    assert cb.get_config() == {"tag": "y", "extra": 9, "update_freq": 2, "steps_from": "fit",
+                               "verbose": 0}
 
 
 def test_an_updater_argument_named_like_a_callback_argument_is_refused():

@@ -60,6 +60,12 @@ class DSTCallback(keras.callbacks.Callback):
             itself; the named subclasses take their updater's arguments).
         optimizer: the optimizer that steps the sparse weights. Defaults to
             `model.optimizer`.
+        steps_from: what `begin_step` and an int `end_step` count from:
+            "fit" (the first step of this `fit`, or of the interrupted run a
+            `BackupAndRestore` resumes) or "optimizer" (the optimizer's step
+            0). A float `end_step` is always a fraction of this fit's steps.
+            Defaults to "fit", so a new callback in a second `fit` ramps from
+            that fit's start.
         verbose: unused, kept for Keras' callback convention. Defaults to 0.
 
     Examples:
@@ -77,7 +83,7 @@ class DSTCallback(keras.callbacks.Callback):
     _skipped_seen: list[int]
 
     def __init__(self, *args: Any, optimizer: keras.optimizers.Optimizer | None = None,
-                 verbose: int = 0,
+                 steps_from: str = "fit", verbose: int = 0,
                  **kwargs: Any) -> None:
         super().__init__()
         cls = type(self)
@@ -89,6 +95,12 @@ class DSTCallback(keras.callbacks.Callback):
             self.updater = cls.updater_class(*bound.args, **bound.kwargs)
             self._args = _arguments(bound)
         self.optimizer = optimizer
+        if steps_from not in STEPS_FROM:
+            raise ValueError(
+                f"`steps_from` must be one of {list(STEPS_FROM)} for {cls.__name__}. "
+                f"Received: steps_from={steps_from!r}"
+            )
+        self.steps_from = steps_from
         self.verbose = verbose
 
     def __init_subclass__(cls, *, updater: type[Updater] | None = None, **kwargs: Any) -> None:
@@ -103,7 +115,7 @@ class DSTCallback(keras.callbacks.Callback):
                 f"class {cls.__name__}. Received: updater={updater!r}"
             )
         params = list(inspect.signature(updater).parameters.values())
-        clash = [p.name for p in params if p.name in ("optimizer", "verbose")]
+        clash = [p.name for p in params if p.name in ("optimizer", "steps_from", "verbose")]
         if clash:
             raise TypeError(
                 f"{updater.__name__}'s constructor takes {clash}, which its callback "
@@ -117,6 +129,14 @@ class DSTCallback(keras.callbacks.Callback):
         _BY_UPDATER.setdefault(updater, cls)
 
     # -- Keras hooks ------------------------------------------------------
+    def set_model(self, model: keras.Model) -> None:
+        # Keras gives every callback its model before any `on_train_begin`:
+        # masks an updater adds to a dense model exist by the time a
+        # `BackupAndRestore` loads its checkpoint, so they are restored too.
+        super().set_model(model)
+        if isinstance(model, keras.Model):
+            self.updater.prepare(model)
+
     # No batch-end hook is overridden: such an override turns off Keras'
     # asynchronous callback dispatch, which then blocks on every step's logs.
     # The train function itself (`_SparseTrainFunction`) counts steps on the
@@ -200,7 +220,8 @@ class DSTCallback(keras.callbacks.Callback):
         steps, epochs = params.get("steps"), params.get("epochs")
         total = steps * epochs if steps and epochs else None
         first = step - self._epoch * (steps or 0)  # resumed runs start later
-        self.updater.bind(self.model, total, first, optimizer)
+        origin = first if self.steps_from == "fit" else 0
+        self.updater.bind(self.model, total, first, optimizer, origin=origin)
         self.updater.state.mask_ema([t.mask_constraint.mask for t in self.updater.targets])
         for t in self.updater.targets:  # weights written since the last step
             t.mask_constraint.zero_masked()
@@ -223,14 +244,15 @@ class DSTCallback(keras.callbacks.Callback):
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments of a named callback (SET, RigL, ...): its
-        updater's arguments and `verbose` (not `optimizer`, an object)."""
+        updater's arguments, `steps_from` and `verbose` (not `optimizer`, an
+        object)."""
         if self._args is None:
             raise NotImplementedError(
                 f"{type(self).__name__}(updater) has no config: it does not know the "
                 "arguments its updater was built with. Build it by name instead, "
                 "e.g. dst.callbacks.get('rigl', update_freq=100), to get a config."
             )
-        return {**self._args, "verbose": self.verbose}
+        return {**self._args, "steps_from": self.steps_from, "verbose": self.verbose}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DSTCallback:
@@ -357,10 +379,15 @@ def callback_class(updater: type[Updater]) -> type[DSTCallback]:
     return _BY_UPDATER[updater]
 
 
+# What a callback's step arguments count from (see DSTCallback's `steps_from`).
+STEPS_FROM = ("fit", "optimizer")
+
 # The keyword arguments every callback takes besides its updater's.
 _CALLBACK_PARAMETERS = [
     inspect.Parameter("optimizer", inspect.Parameter.KEYWORD_ONLY, default=None,
                       annotation=keras.optimizers.Optimizer | None),
+    inspect.Parameter("steps_from", inspect.Parameter.KEYWORD_ONLY, default="fit",
+                      annotation=str),
     inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=int),
 ]
 DSTCallback.__signature__ = inspect.Signature(
@@ -374,7 +401,7 @@ def _given_updater(who: str, args: tuple, kwargs: dict) -> Updater:
         bound = inspect.signature(lambda updater: None).bind(*args, **kwargs)
     except TypeError as err:
         raise TypeError(
-            f"{who} takes one updater instance (and `optimizer`, `verbose`): {err}. "
+            f"{who} takes one updater instance (and `optimizer`, `steps_from`, `verbose`): {err}. "
             "For an algorithm by name, use dst.callbacks.get(name, **arguments)."
         ) from None
     updater = bound.arguments["updater"]
@@ -428,6 +455,11 @@ def _document(cls: type, updater: type[Updater]) -> str:
             + "    optimizer: the optimizer that steps the sparse weights, when\n"
               "        `train_step` does not use `model.optimizer`. Defaults to None\n"
               "        (`model.optimizer`).\n"
+              "    steps_from: what `begin_step` and an int `end_step` count from:\n"
+              "        \"fit\" (the first step of this `fit`, or of the interrupted\n"
+              "        run a `BackupAndRestore` resumes) or \"optimizer\" (the\n"
+              "        optimizer's step 0). A float `end_step` is always a fraction\n"
+              "        of this fit's steps. Defaults to \"fit\".\n"
               "    verbose: unused, kept for Keras' callback convention. Defaults to 0.\n")
     lines = own.splitlines()
     at = next((i for i, line in enumerate(lines) if line.strip() in ("Examples:", "Example:")),

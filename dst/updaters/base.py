@@ -56,9 +56,12 @@ class Updater:
 
     Args:
         update_freq: steps between mask updates. Defaults to 100.
-        begin_step: first optimizer step that updates masks. Defaults to 0.
-        end_step: last step that may update masks: an int, or a float in
-            (0, 1] meaning that fraction of the total steps given to `bind`.
+        begin_step: first step that updates masks, counted from the `origin`
+            given to `bind` (a callback's `steps_from`: by default the first
+            step of its `fit`). Defaults to 0.
+        end_step: last step that may update masks: an int (counted like
+            `begin_step`), or a float in (0, 1] meaning that fraction of the
+            total steps given to `bind`.
         seed: seed of the random draws, which are made from (seed, step,
             weight index), so a run is reproducible and resumable.
             Defaults to None (a fresh seed per instance).
@@ -94,9 +97,18 @@ class Updater:
         self.jit = False
 
     # -- binding ------------------------------------------------------------
+    def prepare(self, model: keras.Model) -> None:
+        """Adds what the model must hold before training state is loaded.
+
+        `DSTCallback` calls it when Keras hands the callback its model,
+        before any callback's `on_train_begin`. By default nothing; pruning
+        (`MagnitudePruning`, `GraNet`) gives a dense model all-ones masks
+        here, so that a `BackupAndRestore` checkpoint restores its masks.
+        """
+
     def bind(self, model: keras.Model, total_steps: int | None = None,
              first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None, *,
-             jit: bool | None = None) -> None:
+             jit: bool | None = None, origin: int | None = None) -> None:
         """Finds the model's dynamic weights and the optimizer state to reset.
 
         Args:
@@ -109,6 +121,8 @@ class Updater:
             jit: whether the step runs inside XLA (then masks are computed
                 with `keras.ops` instead of numpy on the host). Defaults to
                 `model.jit_compile`.
+            origin: the optimizer step that `begin_step` and an int
+                `end_step` count from. Defaults to `first_step`.
 
         Raises:
             ValueError: no masks, no optimizer, an optimizer whose
@@ -143,8 +157,10 @@ class Updater:
             self.seed = _agreed_seed(model, self.seed)
             self._fresh_seed = False
         self.targets = self._targets(model)
+        self.origin = first_step if origin is None else int(origin)
+        self.begin = self.origin + self.begin_step
         self.end = self._resolve_end(total_steps, first_step)
-        self.schedule = UpdateSteps(self.begin_step, self.end, self.update_freq,
+        self.schedule = UpdateSteps(self.begin, self.end, self.update_freq,
                                     self.update_at_end)
         with _compat.strategy_scope(model):
             self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
@@ -171,7 +187,7 @@ class Updater:
 
     def _resolve_end(self, total_steps, first_step) -> int:
         if isinstance(self.end_step, int):
-            return self.end_step
+            return self.origin + self.end_step
         if total_steps is None:
             raise ValueError(
                 f"{type(self).__name__}: end_step={self.end_step!r} is relative to "
@@ -180,7 +196,7 @@ class Updater:
                 "to fit or give `end_step` as an int."
             )
         fraction = 1.0 if self.end_step is None else self.end_step
-        return max(self.begin_step, first_step + int(round(fraction * total_steps)) - 1)
+        return max(self.begin, first_step + int(round(fraction * total_steps)) - 1)
 
     def state_variables(self) -> list:
         """(layer, [variables]) of the mask state a training step reads and writes."""

@@ -106,7 +106,7 @@ class GraNet(MagnitudePruning):
     def step_value(self, step: int, index: int) -> tuple[int, int]:  # type: ignore[override]
         """(keep_t, k_t): the count the weight keeps, and how many it regrows."""
         keep = super().step_value(step, index)
-        rate = DropFraction(self.regrowth_fraction, self.begin_step, self.end)(step)
+        rate = DropFraction(self.regrowth_fraction, self.begin, self.end)(step)
         return keep, floor_fraction(rate, keep)
 
     @counted_in_blocks

@@ -8,8 +8,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from dst import backend
 from dst import distributions as dist_lib
-from dst._model import dynamic_targets
+from dst._model import check_keras3_model, dynamic_targets
 from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import block_of, blockwise, counted_in_blocks, grid_shape
@@ -80,6 +81,13 @@ class MagnitudePruning(Updater):
         self.distribution = distribution
         self._fn = dist_lib.get(distribution)
 
+    def prepare(self, model: keras.Model) -> None:
+        """A dense model gets all-ones masks now (see `Updater.prepare`)."""
+        check_keras3_model(model, f"{type(self).__name__}.bind")
+        backend.in_graph(model)  # a setup the backend refuses leaves the model as it was
+        if not dynamic_targets(model):
+            sparsify(model, 0.0, "uniform")
+
     def _targets(self, model):
         if not dynamic_targets(model):
             sparsify(model, 0.0, "uniform")
@@ -89,7 +97,7 @@ class MagnitudePruning(Updater):
              optimizer: keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         self.sparsity_schedule = PolynomialSparsity(
-            self.initial_sparsity, self.final_sparsity, self.begin_step, self.end, self.power)
+            self.initial_sparsity, self.final_sparsity, self.begin, self.end, self.power)
         self._shapes = {t.path: t.shape for t in self.targets}
         # Counts are in blocks for block masks: density × number of blocks.
         self._grids = {t.path: _grid(t) for t in self.targets}

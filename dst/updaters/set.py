@@ -80,9 +80,11 @@ class SET(Updater):
             step on the host (then `drop_fraction` and `drop_fraction_anchor`
             are unused). Defaults to "cosine".
         drop_fraction_anchor: the schedule's origin t0: "begin" (`begin_step`,
-            so the first update replaces α) or "zero" (step 0, as the RigL
-            reference anchors its cosine decay; with `begin_step > 0` the
-            first update then replaces less than α). Defaults to "begin".
+            so the first update replaces α) or "zero" (the step `begin_step`
+            counts from: the start of the fit by default, as the RigL
+            reference anchors its cosine decay at the start of training;
+            with `begin_step > 0` the first update then replaces less than
+            α). Defaults to "begin".
         grow_candidates: "after_drop" or "before_drop", see above. Defaults to
             "after_drop".
         begin_step: first update step. Defaults to 0.
@@ -133,7 +135,7 @@ class SET(Updater):
                     f"{value!r} at step {step}; it must return a fraction in [0, 1)."
                 )
             return fraction
-        origin = self.begin_step if self.drop_fraction_anchor == "begin" else 0
+        origin = self.begin if self.drop_fraction_anchor == "begin" else self.origin
         return DropFraction(self.drop_fraction, origin, self.end, schedule)(step)
 
     def step_value(self, step: int, index: int) -> int:

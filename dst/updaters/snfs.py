@@ -105,9 +105,9 @@ class SNFS(SET):
         self.momenta: list = []  # one keras.Variable per target, created by `bind`
 
     def bind(self, model: keras.Model, total_steps: int | None = None,
-             first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None, *,
-             jit: bool | None = None) -> None:
-        super().bind(model, total_steps, first_step, optimizer, jit=jit)
+             first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None,
+             **kwargs: Any) -> None:
+        super().bind(model, total_steps, first_step, optimizer, **kwargs)
         blocked = [t.path for t in self.targets if block_of(t.constraint) is not None]
         if blocked:
             raise ValueError(
