@@ -1,8 +1,9 @@
 """keras-dst: sparse and dynamic sparse training for Keras 3."""
 
 from dst import callbacks, distributions, export, layers
-from dst.core import get_masks, set_masks, sparsify, sparsity
+from dst.core import sparsify
 from dst.masking import MaskConstraint, MaskGroup
+from dst.masks import get_masks, set_masks, sparsity
 from dst.strip import strip
 from dst.summary import summary
 

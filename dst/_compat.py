@@ -28,6 +28,7 @@ __all__ = [
     "KerasSaveable",
     "LeafSaveable",
     "StatelessScope",
+    "in_stateless_scope",
     "is_mapped",
     "to_numpy",
     "track_state",
@@ -169,6 +170,13 @@ def untrack_state(layer, variables) -> None:
     holders[:] = [h for h in holders
                   if not (isinstance(h, _StateHolder) and id(h.state) in ids)]
 
+
+
+def in_stateless_scope() -> bool:
+    """Whether a Keras `StatelessScope` is active (JAX's compiled train steps)."""
+    from keras.src.backend.common.stateless_scope import in_stateless_scope as active
+
+    return bool(active())
 
 
 def is_mapped(variable) -> bool:

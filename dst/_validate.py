@@ -74,3 +74,20 @@ def _bounds(low, high, low_open: bool, high_open: bool) -> str:
     if high is not None:
         return f"a finite number {'<' if high_open else '<='} {high:g}"
     return "a finite number"
+
+
+def as_end_step(value: object, begin_step: int, who: str) -> int | float | None:
+    """An updater's `end_step`: None, an int step not before `begin_step`, or
+    a float in (0, 1] (a fraction of the fit's steps)."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        end = as_int(value, "end_step", who, minimum=0)
+        if end < begin_step:
+            raise ValueError(
+                f"`end_step` must not be before `begin_step` for {who}. Received: "
+                f"end_step={value!r}, begin_step={begin_step!r}"
+            )
+        return end
+    return as_float(value, "end_step", who + " (a float end_step is a fraction of the "
+                    "fit's steps)", low=0.0, high=1.0, low_open=True)

@@ -120,20 +120,22 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         v = self.variable
         if v is None or self.mask is None or tuple(v.shape) != tuple(self.mask.shape):
             return
-        v.assign(keras.ops.where(self.mask.value, v.value, keras.ops.zeros(v.shape, v.dtype)))
+        v.assign(keras.ops.where(self.mask.value, v.value, keras.ops.zeros((), v.dtype)))
 
     # -- Constraint ----------------------------------------------------------
     def __call__(self, w):
         if self.mask is None:
             return self.inner(w) if self.inner is not None else w
-        # `where`, not `w * mask`: masked entries become +0.0, never -0.0.
+        # `where`, not `w * mask`: masked entries become +0.0, never -0.0. The
+        # zero is 0-d (broadcast): no full-size buffer is filled every step.
         _check_readable(self.mask)
         mask = self.mask.value
-        w = keras.ops.where(mask, _value(w), keras.ops.zeros(w.shape, w.dtype))
+        zero = keras.ops.zeros((), w.dtype)
+        w = keras.ops.where(mask, _value(w), zero)
         if self.inner is None:
             return w
         w = _value(self.inner(w))
-        return keras.ops.where(mask, w, keras.ops.zeros(w.shape, w.dtype))
+        return keras.ops.where(mask, w, zero)
 
     def get_config(self) -> dict[str, Any]:
         return {

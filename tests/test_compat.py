@@ -219,3 +219,11 @@ def test_tf_update_step_of_loss_scale_optimizer_sees_unscaled_finite_grads():
     opt.apply([np.full((2, 2), 2.0, "float32")], [v])  # scaled by 2.0 (halved scale)
     assert len(calls) == 1
     np.testing.assert_allclose(calls[0]["grads"][0], np.ones((2, 2)))
+
+
+def test_stateless_scope_and_is_mapped():
+    v, w = keras.Variable(1.0), keras.Variable(2.0)
+    assert not _compat.in_stateless_scope() and not _compat.is_mapped(v)
+    with _compat.StatelessScope(state_mapping=[(v, keras.ops.convert_to_tensor(3.0))]):
+        assert _compat.in_stateless_scope()
+        assert _compat.is_mapped(v) and not _compat.is_mapped(w)

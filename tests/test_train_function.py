@@ -243,3 +243,19 @@ def test_jit_compile_from_a_saved_file_names_its_origin_and_the_fix():
     model.jit_compile = False  # the one line the message gives
     model.fit(*data(16), batch_size=8, epochs=1, verbose=0,
               callbacks=[dst.callbacks.RigL(seed=0)])
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX's stateless train step")
+def test_train_on_batch_under_attach_is_refused_on_jax():
+    model = mlp()
+    model.compile("adam", "mse")
+    model.optimizer.build(model.trainable_variables)
+    up = dst.updaters.SET(update_freq=1, end_step=10, seed=0)
+    up.bind(model)
+    before = dst.get_masks(model)
+    with up.attach(), pytest.raises(RuntimeError, match=r"dst on JAX: this optimizer step runs "
+                                                        r"inside a Keras train step built "
+                                                        r"without dst"):
+        model.train_on_batch(*data(8))
+    for path, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, before[path])

@@ -24,11 +24,14 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
   variable's gradient.
 - `in_graph(model)`: whether the step is compiled, so masks are computed with
   `keras.ops` (`dst._select.OPS`) rather than numpy on the host.
-- `is_traced(x)` / `cond(pred, true_fn, false_fn)`: on JAX, whether a value
-  is traced, and a conditional that branches in Python on a concrete
-  predicate.
-- `FUNCTIONAL`: True where a conditional branch cannot assign variables
-  (JAX), so the update computes new values and assigns them after the branch.
+- `resolve_jit(in_graph, jit)`, `computes_in_graph(jit, value)`: whether
+  masks are computed in-graph (`keras.ops`) or on the host (numpy).
+- `guarded_update(pred, step, jit, update, compute, keep, write)`: runs the
+  mask update where `pred` holds: `update(step)` assigning in place where a
+  branch may assign (TensorFlow, PyTorch), or `write(cond(pred, compute,
+  keep))` where it cannot (JAX).
+- `plain_train_function(model, optimizer, state)`: a train function that
+  changes no mask (a fit without dst after a failed dst fit).
 """
 
 import keras
@@ -39,42 +42,45 @@ _BACKEND = keras.backend.backend()
 
 if _BACKEND == "tensorflow":
     from dst.backend.tensorflow import (
-        FUNCTIONAL,
-        cond,
+        computes_in_graph,
+        guarded_update,
         host_call,
         in_graph,
-        is_traced,
         no_autograph,
+        plain_train_function,
         read_after,
         release,
+        resolve_jit,
         sparse_train_function,
         step_hook,
         variable_key,
     )
 elif _BACKEND == "jax":
     from dst.backend.jax import (
-        FUNCTIONAL,
-        cond,
+        computes_in_graph,
+        guarded_update,
         host_call,
         in_graph,
-        is_traced,
         no_autograph,
+        plain_train_function,
         read_after,
         release,
+        resolve_jit,
         sparse_train_function,
         step_hook,
         variable_key,
     )
 elif _BACKEND == "torch":
     from dst.backend.torch import (
-        FUNCTIONAL,
-        cond,
+        computes_in_graph,
+        guarded_update,
         host_call,
         in_graph,
-        is_traced,
         no_autograph,
+        plain_train_function,
         read_after,
         release,
+        resolve_jit,
         sparse_train_function,
         step_hook,
         variable_key,
@@ -87,15 +93,16 @@ else:
     )
 
 __all__ = [
-    "FUNCTIONAL",
     "SparseStep",
-    "cond",
+    "computes_in_graph",
+    "guarded_update",
     "host_call",
     "in_graph",
-    "is_traced",
     "no_autograph",
+    "plain_train_function",
     "read_after",
     "release",
+    "resolve_jit",
     "sparse_train_function",
     "step_hook",
     "variable_key",

@@ -44,9 +44,9 @@ def masked(grad, mask):
     ops = keras.ops
     if type(grad).__name__ == "IndexedSlices":  # TensorFlow's gradient of a lookup
         rows = ops.take(mask, grad.indices, axis=0)
-        return type(grad)(ops.where(rows, grad.values, ops.zeros_like(grad.values)),
-                          grad.indices, grad.dense_shape)
-    return ops.where(mask, grad, ops.zeros_like(grad))
+        zero = ops.zeros((), grad.values.dtype)
+        return type(grad)(ops.where(rows, grad.values, zero), grad.indices, grad.dense_shape)
+    return ops.where(mask, grad, ops.zeros((), grad.dtype))  # a 0-d zero, broadcast
 
 
 @contextlib.contextmanager

@@ -13,17 +13,38 @@ from typing import Any
 
 import keras
 
-# Conditional branches may assign variables.
-FUNCTIONAL = False
+
+def resolve_jit(in_graph: bool, jit: bool | None) -> bool:
+    """Whether masks are computed in-graph: as asked, else as the model runs."""
+    return in_graph if jit is None else bool(jit)
 
 
-def is_traced(x: Any) -> bool:
-    """Unused here: the path is chosen by `in_graph` (see `dst.backend.jax`)."""
-    return False
+def computes_in_graph(jit: bool, value: Any) -> bool:
+    """Whether this update computes its masks in-graph (`keras.ops`), not on the host."""
+    return jit
 
 
-def cond(pred: Any, true_fn: Callable, false_fn: Callable) -> Any:
-    return keras.ops.cond(pred, true_fn, false_fn)
+def guarded_update(pred: Any, step: Any, jit: bool, update: Callable, compute: Callable,
+                   keep: Callable, write: Callable) -> None:
+    """Runs `update(step)` (which assigns in place) where `pred` holds.
+
+    `compute`, `keep` and `write` serve the backends whose branches cannot
+    assign (`dst.backend.jax`). Under XLA, computations in an untaken branch
+    that don't depend on its operands are hoisted and run every step; a loop
+    that runs zero or one time with the step as its variable keeps them in.
+    """
+    ops = keras.ops
+    if not jit:
+        ops.cond(pred, lambda: update(step), lambda: None)
+        return
+    first = ops.cast(step, "int32")
+    stop = first + ops.cast(pred, "int32")
+
+    def body(at):
+        update(at)
+        return (at + 1,)
+
+    ops.while_loop(lambda at: at < stop, body, (first,))
 
 
 def hooked_train_function(model: keras.Model, optimizer: Any, sparse: Any,
@@ -39,6 +60,12 @@ def hooked_train_function(model: keras.Model, optimizer: Any, sparse: Any,
 
     call.function = plain  # type: ignore[attr-defined]
     return call
+
+
+def plain_train_function(model: keras.Model, optimizer: Any, state: list) -> Callable:
+    """A train function without dst (variables are read by reference here)."""
+    model.make_train_function(force=True)
+    return model.train_function
 
 
 def read_after(model: keras.Model, result: Any, variables: list) -> list:

@@ -22,18 +22,19 @@ with numpy when the step runs eagerly (`jit_compile=False`).
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
 
 from dst import _compat
-from dst.backend._generic import no_autograph, step_hook, variable_key
+from dst.backend import _generic
+from dst.backend._generic import no_autograph, variable_key
+from dst.backend._hook import SparseStep
 
-__all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
-           "read_after", "release", "sparse_train_function", "step_hook", "variable_key"]
-
-# `lax.cond` branches cannot assign variables: they return values.
-FUNCTIONAL = True
-
+__all__ = ["computes_in_graph", "guarded_update", "host_call", "in_graph", "no_autograph",
+           "plain_train_function", "read_after", "release", "resolve_jit",
+           "sparse_train_function", "step_hook", "variable_key"]
 
 def in_graph(model) -> bool:
     """JAX traces every step: masks are computed in-graph."""
@@ -51,16 +52,59 @@ def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def cond(pred, true_fn, false_fn):
-    """`lax.cond` when tracing; a plain branch on a concrete predicate (an
-    eager `lax.cond` would compile both branches at every call)."""
+def resolve_jit(in_graph, jit) -> bool:
+    """JAX traces every step: masks are always computed in-graph in `fit`."""
+    return in_graph
+
+
+def computes_in_graph(jit, value) -> bool:
+    """In-graph when the step is traced; on the host for concrete arrays."""
+    return is_traced(value)
+
+
+def guarded_update(pred, step, jit, update, compute, keep, write) -> None:
+    """The update where branches cannot assign: `lax.cond` returns the new
+    masks (`compute()`, or `keep()`'s old ones), and `write` writes them after
+    it, unconditionally. The writes are elementwise and change nothing when
+    the masks did not change, so XLA fuses them with the optimizer's update.
+    A concrete predicate branches in Python (an eager `lax.cond` would
+    compile both branches at every call)."""
     if not is_traced(pred):
-        return true_fn() if bool(pred) else false_fn()
-    return jax.lax.cond(pred, true_fn, false_fn)
+        if bool(pred):
+            write(compute())
+        return
+    write(jax.lax.cond(pred, compute, keep))
 
 
 def _state_variables(state) -> list:
     return [v for _, variables in state for v in variables]
+
+
+@contextlib.contextmanager
+def step_hook(optimizer, sparse: SparseStep):
+    """`dst.backend._generic.step_hook`, refusing a Keras step that cannot
+    carry dst's variables.
+
+    A train step Keras compiles without dst (`model.train_on_batch`, or a
+    fit without a dst callback) runs the optimizer in a `StatelessScope` that
+    maps only its own variables: dst's masks would be read as constants and
+    their updates dropped. Such a step raises instead.
+    """
+    masks = list(sparse.masks.values())
+
+    def run(step, grads):
+        if masks and _compat.in_stateless_scope() and not _compat.is_mapped(masks[0]):
+            raise RuntimeError(
+                "dst on JAX: this optimizer step runs inside a Keras train step built "
+                "without dst (e.g. model.train_on_batch under `updater.attach()`), which "
+                "cannot carry dst's masks. Train with model.fit(callbacks=[...]) and a "
+                "dst callback, or call optimizer.apply(grads, variables) yourself under "
+                "`updater.attach()` (or `updater.update(step, grads)` after it)."
+            )
+        return sparse.run(step, grads)
+
+    with _generic.step_hook(optimizer, SparseStep(run, sparse.masks, sparse.dense)):
+        yield
 
 
 def sparse_train_function(model, optimizer, sparse, state):
@@ -100,6 +144,17 @@ def sparse_train_function(model, optimizer, sparse, state):
         del model.__dict__["train_step"]
         model.train_function = previous
     return function
+
+
+def plain_train_function(model, optimizer, state):
+    """A train function that changes no mask. The state of its calls still
+    holds dst's variables (they stay registered until a dst fit ends), so it
+    threads them."""
+    return sparse_train_function(model, optimizer, SparseStep(_hold), state)
+
+
+def _hold(step, grads):
+    """A sparse step that changes no mask."""
 
 
 def read_after(model, result, variables) -> list:

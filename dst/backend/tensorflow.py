@@ -20,16 +20,18 @@ import tensorflow as tf
 from dst._compat import inner_optimizer
 from dst.backend._hook import SparseStep, masked_gradients
 from dst.backend._stateful import (
-    FUNCTIONAL,
-    cond,
+    computes_in_graph,
+    guarded_update,
     hooked_train_function,
-    is_traced,
+    plain_train_function,
     read_after,
     release,
+    resolve_jit,
 )
 
-__all__ = ["FUNCTIONAL", "cond", "host_call", "in_graph", "is_traced", "no_autograph",
-           "read_after", "release", "sparse_train_function", "step_hook", "variable_key"]
+__all__ = ["computes_in_graph", "guarded_update", "host_call", "in_graph", "no_autograph",
+           "plain_train_function", "read_after", "release", "resolve_jit",
+           "sparse_train_function", "step_hook", "variable_key"]
 
 _HOOKED = "_distributed_tf_update_step"
 

@@ -1,0 +1,96 @@
+"""The train function of a dst `fit`: the lean step between updates, the
+update step where a window may hold one, chosen on the host per call."""
+
+from __future__ import annotations
+
+from dst import _compat, backend
+
+
+class SparseTrainFunction:
+    """Keras' train function, with dst's step chosen on the host per call.
+
+    Two programs share the model's state: the lean step (`Updater.lean_step`:
+    masked gradients and weights, no conditional, no host read) and the
+    update step (`Updater.sparse_step`, which updates the masks when the
+    optimizer's own step count is an update step). A call runs up to
+    `steps_per_execution` steps; it runs the update program when its window
+    may hold the next update step, and the lean one otherwise. The host's
+    count `step` never runs behind the optimizer's (a step the loss scaler
+    skips does not advance the optimizer), so a lean call can never hold an
+    update step; after each update call (and the first call) the host reads
+    the optimizer's count back, once.
+
+    `armed` is set by the callback before each call. A call that finds it
+    unset comes from a `fit` this callback is not part of (an earlier `fit`
+    raised before `on_train_end`): it puts back a train function that
+    changes no mask.
+    """
+
+    def __init__(self, callback, optimizer, step):
+        model, updater = callback.model, callback.updater
+        self.callback, self.model, self.updater = callback, model, updater
+        self.state = updater.state_variables()
+        self.optimizer = optimizer
+        self.window = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+        self.lean = backend.sparse_train_function(model, optimizer,
+                                                  updater.as_sparse_step(update=False),
+                                                  self.state)
+        # Built now, while the model's variables hold their values (on JAX a
+        # distribution reads their shardings), unless no update step is left.
+        self.full = None
+        if updater.schedule.next_update(step) is not None:
+            self.full = backend.sparse_train_function(model, optimizer,
+                                                      updater.as_sparse_step(), self.state)
+        self.step = step
+        self.start = step
+        scale = getattr(optimizer, "dynamic_scale", None)
+        self.scale = None if scale is None else read(scale, float)
+        self.checked = False
+        self.armed = False
+
+    def __call__(self, *args):
+        if not self.armed:
+            return self._unarmed(*args)
+        self.armed = False
+        following = self.updater.schedule.next_update(self.step)
+        if following is not None and following < self.step + self.window:
+            result = self.full(*args)
+            self._read_step(result)
+            return result
+        result = self.lean(*args)
+        if not self.checked:
+            self._read_step(result)
+        else:
+            self.step += self.window
+        return result
+
+    def _read_step(self, result) -> None:
+        """Reads the optimizer's step count (and loss scale) back: one host sync."""
+        optimizer = self.optimizer
+        variables = [_compat.inner_optimizer(optimizer).iterations]
+        if self.scale is not None:
+            variables.append(optimizer.dynamic_scale)
+        values = backend.read_after(self.model, result, variables)
+        self.step = int(values[0])
+        if not self.checked:
+            self.checked = True
+            moved = self.step != self.start or (self.scale is not None
+                                                and float(values[1]) != self.scale)
+            if not moved:
+                who = type(self.callback).__name__
+                raise RuntimeError(
+                    f"{who}: optimizer {optimizer.name!r} did not step during the first "
+                    "batch, so dst's mask updates would never run. If your train_step "
+                    "applies gradients with its own optimizer, pass it: "
+                    f"{who}(..., optimizer=that_optimizer)."
+                )
+
+    def _unarmed(self, *args):
+        self.model.train_function = backend.plain_train_function(
+            self.model, self.updater.optimizer, self.state)
+        return self.model.train_function(*args)
+
+
+def read(variable, kind=int):
+    """A scalar variable's value on the host."""
+    return kind(_compat.to_numpy(variable))
