@@ -259,3 +259,22 @@ def test_train_on_batch_under_attach_is_refused_on_jax():
         model.train_on_batch(*data(8))
     for path, mask in dst.get_masks(model).items():
         np.testing.assert_array_equal(mask, before[path])
+
+
+def test_fits_of_one_model_reuse_the_lean_program_unless_it_observes():
+    model = mlp()
+    model.compile("adam", "mse")
+    seen = []
+
+    def fit(cb):
+        grab = Grab(cb, lambda function, args: seen.append(function.lean))
+        model.fit(*data(32), batch_size=8, epochs=1, verbose=0, callbacks=[cb, grab])
+        return seen[-1]
+
+    first = fit(dst.callbacks.SET(update_freq=2, seed=0))
+    assert fit(dst.callbacks.RigL(update_freq=2, seed=0)) is first  # no new trace
+    assert fit(dst.callbacks.FixedMasks()) is first
+    snfs = dst.callbacks.SNFS(update_freq=2, seed=0)
+    assert fit(snfs) is not first  # its momentum is its own
+    model.compile("sgd", "mse")  # a new optimizer: a new program
+    assert fit(dst.callbacks.SET(update_freq=2, seed=0)) is not first

@@ -16,7 +16,9 @@ Everything else in dst is written in `keras.ops`. A backend module provides:
   the weights and the optimizer (masks, ITOP records, counters).
 - `read_after(model, result, variables)`: host values of optimizer
   variables after a train-function call returned `result` (one host sync).
-- `release(model, state)`: undoes what `sparse_train_function` registered.
+- `register(model, state)`: registers dst's variables as model state for a
+  fit where the train function threads state (JAX); `release(model, state)`
+  undoes it.
 - `host_call(fn, inputs, dtypes)`: runs a numpy function from inside the step.
 - `no_autograph(fn)`: keeps a function plain Python when a user's compiled
   function calls it.
@@ -49,6 +51,7 @@ if _BACKEND == "tensorflow":
         no_autograph,
         plain_train_function,
         read_after,
+        register,
         release,
         resolve_jit,
         sparse_train_function,
@@ -64,6 +67,7 @@ elif _BACKEND == "jax":
         no_autograph,
         plain_train_function,
         read_after,
+        register,
         release,
         resolve_jit,
         sparse_train_function,
@@ -79,6 +83,7 @@ elif _BACKEND == "torch":
         no_autograph,
         plain_train_function,
         read_after,
+        register,
         release,
         resolve_jit,
         sparse_train_function,
@@ -101,6 +106,7 @@ __all__ = [
     "no_autograph",
     "plain_train_function",
     "read_after",
+    "register",
     "release",
     "resolve_jit",
     "sparse_train_function",

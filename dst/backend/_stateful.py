@@ -75,5 +75,9 @@ def read_after(model: keras.Model, result: Any, variables: list) -> list:
     return [to_numpy(v) for v in variables]
 
 
+def register(model: keras.Model, state: list) -> None:
+    """Nothing to register: TF functions and torch read variables by reference."""
+
+
 def release(model: keras.Model, state: list) -> None:
     """Nothing to undo: no variable was registered for the fit."""

@@ -33,7 +33,7 @@ from dst.backend._generic import no_autograph, variable_key
 from dst.backend._hook import SparseStep
 
 __all__ = ["computes_in_graph", "guarded_update", "host_call", "in_graph", "no_autograph",
-           "plain_train_function", "read_after", "release", "resolve_jit",
+           "plain_train_function", "read_after", "register", "release", "resolve_jit",
            "sparse_train_function", "step_hook", "variable_key"]
 
 def in_graph(model) -> bool:
@@ -118,8 +118,7 @@ def sparse_train_function(model, optimizer, sparse, state):
             "Use the TensorFlow or PyTorch backend for such a train_step, or a custom "
             "loop with `updater.update(step, grads)`."
         )
-    for layer, variables in state:
-        _compat.track_state(layer, variables)
+    register(model, state)
     extra = _state_variables(state)
     outer, inner = optimizer, _compat.inner_optimizer(optimizer)
     original_step = model.train_step
@@ -164,6 +163,12 @@ def read_after(model, result, variables) -> list:
     values = result[1][2]
     position = {id(v): i for i, v in enumerate(model.optimizer.variables)}
     return [np.asarray(values[position[id(v)]]) for v in variables]
+
+
+def register(model, state) -> None:
+    """Registers dst's variables as model state for a fit (see the module)."""
+    for layer, variables in state:
+        _compat.track_state(layer, variables)
 
 
 def release(model, state) -> None:

@@ -15,12 +15,13 @@ from dst.backend._stateful import (
     hooked_train_function,
     plain_train_function,
     read_after,
+    register,
     release,
     resolve_jit,
 )
 
 __all__ = ["computes_in_graph", "guarded_update", "host_call", "in_graph", "no_autograph",
-           "plain_train_function", "read_after", "release", "resolve_jit",
+           "plain_train_function", "read_after", "register", "release", "resolve_jit",
            "sparse_train_function", "step_hook", "variable_key"]
 
 

@@ -3,7 +3,33 @@ update step where a window may hold one, chosen on the host per call."""
 
 from __future__ import annotations
 
+import weakref
+
 from dst import _compat, backend
+
+
+def _lean_program(model, optimizer, updater, state):
+    """The lean program of `updater` on `model`, built once per equivalent setup.
+
+    Between updates every updater runs the same program unless it `observes`
+    (SNFS' momentum is its own), so fits of one model reuse it instead of
+    tracing it again. The cache lives on the model (`vars(model)`, past
+    Keras' attribute tracking), so it goes when the model goes.
+    """
+    sparse = updater.as_sparse_step(update=False)
+    key = (id(optimizer), getattr(model, "steps_per_execution", 1),
+           getattr(model, "jit_compile", None), updater.state.ema,
+           tuple(sorted(sparse.masks)), tuple(id(v) for _, vs in state for v in vs),
+           id(updater) if updater.observes else None)
+    cached = vars(model).get(_CACHE)
+    if cached is not None and cached[0] == key and cached[1]() is optimizer:
+        return cached[2]  # (the optimizer check: ids may be reused)
+    program = backend.sparse_train_function(model, optimizer, sparse, state)
+    vars(model)[_CACHE] = (key, weakref.ref(optimizer), program)
+    return program
+
+
+_CACHE = "_dst_lean_program"
 
 
 class SparseTrainFunction:
@@ -32,9 +58,8 @@ class SparseTrainFunction:
         self.state = updater.state_variables()
         self.optimizer = optimizer
         self.window = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
-        self.lean = backend.sparse_train_function(model, optimizer,
-                                                  updater.as_sparse_step(update=False),
-                                                  self.state)
+        backend.register(model, self.state)  # also when the programs are cached
+        self.lean = _lean_program(model, optimizer, updater, self.state)
         # Built now, while the model's variables hold their values (on JAX a
         # distribution reads their shardings), unless no update step is left.
         self.full = None

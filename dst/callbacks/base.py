@@ -146,15 +146,15 @@ class DSTCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # Every callback of one `fit` gets the same `params` dict: a second
         # dst callback in it finds the first one registered with that dict.
-        other = _IN_FIT.get(self.model)
-        if other is not None and other[0] is self.params and other[1] is not self:
+        params, other = _IN_FIT.get(self.model, (None, lambda: None))
+        if params is self.params and other() not in (None, self):
             raise ValueError(
-                f"Two dst callbacks in one fit: {type(other[1]).__name__} and "
+                f"Two dst callbacks in one fit: {type(other()).__name__} and "
                 f"{type(self).__name__}. Only one can drive the masks of model "
                 f"'{self.model.name}'; pass one of them (to prune and then train "
                 "sparse, run two fits, one per callback)."
             )
-        _IN_FIT[self.model] = (self.params, self)
+        _IN_FIT[self.model] = (self.params, weakref.ref(self))
         self._function = None
         self._epoch = 0
         self._epoch_masks = None
@@ -262,7 +262,7 @@ class DSTCallback(keras.callbacks.Callback):
         return cls(**config)
 
 
-# model -> (params of the fit it is in, the dst callback bound in that fit)
+# model -> (params of the fit it is in, a weak reference to its dst callback)
 _IN_FIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
