@@ -278,3 +278,36 @@ def test_fits_of_one_model_reuse_the_lean_program_unless_it_observes():
     assert fit(snfs) is not first  # its momentum is its own
     model.compile("sgd", "mse")  # a new optimizer: a new program
     assert fit(dst.callbacks.SET(update_freq=2, seed=0)) is not first
+
+
+@pytest.mark.parametrize("name", ["set", "rigl", "magnitude"])
+def test_a_callback_reused_by_fits_of_one_length_reuses_its_update_program(name):
+    make = {
+        "set": lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.3, end_step=1.0,
+                                         seed=0),
+        "rigl": lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.3, end_step=1.0,
+                                           seed=0),
+        "magnitude": lambda: dst.callbacks.MagnitudePruning(0.9, initial_sparsity=0.8,
+                                                            update_freq=2, end_step=1.0),
+    }[name]
+
+    def run(reuse):
+        model = mlp()
+        model.compile("adam", "mse")
+        cb, programs = make(), []
+        for _ in range(3):  # `for epoch: model.fit(epochs=1)`: three fits of 8 steps
+            cb = cb if reuse else make()
+            grab = Grab(cb, lambda function, args: programs.append(function.full))
+            model.fit(*data(64), batch_size=8, epochs=1, verbose=0, shuffle=False,
+                      callbacks=[cb, grab])
+        return model, programs
+
+    reused, programs = run(reuse=True)
+    assert programs[0] is not None
+    assert all(p is programs[0] for p in programs)  # built (and traced) once
+    fresh, fresh_programs = run(reuse=False)
+    assert len({id(p) for p in fresh_programs}) == 3  # a fresh callback builds its own
+    for a, b in zip(dst.get_masks(reused).values(), dst.get_masks(fresh).values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(reused.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -8,6 +8,33 @@ import weakref
 from dst import _compat, backend
 
 
+def _cached(model, slot, key, optimizer, build):
+    """The program kept in `vars(model)[slot]` for `key`, else a new one kept there
+    (past Keras' attribute tracking, so it goes when the model goes)."""
+    cached = vars(model).get(slot)
+    if cached is not None and cached[0] == key and cached[1]() is optimizer:
+        return cached[2]  # (the optimizer check: ids may be reused)
+    program = build()
+    vars(model)[slot] = (key, weakref.ref(optimizer), program)
+    return program
+
+
+def _setup(model, optimizer, state) -> tuple:
+    """What every program of a fit depends on besides the updater."""
+    return (id(optimizer), getattr(model, "steps_per_execution", 1),
+            getattr(model, "jit_compile", None), tuple(id(v) for _, vs in state for v in vs))
+
+
+def _full_program(model, optimizer, updater, state):
+    """The update program, reused by the fits of one updater (a callback given to
+    several fits) whose schedule is the same from its origin (the schedule is
+    read relative to dst's origin variable)."""
+    sparse = updater.as_sparse_step()
+    key = (_setup(model, optimizer, state), id(updater), updater.relative_schedule())
+    return _cached(model, "_dst_update_program", key, optimizer,
+                   lambda: backend.sparse_train_function(model, optimizer, sparse, state))
+
+
 def _lean_program(model, optimizer, updater, state):
     """The lean program of `updater` on `model`, built once per equivalent setup.
 
@@ -17,19 +44,10 @@ def _lean_program(model, optimizer, updater, state):
     Keras' attribute tracking), so it goes when the model goes.
     """
     sparse = updater.as_sparse_step(update=False)
-    key = (id(optimizer), getattr(model, "steps_per_execution", 1),
-           getattr(model, "jit_compile", None), updater.state.ema,
-           tuple(sorted(sparse.masks)), tuple(id(v) for _, vs in state for v in vs),
+    key = (_setup(model, optimizer, state), updater.state.ema, tuple(sorted(sparse.masks)),
            id(updater) if updater.observes else None)
-    cached = vars(model).get(_CACHE)
-    if cached is not None and cached[0] == key and cached[1]() is optimizer:
-        return cached[2]  # (the optimizer check: ids may be reused)
-    program = backend.sparse_train_function(model, optimizer, sparse, state)
-    vars(model)[_CACHE] = (key, weakref.ref(optimizer), program)
-    return program
-
-
-_CACHE = "_dst_lean_program"
+    return _cached(model, "_dst_lean_program", key, optimizer,
+                   lambda: backend.sparse_train_function(model, optimizer, sparse, state))
 
 
 class SparseTrainFunction:
@@ -64,8 +82,7 @@ class SparseTrainFunction:
         # distribution reads their shardings), unless no update step is left.
         self.full = None
         if updater.schedule.next_update(step) is not None:
-            self.full = backend.sparse_train_function(model, optimizer,
-                                                      updater.as_sparse_step(), self.state)
+            self.full = _full_program(model, optimizer, updater, self.state)
         self.step = step
         self.start = step
         scale = getattr(optimizer, "dynamic_scale", None)

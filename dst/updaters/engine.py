@@ -120,6 +120,10 @@ class Engine(MaskPaths):
         self.end = self._resolve_end(total_steps, first_step)
         self.schedule = UpdateSteps(self.begin, self.end, self.update_freq,
                                     self.update_at_end)
+        # Compiled steps read the schedule relative to this variable, so one
+        # program serves every fit whose schedule is the same from its origin.
+        self._origin = _origin_variable(model)
+        self._origin.assign(self.origin)
         with _compat.strategy_scope(model):
             self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
                                         model.trainable_variables)
@@ -156,8 +160,20 @@ class Engine(MaskPaths):
         return max(self.begin, first_step + int(round(fraction * total_steps)) - 1)
 
     def state_variables(self) -> list:
-        """(layer, [variables]) of the mask state a training step reads and writes."""
-        return [(t.layer, t.mask_constraint.state_variables) for t in self.targets]
+        """(layer, [variables]) of the mask state a training step reads and writes
+        (and the schedule's origin)."""
+        return ([(self.targets[0].layer, [self._origin])]
+                + [(t.layer, t.mask_constraint.state_variables) for t in self.targets])
+
+    def relative_schedule(self) -> tuple:
+        """What a compiled update step bakes in: the schedule from its origin
+        and, where masks are computed in-graph, the table of `step_value`."""
+        s = self._schedule()
+        key: tuple = (s.begin - self.origin, s.end - self.origin, s.freq, s.include_end)
+        if self.jit:
+            steps, table = self._value_table()
+            key += ((steps - self.origin).tobytes(), table.tobytes(), table.shape)
+        return key
 
     def attach(self) -> contextlib.AbstractContextManager[None]:
         """Context manager: runs the sparse step inside the optimizer's updates.
@@ -326,14 +342,19 @@ class Engine(MaskPaths):
 
     def _is_update_tensor(self, step):
         ops = keras.ops
-        step = ops.cast(step, "int32")
-        s = self.schedule
-        on_grid = ops.logical_and(
-            ops.logical_and(step >= s.begin, step <= s.end),
-            ops.equal(ops.mod(step - s.begin, s.freq), 0))
+        s = self._schedule()
+        at = self._relative(step)
+        begin, end = s.begin - self.origin, s.end - self.origin
+        on_grid = ops.logical_and(ops.logical_and(at >= begin, at <= end),
+                                  ops.equal(ops.mod(at - begin, s.freq), 0))
         if s.include_end:
-            on_grid = ops.logical_or(on_grid, ops.equal(step, s.end))
+            on_grid = ops.logical_or(on_grid, ops.equal(at, end))
         return on_grid
+
+    def _relative(self, step):
+        """`step` minus the schedule's origin, read from its variable (int32)."""
+        ops = keras.ops
+        return ops.cast(step, "int32") - ops.cast(self._origin.value, "int32")
 
     # -- helpers ------------------------------------------------------------
     def _grads_by_index(self, grads) -> dict:
@@ -401,3 +422,14 @@ def _agreed_seed(model, seed: int) -> int:
     with strategy.scope():
         agreed = keras.Variable(seed, dtype="int64", trainable=False, name="dst_seed")
     return int(_compat.to_numpy(agreed))
+
+
+def _origin_variable(model) -> keras.Variable:
+    """The model's one schedule-origin variable (kept in `vars(model)`, past
+    Keras' attribute tracking; dst registers it as state during a fit)."""
+    variable = vars(model).get("_dst_origin")
+    if variable is None:
+        with _compat.strategy_scope(model):
+            variable = keras.Variable(0, dtype="int32", trainable=False, name="dst_origin")
+        vars(model)["_dst_origin"] = variable
+    return variable

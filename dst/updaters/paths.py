@@ -35,6 +35,9 @@ class MaskPaths:
         jit: bool
         seed: int
         _table: Any
+        origin: int
+
+        def _relative(self, step: Any) -> Any: ...
 
         @property
         def cross_layer(self) -> bool: ...
@@ -97,7 +100,8 @@ class MaskPaths:
         """`step_value(step, index)` read from the table, for a traced step."""
         ops = keras.ops
         steps, table = self._value_table()
-        row = ops.minimum(ops.sum(ops.cast(ops.convert_to_tensor(steps) <= step, "int32")) - 1,
+        relative = ops.convert_to_tensor(steps - self.origin)  # the table, from the origin
+        row = ops.minimum(ops.sum(ops.cast(relative <= self._relative(step), "int32")) - 1,
                           len(steps) - 1)
         return ops.take(ops.take(ops.convert_to_tensor(table), ops.maximum(row, 0), axis=0),
                         index, axis=0)  # an int, or a vector for a tuple `step_value`
