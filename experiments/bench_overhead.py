@@ -24,27 +24,12 @@ else tensorflow).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-BACKENDS = ("tensorflow", "jax", "torch")
+from experiments._backend_arg import BACKENDS, select_backend
 
-
-def _backend_from_argv() -> str | None:
-    """The `--backend` value, read before Keras is imported (it fixes the backend)."""
-    for i, arg in enumerate(sys.argv):
-        if arg == "--backend" and i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-        if arg.startswith("--backend="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-if _backend_from_argv() in BACKENDS:
-    os.environ["KERAS_BACKEND"] = _backend_from_argv()
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+select_backend()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

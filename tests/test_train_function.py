@@ -283,31 +283,56 @@ def test_fits_of_one_model_reuse_the_lean_program_unless_it_observes():
 @pytest.mark.parametrize("name", ["set", "rigl", "magnitude"])
 def test_a_callback_reused_by_fits_of_one_length_reuses_its_update_program(name):
     make = {
-        "set": lambda: dst.callbacks.SET(update_freq=2, drop_fraction=0.3, end_step=1.0,
-                                         seed=0),
-        "rigl": lambda: dst.callbacks.RigL(update_freq=2, drop_fraction=0.3, end_step=1.0,
-                                           seed=0),
-        "magnitude": lambda: dst.callbacks.MagnitudePruning(0.9, initial_sparsity=0.8,
-                                                            update_freq=2, end_step=1.0),
+        "set": lambda seed=0: dst.callbacks.SET(update_freq=2, drop_fraction=0.3,
+                                                end_step=1.0, seed=seed),
+        "rigl": lambda seed=0: dst.callbacks.RigL(update_freq=2, drop_fraction=0.3,
+                                                  end_step=1.0, seed=seed),
+        "magnitude": lambda seed=0: dst.callbacks.MagnitudePruning(
+            0.9, initial_sparsity=0.8, update_freq=2, end_step=1.0, seed=seed),
     }[name]
 
-    def run(reuse):
+    def run(mode):
         model = mlp()
         model.compile("adam", "mse")
         cb, programs = make(), []
         for _ in range(3):  # `for epoch: model.fit(epochs=1)`: three fits of 8 steps
-            cb = cb if reuse else make()
+            if mode != "reused":
+                cb = make()
+            if mode == "uncached":  # what each fit would build without the caches
+                for key in ("_dst_update_program", "_dst_lean_program", "_dst_last_updater"):
+                    vars(model).pop(key, None)
             grab = Grab(cb, lambda function, args: programs.append(function.full))
             model.fit(*data(64), batch_size=8, epochs=1, verbose=0, shuffle=False,
                       callbacks=[cb, grab])
         return model, programs
 
-    reused, programs = run(reuse=True)
+    reused, programs = run("reused")
     assert programs[0] is not None
     assert all(p is programs[0] for p in programs)  # built (and traced) once
-    fresh, fresh_programs = run(reuse=False)
-    assert len({id(p) for p in fresh_programs}) == 3  # a fresh callback builds its own
-    for a, b in zip(dst.get_masks(reused).values(), dst.get_masks(fresh).values(), strict=True):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(reused.get_weights(), fresh.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    equal, equal_programs = run("equal")  # a new, equal callback per fit
+    assert all(p is equal_programs[0] for p in equal_programs)
+    uncached, uncached_programs = run("uncached")
+    assert len({id(p) for p in uncached_programs}) == 3
+    for model in (reused, equal):
+        for a, b in zip(dst.get_masks(model).values(), dst.get_masks(uncached).values(),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(model.get_weights(), uncached.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_new_callback_with_other_arguments_or_no_seed_builds_its_own_program():
+    model = mlp()
+    model.compile("adam", "mse")
+    programs = []
+
+    def fit(cb):
+        grab = Grab(cb, lambda function, args: programs.append(function.full))
+        model.fit(*data(64), batch_size=8, epochs=1, verbose=0, callbacks=[cb, grab])
+        return cb
+
+    first = fit(dst.callbacks.SET(update_freq=2, end_step=1.0, seed=0))
+    other = fit(dst.callbacks.SET(update_freq=2, end_step=1.0, seed=1))  # other draws
+    assert other.updater is not first.updater and programs[1] is not programs[0]
+    fit(dst.callbacks.SET(update_freq=2, end_step=1.0))  # seed=None: a fresh seed
+    assert programs[2] is not programs[1]

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from dst import _compat, backend
+from dst.callbacks._docs import document as _document
 from dst.callbacks._train_function import SparseTrainFunction
 from dst.callbacks._train_function import read as _read
 from dst.updaters.base import Updater
@@ -49,6 +50,11 @@ class DSTCallback(keras.callbacks.Callback):
     optimizer dst drives does not advance during the first call of the train
     function, `fit` stops with an error instead of training with masks that
     never change. Two dst callbacks in one `fit` are refused when it starts.
+
+    Repeated fits reuse what they can: the lean program always, the update
+    program when the callback (or a new one equal to it, with an explicit
+    `seed`, which then takes over its updater) has the same schedule from
+    the fit's start.
 
     `DSTCallback(updater)` wraps any updater instance. The named callbacks
     (`SET`, `RigL`, `MagnitudePruning`, `FixedMasks`, and one per name added
@@ -223,6 +229,7 @@ class DSTCallback(keras.callbacks.Callback):
         total = steps * epochs if steps and epochs else None
         first = step - self._epoch * (steps or 0)  # resumed runs start later
         origin = first if self.steps_from == "fit" else 0
+        self._adopt_equal_updater()
         self.updater.bind(self.model, total, first, optimizer, origin=origin)
         self.updater.state.mask_ema([t.mask_constraint.mask for t in self.updater.targets])
         for t in self.updater.targets:  # weights written since the last step
@@ -231,6 +238,21 @@ class DSTCallback(keras.callbacks.Callback):
         self._function = SparseTrainFunction(self, optimizer, step)
         self.model.train_function = self._function
         return self._function
+
+    def _adopt_equal_updater(self) -> None:
+        """A new callback equal to the one of this model's last dst fit (same
+        class, same arguments, an explicit seed) takes over that callback's
+        updater, so the fit can reuse its compiled update program. The two
+        would make the same draws from the same seed; an updater that keeps
+        state of its own every step (`observes`, SNFS) is not taken over."""
+        last = vars(self.model).get(_LAST_UPDATER)
+        mine = (type(self), self._args)
+        eligible = (self._args is not None and self._args.get("seed", 0) is not None
+                    and not self.updater.observes)
+        if (eligible and last is not None and last[0] is not self.updater
+                and last[1][0] is mine[0] and _equal(last[1][1], mine[1])):
+            self.updater = last[0]
+        self.model.__dict__[_LAST_UPDATER] = (self.updater, mine)
 
     def _warn_skipped(self) -> None:
         counts = [_read(v) for v in self.updater.skipped]
@@ -260,6 +282,18 @@ class DSTCallback(keras.callbacks.Callback):
     def from_config(cls, config: dict[str, Any]) -> DSTCallback:
         """A callback from `get_config`'s output: `cls(**config)`."""
         return cls(**config)
+
+
+# vars(model) key of (the updater of the model's last dst fit, (callback class, arguments))
+_LAST_UPDATER = "_dst_last_updater"
+
+
+def _equal(a: dict | None, b: dict | None) -> bool:
+    """Whether two callbacks' arguments are equal (False where a value can't tell)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
 
 
 # model -> (params of the fit it is in, a weak reference to its dst callback)
@@ -340,46 +374,3 @@ def _arguments(bound: inspect.BoundArguments) -> dict[str, Any]:
         elif kind is not inspect.Parameter.VAR_POSITIONAL:
             out[name] = value
     return out
-
-
-def _document(cls: type, updater: type[Updater]) -> str:
-    """The callback's docstring with its updater's Args section, plus its own."""
-    own = inspect.cleandoc(cls.__dict__.get("__doc__") or updater.__doc__ or "")
-    # The Args of the class that defines the constructor (RigL's are SET's).
-    owner = next(c for c in updater.__mro__ if "__init__" in vars(c))
-    args = (_section(inspect.cleandoc(owner.__doc__ or ""), "Args:")
-            or _section(inspect.cleandoc(vars(owner)["__init__"].__doc__ or ""), "Args:"))
-    if not args:
-        args = "".join(f"    {name}: see `{updater.__qualname__}`.\n"
-                       for name in inspect.signature(updater).parameters)
-    args = (f"Args (those of `dst.updaters.{updater.__qualname__}`, then the callback's):\n"
-            + args
-            + "    optimizer: the optimizer that steps the sparse weights, when\n"
-              "        `train_step` does not use `model.optimizer`. Defaults to None\n"
-              "        (`model.optimizer`).\n"
-              "    steps_from: what `begin_step` and an int `end_step` count from:\n"
-              "        \"fit\" (the first step of this `fit`, or of the interrupted\n"
-              "        run a `BackupAndRestore` resumes) or \"optimizer\" (the\n"
-              "        optimizer's step 0). A float `end_step` is always a fraction\n"
-              "        of this fit's steps. Defaults to \"fit\".\n"
-              "    verbose: unused, kept for Keras' callback convention. Defaults to 0.\n")
-    lines = own.splitlines()
-    at = next((i for i, line in enumerate(lines) if line.strip() in ("Examples:", "Example:")),
-              len(lines))
-    head = "\n".join(lines[:at]).rstrip()
-    tail = "\n".join(lines[at:])
-    return f"{head}\n\n{args}\n{tail}".rstrip() + "\n"
-
-
-def _section(doc: str, title: str) -> str:
-    """The indented body of a Google-style docstring section, or ''."""
-    lines = doc.splitlines()
-    if title not in (line.strip() for line in lines):
-        return ""
-    start = [line.strip() for line in lines].index(title) + 1
-    body = []
-    for line in lines[start:]:
-        if line and not line.startswith(" "):
-            break
-        body.append(line)
-    return "\n".join(body).rstrip() + "\n"
