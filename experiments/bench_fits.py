@@ -5,8 +5,10 @@ model, pays whatever a fit rebuilds. In one process, for each variant, runs
 `--fits` one-epoch fits of a 12-64-3 MLP (sparsified at 80%, 8 steps per fit)
 and prints the median wall seconds per fit after the first, and the growth
 of the process' resident memory (RSS) per fit after the first five.
-Variants: plain Keras (the sparsified model, no callback), a fresh SET
-callback per fit, and one SET callback reused by every fit.
+Variants: plain Keras (the sparsified model, no callback), a new SET
+callback per fit (seed 0: it takes over the last one's updater), a new one
+with seed=None (a fresh seed: it builds its own update program), and one SET
+callback reused by every fit.
 
     python -m experiments.bench_fits [--backend jax] [--fits 16]
 """
@@ -52,9 +54,12 @@ def run(variant: str, fits: int) -> tuple[float, float]:
     reused = dst.callbacks.SET(update_freq=4, end_step=1.0, seed=0)
     times, memory = [], []
     for _ in range(fits):
-        callbacks = {"plain Keras": [], "dst, fresh callback": [
-            dst.callbacks.SET(update_freq=4, end_step=1.0, seed=0)],
-            "dst, reused callback": [reused]}[variant]
+        callbacks = {
+            "plain Keras": [],
+            "dst, fresh callback": [dst.callbacks.SET(update_freq=4, end_step=1.0, seed=0)],
+            "dst, fresh, seed=None": [dst.callbacks.SET(update_freq=4, end_step=1.0)],
+            "dst, reused callback": [reused],
+        }[variant]
         start = time.perf_counter()
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=callbacks)
         times.append(time.perf_counter() - start)
@@ -74,7 +79,8 @@ def main():
     print(f"{args.fits} one-epoch fits on {keras.backend.backend()}: median seconds per fit "
           "(after the first), RSS growth per fit (after the first 5)")
     rows = {}
-    for variant in ("plain Keras", "dst, fresh callback", "dst, reused callback"):
+    for variant in ("plain Keras", "dst, fresh callback", "dst, fresh, seed=None",
+                    "dst, reused callback"):
         rows[variant] = run(variant, args.fits)
     plain = rows["plain Keras"][0]
     for variant, (seconds, growth) in rows.items():
