@@ -1,6 +1,9 @@
 """The train function of a dst fit: the lean step between updates, the update
 step only where its window may hold an update, and no per-step host sync."""
 
+import gc
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -336,3 +339,21 @@ def test_a_new_callback_with_other_arguments_or_no_seed_builds_its_own_program()
     assert other.updater is not first.updater and programs[1] is not programs[0]
     fit(dst.callbacks.SET(update_freq=2, end_step=1.0))  # seed=None: a fresh seed
     assert programs[2] is not programs[1]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's VmRSS")
+def test_repeated_fits_with_a_new_equal_callback_keep_no_memory():
+    def rss_mib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+    model = mlp()
+    model.compile("adam", "mse")
+    x, y = data(64)
+    memory = []
+    for _ in range(16):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[dst.callbacks.SET(update_freq=4, end_step=1.0, seed=0)])
+        gc.collect()
+        memory.append(rss_mib())
+    assert (memory[-1] - memory[4]) / 11 < 0.3, memory
