@@ -82,3 +82,19 @@ def test_a_schedule_that_begins_and_ends_at_one_step_prunes_to_final_there(begin
     _fit(model, dst.callbacks.MagnitudePruning(0.75, update_freq=1, begin_step=begin,
                                                end_step=begin, seed=0))
     assert dst.sparsity(model) == 0.75
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dst.callbacks.MagnitudePruning(0.5, update_freq=1),
+    lambda: dst.callbacks.GraNet(0.5, initial_sparsity=0.5, update_freq=1, seed=0),
+], ids=["magnitude", "granet"])
+def test_a_model_already_sparser_than_the_target_is_refused(make):
+    model = dst.sparsify(_model(), 0.9, "uniform", seed=0)
+    masks, weights = dst.get_masks(model), model.get_weights()
+    with pytest.raises(ValueError, match=r"is already at sparsity 0\.9\d*, above "
+                                         r"final_sparsity=0\.5, and pruning never regrows"):
+        _fit(model, make())
+    for path, mask in dst.get_masks(model).items():
+        np.testing.assert_array_equal(mask, masks[path])
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -102,6 +102,16 @@ class MagnitudePruning(Updater):
         # Counts are in blocks for block masks: density × number of blocks.
         self._grids = {t.path: _grid(t) for t in self.targets}
         self._counts: dict[int, dict[str, int]] = {}
+        have, want = sum(self.active), sum(self.target_counts(self.end).values())
+        if have < want:  # never regrows: the model would stay sparser than asked
+            size = sum(int(np.prod(g)) for g in self._grids.values())
+            raise ValueError(
+                f"{type(self).__name__}: model '{model.name}' is already at sparsity "
+                f"{1 - have / size:.4f}, above final_sparsity={self.final_sparsity}, and "
+                "pruning never regrows connections, so training would end there. Pass "
+                f"final_sparsity >= {1 - have / size:.4f}, or train at this sparsity with "
+                "SET or RigL."
+            )
 
     def target_counts(self, step: int) -> dict[str, int]:
         """Active connections each weight keeps at `step`."""
