@@ -152,7 +152,7 @@ class DSTCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # Every callback of one `fit` gets the same `params` dict: a second
         # dst callback in it finds the first one registered with that dict.
-        params, other = _IN_FIT.get(self.model, (None, lambda: None))
+        params, other = vars(self.model).get(_IN_FIT, (None, lambda: None))
         if params is self.params and other() not in (None, self):
             raise ValueError(
                 f"Two dst callbacks in one fit: {type(other()).__name__} and "
@@ -160,7 +160,7 @@ class DSTCallback(keras.callbacks.Callback):
                 f"'{self.model.name}'; pass one of them (to prune and then train "
                 "sparse, run two fits, one per callback)."
             )
-        _IN_FIT[self.model] = (self.params, weakref.ref(self))
+        self.model.__dict__[_IN_FIT] = (self.params, weakref.ref(self))
         self._function = None
         self._epoch = 0
         self._epoch_masks = None
@@ -199,7 +199,7 @@ class DSTCallback(keras.callbacks.Callback):
                            if (ever := t.mask_constraint.ever_active) is not None) / size
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        _IN_FIT.pop(self.model, None)
+        self.model.__dict__.pop(_IN_FIT, None)
         if self._function is not None:
             self._warn_skipped()
             model = self.model  # (on JAX, reading it syncs the trained state)
@@ -296,8 +296,8 @@ def _equal(a: dict | None, b: dict | None) -> bool:
         return False
 
 
-# model -> (params of the fit it is in, a weak reference to its dst callback)
-_IN_FIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# vars(model) key of (params of the fit it is in, a weak reference to its dst callback)
+_IN_FIT = "_dst_in_fit"
 
 
 # updater class -> its callback class (the first declared, else one built by
