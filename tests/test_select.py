@@ -1,4 +1,4 @@
-"""Property tests of the selection primitive and the mask-update rules."""
+"""dst._select: property tests of the selection primitive and the mask-update rules."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""What the optimizer sees: masked gradients, as in the references.
+"""dst.backend._hook: what the optimizer sees, masked gradients as in the references.
 
 RigL, SET, jaxpruner and TF-MOT mask the gradient before the optimizer, so
 inactive weights add nothing to `clipnorm`/`global_clipnorm` or to the

@@ -1,5 +1,5 @@
-"""Issue 8: numpy scalars are accepted, bad arguments get clear errors, and a
-refused call leaves the model untouched."""
+"""dst._validate and its callers: numpy scalars are accepted, bad arguments get
+clear errors, and a refused call leaves the model untouched."""
 
 import json
 import math

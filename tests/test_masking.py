@@ -1,4 +1,4 @@
-"""Masks along every path a model takes: frozen, reloaded, set_weights, cloned."""
+"""dst.masking: masks along every path a model takes: frozen, reloaded, set_weights, cloned."""
 
 import json
 
