@@ -201,6 +201,7 @@ def blockwise(new_mask: F) -> F:
                 int(np.count_nonzero(new)), int(np.count_nonzero(full)))
         return full
 
+    wrapper._dst_blockwise = True  # type: ignore[attr-defined]
     return cast(F, wrapper)
 
 
@@ -230,4 +231,5 @@ def counted_in_blocks(expected_active: F) -> F:
             )
         return entries
 
+    wrapper._dst_blockwise = True  # type: ignore[attr-defined]
     return cast(F, wrapper)

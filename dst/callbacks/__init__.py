@@ -1,17 +1,44 @@
-"""Callbacks that update masks during `model.fit`, one per registered updater."""
+"""Callbacks that update masks during `model.fit`, one per registered updater.
 
-from typing import Any
+Each is generated from the registry (`callback_class`): `dst.callbacks.RigL`
+is the callback of `dst.updaters.RigL`, and an updater registered with
+`dst.updaters.register` gets its callback under its class name here too
+(`dst.callbacks.MyRule`), or by name with `get`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from dst import updaters
 from dst.callbacks.base import DSTCallback, callback_class
-from dst.callbacks.fixed import FixedMasks
-from dst.callbacks.granet import GraNet
-from dst.callbacks.magnitude import MagnitudePruning
-from dst.callbacks.rigl import RigL
-from dst.callbacks.set import SET
-from dst.callbacks.snfs import SNFS
-from dst.callbacks.srigl import SRigL
 from dst.updaters import registry
+
+if TYPE_CHECKING:  # type checkers see the generated classes as DSTCallback subclasses
+    class FixedMasks(DSTCallback): ...
+    class MagnitudePruning(DSTCallback): ...
+    class GraNet(MagnitudePruning): ...
+    class SET(DSTCallback): ...
+    class RigL(SET): ...
+    class SNFS(SET): ...
+    class SRigL(RigL): ...
+else:
+    FixedMasks = callback_class(updaters.FixedMasks)
+    MagnitudePruning = callback_class(updaters.MagnitudePruning)
+    GraNet = callback_class(updaters.GraNet)
+    SET = callback_class(updaters.SET)
+    RigL = callback_class(updaters.RigL)
+    SNFS = callback_class(updaters.SNFS)
+    SRigL = callback_class(updaters.SRigL)
+
+
+def __getattr__(name: str) -> type[DSTCallback]:
+    """The callback of any registered updater, by its class name."""
+    for key in registry.names():
+        updater = registry.get(key)
+        if updater.__name__ == name:
+            return callback_class(updater)
+    raise AttributeError(f"module 'dst.callbacks' has no attribute {name!r}")
 
 
 def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:

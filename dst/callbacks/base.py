@@ -306,13 +306,28 @@ _BY_UPDATER: dict[type[Updater], type[DSTCallback]] = {}
 
 
 def callback_class(updater: type[Updater]) -> type[DSTCallback]:
-    """The callback class of an updater class: the one declared for it
-    (`dst.callbacks.RigL` for `dst.updaters.RigL`), else a subclass of
-    `DSTCallback` of the updater's name, built once."""
+    """The callback class of an updater class, built once from the registry.
+
+    `dst.callbacks.RigL` is `callback_class(dst.updaters.RigL)`: a subclass of
+    the callback of the updater's nearest updater base that has one
+    (`dst.callbacks.SET` here), else of `DSTCallback`, with the updater's
+    name, constructor arguments (plus the callback's own) and docstring.
+    """
     if updater not in _BY_UPDATER:
-        type(updater.__name__, (DSTCallback,), {"__module__": updater.__module__},
+        parent = next((callback_class(base) for base in updater.__mro__[1:]
+                       if isinstance(base, type) and issubclass(base, Updater)
+                       and base is not Updater and _has_constructor(base)), DSTCallback)
+        type(updater.__name__, (parent,),
+             {"__module__": "dst.callbacks", "__qualname__": updater.__name__},
              updater=updater)
     return _BY_UPDATER[updater]
+
+
+def _has_constructor(updater: type[Updater]) -> bool:
+    """Whether `updater` is a concrete algorithm (it defines `new_mask` itself
+    or inherits one from an algorithm), not an abstract helper base."""
+    return any("new_mask" in vars(c) for c in updater.__mro__ if c is not Updater
+               and issubclass(c, Updater))
 
 
 # What a callback's step arguments count from (see DSTCallback's `steps_from`).

@@ -14,7 +14,17 @@ Example loop::
 The callbacks in `dst.callbacks` wrap these for `model.fit`. Each updater is
 registered by name (`register`, `get`); every registered name is also a
 callback: `dst.callbacks.get(name, **kwargs)`.
+
+Every module of this package is imported here, so an algorithm added to the
+package is one new file, `dst/updaters/<name>.py`, whose class registers
+itself with `@register(name)`; it is then reachable by name and as
+`dst.updaters.<ClassName>`.
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from dst.updaters.base import Updater
 from dst.updaters.fixed import FixedMasks
@@ -25,6 +35,21 @@ from dst.updaters.rigl import RigL
 from dst.updaters.set import SET
 from dst.updaters.snfs import SNFS
 from dst.updaters.srigl import SRigL
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def __getattr__(name: str) -> type[Updater]:
+    """Any registered updater, by its class name."""
+    from dst.updaters import registry
+
+    for key in registry.names():
+        if registry.get(key).__name__ == name:
+            return registry.get(key)
+    raise AttributeError(f"module 'dst.updaters' has no attribute {name!r}")
+
 
 __all__ = ["FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL", "Updater",
            "get", "register"]

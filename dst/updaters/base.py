@@ -1,9 +1,12 @@
 """`Updater`: the algorithm API, the hooks every dst algorithm overrides.
 
-`new_mask` (and `step_value`); `grow_scores` for drop-and-grow methods
-(`dst.updaters.SET`); `observe` and `plan` for cross-layer ones (SNFS).
-Binding, the schedule, the mask paths and the writes are the engine's
-(`dst.updaters.engine`).
+`new_mask` (and `step_value`); `drop_scores` and `grow_scores`, the scores
+every built-in rule drops and grows by; `observe` and `plan` for
+cross-layer ones (SNFS). Block structure is applied to whatever these
+return: a subclass's `new_mask` and `expected_active` are run on the grid of
+blocks for a block-masked weight (`dst.blocks.blockwise`), so overriding a
+method cannot lose it. Binding, the schedule, the mask paths and the writes
+are the engine's (`dst.updaters.engine`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from dst._model import Target
 from dst._select import Array, Kit
 from dst._validate import as_end_step, as_int
+from dst.blocks import blockwise, counted_in_blocks
 from dst.schedules import UpdateSteps
 from dst.updaters.engine import Engine
 
@@ -42,6 +46,22 @@ class Updater(Engine):
 
     needs_gradients = False
     update_at_end = False  # also update at `end` when it is off the grid
+    #: Whether the rule runs on block masks (`dst.sparsify(..., block=...)`);
+    #: `bind` refuses a block-masked model for one that does not.
+    supports_blocks = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Block structure belongs to the base, not to each rule: a rule's own
+        # `new_mask` runs on the grid of blocks and its `expected_active`
+        # counts blocks, whether or not the subclass thought of blocks.
+        super().__init_subclass__(**kwargs)
+        if not cls.supports_blocks:
+            return
+        for name, structured in (("new_mask", blockwise),
+                                 ("expected_active", counted_in_blocks)):
+            method = vars(cls).get(name)
+            if method is not None and not getattr(method, "_dst_blockwise", False):
+                setattr(cls, name, structured(method))
 
     def __init__(self, *, update_freq: int = 100, begin_step: int = 0,
                  end_step: int | float | None = 0.75, seed: int | None = None):
@@ -88,12 +108,34 @@ class Updater(Engine):
         """
         raise NotImplementedError
 
+    @counted_in_blocks
     def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         """Active count the new mask must have: by default, unchanged.
 
         Checked per weight; for a cross-layer updater, only the sum.
         """
         return int(old.sum())
+
+    def drop_scores(self, kit: Kit, weight: Array, mask: Array,
+                    grad: Array | None) -> Array | None:
+        """The scores connections are dropped (pruned) by: lower goes first.
+
+        Every built-in rule drops by these; the default is |weight|
+        (magnitude). Return None to drop uniformly at random. Written with
+        `kit.xp` (numpy or `keras.ops`); for a block-masked weight, `weight`
+        and `grad` are block L2 norms.
+        """
+        return kit.xp.abs(weight)
+
+    def grow_scores(self, kit: Kit, weight: Array, mask: Array,
+                    grad: Array | None) -> Array | None:
+        """The scores connections are grown by: higher goes first.
+
+        The default, None, grows uniformly at random (SET); RigL, GraNet,
+        SRigL and SNFS return |grad| (SNFS' `grad` is its momentum). Written
+        like `drop_scores`.
+        """
+        return None
 
     # -- cross-layer hooks (SNFS) -------------------------------------------
     def observe(self, step: Array, grads: dict) -> dict:

@@ -38,7 +38,7 @@ from dst._model import Target, check_keras3_model, dynamic_targets, masked_targe
 from dst._select import Array
 from dst._validate import as_int
 from dst.backend import no_autograph, step_hook, variable_key
-from dst.blocks import count_units
+from dst.blocks import block_of, count_units
 from dst.schedules import UpdateSteps
 from dst.updaters.paths import MaskPaths
 from dst.updaters.slots import OptimizerState
@@ -143,6 +143,13 @@ class Engine(MaskPaths):
                 f"{type(self).__name__} needs a sparsified model, but model "
                 f"'{model.name}' has no masks. Call dst.sparsify(model, "
                 "sparsity) first."
+            )
+        blocked = [t.path for t in targets if block_of(t.constraint) is not None]
+        if blocked and not getattr(self, "supports_blocks", True):
+            raise ValueError(
+                f"{type(self).__name__} does not support block masks; weights {blocked} of "
+                f"model '{model.name}' have them. Sparsify without `block=`, or train "
+                "block masks with SET, RigL, magnitude pruning or GraNet."
             )
         return targets
 

@@ -30,6 +30,16 @@ class FixedMasks(Updater):
     Args:
         seed: unused (no draws are made), kept for the common signature.
             Defaults to None.
+
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.75, "uniform", seed=0)
+        >>> model.compile(keras.optimizers.Adam(use_ema=True), "mse")
+        >>> _ = model.fit(np.ones((16, 8)), np.ones((16, 4)), epochs=2, verbose=0,
+        ...               callbacks=[dst.callbacks.FixedMasks()])
+        >>> int((model.layers[0].kernel.numpy() != 0).sum())
+        8
     """
 
     def __init__(self, *, seed: int | None = None):

@@ -10,7 +10,6 @@ import numpy as np
 from dst._model import dynamic_targets
 from dst._select import Array, Kit
 from dst._validate import as_float
-from dst.blocks import blockwise, counted_in_blocks
 from dst.core import sparsify
 from dst.schedules import DropFraction
 from dst.updaters.base import floor_fraction
@@ -81,6 +80,15 @@ class GraNet(MagnitudePruning):
         >>> up.bind(model)
         >>> round(dst.sparsity(model), 2)
         0.5
+
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
+        >>> model.compile("adam", "mse")
+        >>> cb = dst.callbacks.GraNet(0.8, update_freq=1, end_step=3, seed=0)
+        >>> _ = model.fit(np.ones((40, 8)), np.ones((40, 10)), batch_size=8, verbose=0, callbacks=[cb])
+        >>> round(dst.sparsity(model), 2)
+        0.8
     """
 
     needs_gradients = True
@@ -103,24 +111,28 @@ class GraNet(MagnitudePruning):
                      self.distribution if self.initial_sparsity else "uniform", seed=self.seed)
         return super()._targets(model)
 
+    def grow_scores(self, kit: Kit, weight: Array, mask: Array,
+                    grad: Array | None) -> Array | None:
+        return kit.xp.abs(grad)
+
     def step_value(self, step: int, index: int) -> tuple[int, int]:  # type: ignore[override]
         """(keep_t, k_t): the count the weight keeps, and how many it regrows."""
         keep = super().step_value(step, index)
         rate = DropFraction(self.regrowth_fraction, self.begin, self.end)(step)
         return keep, floor_fraction(rate, keep)
 
-    @counted_in_blocks
     def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         return min(self.step_value(step, index)[0], int(old.sum()))
 
-    @blockwise
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         active = kit.cast(kit.count(mask), "int32")
         keep = xp.minimum(kit.cast(value[0], "int32"), active)
         k = xp.minimum(kit.cast(value[1], "int32"), keep)
-        dropped = kit.select(xp.abs(weight), mask, active - keep + k, salt(0))
+        dropped = kit.select(self.drop_scores(kit, weight, mask, grad), mask,
+                             active - keep + k, salt(0))
         kept = xp.logical_and(mask, xp.logical_not(dropped))
-        grown = kit.select(xp.abs(grad), xp.logical_not(kept), k, salt(1), largest=True)
+        grown = kit.select(self.grow_scores(kit, weight, mask, grad), xp.logical_not(kept), k,
+                           salt(1), largest=True)
         return xp.logical_or(kept, grown)

@@ -13,7 +13,7 @@ from dst import distributions as dist_lib
 from dst._model import check_keras3_model, dynamic_targets
 from dst._select import Array, Kit
 from dst._validate import as_float
-from dst.blocks import block_of, blockwise, counted_in_blocks, grid_shape
+from dst.blocks import block_of, grid_shape
 from dst.core import sparsify
 from dst.schedules import PolynomialSparsity
 from dst.updaters.base import Updater
@@ -52,6 +52,15 @@ class MagnitudePruning(Updater):
     Raises:
         ValueError: an argument out of range, or `initial_sparsity` greater
             than `final_sparsity`.
+
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
+        >>> model.compile("adam", "mse")
+        >>> cb = dst.callbacks.MagnitudePruning(0.8, update_freq=1, end_step=3)
+        >>> _ = model.fit(np.ones((40, 8)), np.ones((40, 10)), batch_size=8, verbose=0, callbacks=[cb])
+        >>> round(dst.sparsity(model), 2)
+        0.8
     """
 
     update_at_end = True
@@ -123,17 +132,16 @@ class MagnitudePruning(Updater):
     def step_value(self, step: int, index: int) -> int:
         return int(self.target_counts(step)[self.targets[index].path])
 
-    @counted_in_blocks
     def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         return min(int(self.step_value(step, index)), int(old.sum()))
 
-    @blockwise
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         active = kit.count(mask)
         keep = xp.minimum(kit.cast(value, "int32"), kit.cast(active, "int32"))
-        pruned = kit.select(xp.abs(weight), mask, active - keep, salt(0))
+        pruned = kit.select(self.drop_scores(kit, weight, mask, grad), mask, active - keep,
+                            salt(0))
         return xp.logical_and(mask, xp.logical_not(pruned))
 
 

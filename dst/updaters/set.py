@@ -10,7 +10,6 @@ import numpy as np
 
 from dst._select import Array, Kit
 from dst._validate import as_float
-from dst.blocks import blockwise, counted_in_blocks
 from dst.schedules import DROP_FRACTION_SCHEDULES, DropFraction
 from dst.updaters.base import Updater, floor_fraction
 from dst.updaters.registry import register
@@ -46,9 +45,9 @@ class SET(Updater):
     """Sparse Evolutionary Training (Mocanu et al. 2018, Nature Communications).
 
     At each update step t, for each weight: drop the k = floor(f(t) · n)
-    active connections of smallest magnitude (n: the weight's active count at
-    `bind`), then grow k connections chosen by `grow_scores` (uniformly at
-    random for SET) among the candidates given by `grow_candidates`:
+    active connections of lowest `drop_scores` (magnitude; n: the weight's
+    active count at `bind`), then grow k connections chosen by `grow_scores`
+    (uniformly at random for SET) among the candidates given by `grow_candidates`:
 
     - "after_drop" (the default, as in the SET, RigL and jaxpruner
       references): every connection inactive after the drop, including the
@@ -91,6 +90,16 @@ class SET(Updater):
         end_step: last step that may update: an int, or a float in (0, 1]
             meaning that fraction of the fit's total steps. Defaults to 0.75.
         seed: seed for the random draws. Defaults to None.
+
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> model.compile("adam", "mse")
+        >>> cb = dst.callbacks.SET(update_freq=2, seed=0)
+        >>> h = model.fit(np.ones((32, 8)), np.ones((32, 4)), epochs=2, verbose=0, callbacks=[cb])
+        >>> round(h.history["sparsity"][-1], 2)
+        0.5
     """
 
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
@@ -143,7 +152,6 @@ class SET(Updater):
         the n connections the weight had active at `bind` (SET keeps n)."""
         return floor_fraction(self.drop_fraction_at(step), self.active[index])
 
-    @blockwise  # block masks: the same rule on the grid of blocks (dst/blocks.py)
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
@@ -151,18 +159,9 @@ class SET(Updater):
         after_drop = self.grow_candidates == "after_drop"
         room = active if after_drop else math.prod(mask.shape) - active
         k = xp.minimum(kit.cast(value, "int32"), kit.cast(room, "int32"))
-        dropped = kit.select(xp.abs(weight), mask, k, salt(0))
+        dropped = kit.select(self.drop_scores(kit, weight, mask, grad), mask, k, salt(0))
         kept = xp.logical_and(mask, xp.logical_not(dropped))
         candidates = xp.logical_not(kept if after_drop else mask)
         grown = kit.select(self.grow_scores(kit, weight, mask, grad), candidates, k, salt(1),
                            largest=True)
         return xp.logical_or(kept, grown)
-
-    @counted_in_blocks
-    def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
-        return super().expected_active(index, old, step)
-
-    def grow_scores(self, kit: Kit, weight: Array, mask: Array,
-                    grad: Array | None) -> Array | None:
-        """Higher scores grow first; None means uniformly at random (SET)."""
-        return None

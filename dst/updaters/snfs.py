@@ -12,7 +12,6 @@ import numpy as np
 from dst import _compat
 from dst._select import Array, Kit
 from dst._validate import as_float
-from dst.blocks import block_of
 from dst.updaters.registry import register
 from dst.updaters.set import SET, fraction_count, fraction_units
 
@@ -86,9 +85,21 @@ class SNFS(SET):
         ...               callbacks=[cb])
         >>> round(h.history["sparsity"].pop(), 2)
         0.5
+
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8),
+        ...                           keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> model.compile("adam", "mse")
+        >>> cb = dst.callbacks.SNFS(update_freq=2, momentum=0.9, seed=0)
+        >>> h = model.fit(np.ones((32, 8)), np.ones((32, 4)), epochs=2, verbose=0, callbacks=[cb])
+        >>> round(h.history["sparsity"][-1], 2)
+        0.5
     """
 
     needs_gradients = True
+    supports_blocks = False
 
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
                  drop_fraction_schedule: str | Callable[[int], float] = "cosine",
@@ -108,12 +119,6 @@ class SNFS(SET):
              first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None,
              **kwargs: Any) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
-        blocked = [t.path for t in self.targets if block_of(t.constraint) is not None]
-        if blocked:
-            raise ValueError(
-                f"SNFS does not support block masks; weights {blocked} of model "
-                f"'{model.name}' have them. Use SET or RigL for block-sparse training."
-            )
         with _compat.strategy_scope(model):
             self.momenta = [keras.Variable(np.zeros(t.shape, t.variable.dtype),
                                            trainable=False, name="dst_momentum")
@@ -171,11 +176,16 @@ class SNFS(SET):
                  salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
         drop, grow = value
-        dropped = kit.select(xp.abs(weight), mask, drop, salt(0))
+        dropped = kit.select(self.drop_scores(kit, weight, mask, grad), mask, drop, salt(0))
         kept = xp.logical_and(mask, xp.logical_not(dropped))
         candidates = xp.logical_not(kept if self.grow_candidates == "after_drop" else mask)
-        grown = kit.select(xp.abs(grad), candidates, grow, salt(1), largest=True)
+        grown = kit.select(self.grow_scores(kit, weight, mask, grad), candidates, grow, salt(1),
+                           largest=True)
         return xp.logical_or(kept, grown)
+
+    def grow_scores(self, kit: Kit, weight: Array, mask: Array,
+                    grad: Array | None) -> Array | None:
+        return kit.xp.abs(grad)  # `grad` is the momentum (`observe`)
 
     def expected_active(self, index: int, old: np.ndarray, step: int) -> int:
         """Each weight's count changes; the base checks that the sum of these,

@@ -12,7 +12,6 @@ import numpy as np
 from dst import _select
 from dst._select import Array, Kit
 from dst._validate import as_float
-from dst.blocks import block_of
 from dst.updaters.registry import register
 from dst.updaters.rigl import RigL
 from dst.updaters.set import fraction_count, fraction_units
@@ -70,6 +69,17 @@ class SRigL(RigL):
         >>> dst.updaters.SRigL(seed=0, end_step=10).bind(model)
         >>> dst.get_masks(model)[model.layers[0].kernel.path].sum(axis=0).tolist()
         [3, 3, 3, 3]
+
+    Examples:
+        >>> import numpy as np, keras, dst
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> model = dst.sparsify(model, 0.5, "uniform", seed=0)
+        >>> model.compile("sgd", "mse")
+        >>> cb = dst.callbacks.SRigL(update_freq=1, drop_fraction=0.5, seed=0)
+        >>> _ = model.fit(np.ones((8, 8)), np.ones((8, 4)), epochs=2, verbose=0, callbacks=[cb])
+        >>> fans = dst.get_masks(model)[model.layers[0].kernel.path].sum(axis=0)
+        >>> len(set(fans.tolist()) - {0})  # one fan-in for every unit not ablated
+        1
     """
 
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
@@ -90,11 +100,6 @@ class SRigL(RigL):
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
         for index, t in enumerate(self.targets):
             assert t.constraint is not None  # a dynamic target has a mask
-            if block_of(t.constraint) is not None:
-                raise ValueError(
-                    f"SRigL does not support block masks; '{t.path}' has blocks "
-                    f"{block_of(t.constraint)}. Sparsify without `block=`."
-                )
             old = keras.ops.convert_to_numpy(t.constraint.mask).astype(bool)
             new = constant_fan_in(old, int(_select.salt(np, self.seed, 0, index, 3)))
             if not np.array_equal(old, new):
@@ -106,6 +111,8 @@ class SRigL(RigL):
         active at the update, which an ablation lowers)."""
         return fraction_units(self.drop_fraction_at(step))
 
+    supports_blocks = False
+
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
@@ -114,7 +121,7 @@ class SRigL(RigL):
         units = shape[-1]
         m = xp.reshape(mask, (fan_max, units))
         w = xp.reshape(weight, (fan_max, units))
-        g = xp.abs(xp.reshape(grad, (fan_max, units)))
+        g = self.grow_scores(kit, w, m, xp.reshape(grad, (fan_max, units)))
 
         def i32(x):
             return kit.cast(x, "int32")
@@ -124,7 +131,8 @@ class SRigL(RigL):
 
         n = i32(kit.count(m))
         k = xp.minimum(fraction_count(kit, value, n), n)
-        kept = xp.logical_and(m, xp.logical_not(kit.select(xp.abs(w), m, k, salt(0))))
+        kept = xp.logical_and(m, xp.logical_not(kit.select(self.drop_scores(kit, w, m, g), m, k,
+                                                           salt(0))))
         inactive = xp.logical_not(m)
         top = kit.select(g, inactive, xp.minimum(k, i32(kit.count(inactive))), salt(2),
                          largest=True)
