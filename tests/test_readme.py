@@ -1,11 +1,16 @@
-"""The README's example runs as written."""
+"""The README's example runs as written, and the README and the docs name only public API."""
 
 import re
 from pathlib import Path
 
 import keras
+import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# `dst.name` or `dst.module.name`, not inside a path or a word (docs/api/dst.md, keras-dst).
+DST_NAME = re.compile(r"(?<![\w/.-])dst\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?")
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):
@@ -20,13 +25,32 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert not any("dst" in type(layer).__module__ for layer in plain.layers)
 
 
-def test_every_dst_name_in_the_readme_is_public():
+def test_the_ten_lines_are_the_readmes_only_python_block():
+    """tests/test_docs.py runs the docs' blocks; this file runs the README's one."""
+    assert README.read_text().count("```python") == 1
+
+
+def _private_names(text: str) -> list[str]:
     import dst
 
-    names = set(re.findall(r"\bdst\.([A-Za-z_]\w*)", README.read_text()))
-    modules = {"py", "callbacks", "updaters", "layers", "distributions", "export", "backend",
-               "masking",
-               "blocks", "schedules"}
-    top = {n for n in names if n not in modules and not n.startswith("_")}
-    assert top, "no dst names found"
-    assert sorted(n for n in top if n not in dst.__all__) == []
+    private = []
+    for top, attr in DST_NAME.findall(text):
+        if top not in dst.__all__:
+            private.append(f"dst.{top}")
+            continue
+        module = getattr(dst, top)
+        if attr and hasattr(module, "__all__") and attr not in module.__all__:
+            private.append(f"dst.{top}.{attr}")
+    return sorted(set(private))
+
+
+def test_every_dst_name_in_the_readme_is_public():
+    assert DST_NAME.search(README.read_text()), "no dst names found"
+    assert _private_names(README.read_text()) == []
+
+
+@pytest.mark.parametrize("page", sorted(p.relative_to(DOCS).as_posix()
+                                        for p in DOCS.rglob("*.md")
+                                        if not p.is_relative_to(DOCS / "api")))
+def test_every_dst_name_in_the_docs_is_public(page):
+    assert _private_names((DOCS / page).read_text()) == []
