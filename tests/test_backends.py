@@ -42,6 +42,7 @@ def agreement_runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # a process per backend
 @pytest.mark.tensorflow_only  # runs all three backends itself
 @pytest.mark.parametrize("method", AGREEMENT_METHODS)
 def test_the_same_seed_gives_the_same_masks_on_every_backend(agreement_runs, method):
@@ -147,6 +148,7 @@ def test_the_masks_are_not_model_state_outside_a_dst_fit():
 # -- data-parallel training on each backend -----------------------------------
 # These spawn their own processes, each with the backend it needs, so they run
 # once (in the TensorFlow suite) rather than once per backend.
+@pytest.mark.slow  # a JAX process
 @pytest.mark.tensorflow_only
 def test_jax_data_parallel_masks_are_the_same_on_every_device_and_as_on_one():
     out = json.loads(_run_script("jax_data_parallel.py", backend="jax").strip().splitlines()[-1])
@@ -157,6 +159,7 @@ def test_jax_data_parallel_masks_are_the_same_on_every_device_and_as_on_one():
     assert out["max_weight_diff"] < 1e-5
 
 
+@pytest.mark.slow  # three PyTorch processes
 @pytest.mark.tensorflow_only
 def test_torch_ddp_masks_are_the_same_on_every_rank_and_as_on_one(tmp_path):
     port = str(_free_port())
@@ -186,6 +189,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two JAX processes
 @pytest.mark.tensorflow_only
 def test_jax_multi_process_masks_are_the_same_in_both_processes_and_as_in_one(tmp_path):
     # Keras 3's multi-host path: jax.distributed.initialize, then DataParallel
@@ -250,6 +254,7 @@ def test_jax_refuses_a_train_step_with_its_own_optimizer():
                   callbacks=[dst.callbacks.SET(update_freq=1, end_step=2, seed=0, optimizer=own)])
 
 
+@pytest.mark.slow  # a new process
 @pytest.mark.tensorflow_only  # spawns its own process
 def test_an_unsupported_backend_is_named_in_the_error():
     env = dict(os.environ, KERAS_BACKEND="numpy", TF_CPP_MIN_LOG_LEVEL="3")

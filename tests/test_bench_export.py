@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.tensorflow_only  # TFLite conversion goes through TensorFlow
+pytestmark = [pytest.mark.tensorflow_only,  # TFLite conversion goes through TensorFlow
+              pytest.mark.slow]  # an end-to-end benchmark run
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tensorflow_model_optimization")

@@ -117,6 +117,7 @@ def no_dst_objects(model):
     assert "dst" not in model.to_json()
 
 
+@pytest.mark.slow  # a new process
 def test_strip_removes_the_mask_of_a_frozen_layer(tmp_path):
     model = frozen_model()
     x, _ = data(model, seed=1)

@@ -48,6 +48,7 @@ def test_stored_notebook_matches_its_source_and_has_outputs(path):
     assert params.source.startswith("SMALL = False"), "stored copies are full-budget runs"
 
 
+@pytest.mark.slow  # a kernel process per notebook
 @pytest.mark.parametrize("path", SOURCES, ids=[p.stem for p in SOURCES])
 def test_notebook_executes_in_small_mode(path, tmp_path, monkeypatch):
     nb = jupytext.read(path)

@@ -86,6 +86,7 @@ json.dump(
 """
 
 
+@pytest.mark.slow  # a new process
 def test_keras_file_restores_masks_exactly_in_a_new_process(tmp_path):
     model = rich_model()
     dst.sparsify(model, 0.7, seed=0)
@@ -190,6 +191,7 @@ def test_save_weights_round_trip_into_a_model_with_other_masks(tmp_path):
     assert all(np.all(values[p][~m] == 0) for p, m in masks.items())
 
 
+@pytest.mark.slow  # a new process
 def test_load_model_restores_mha_masks_in_a_new_process(tmp_path):
     # MultiHeadAttention hands one constraint to its four projections and
     # rebuilds them from its own config: a dst.MaskGroup carries all four.

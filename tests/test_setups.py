@@ -107,7 +107,9 @@ def test_steps_per_execution_updates_at_exactly_the_scheduled_steps(name, k, fre
 
 
 @pytest.mark.tensorflow_only  # JAX is always compiled, PyTorch never (the host path)
-@pytest.mark.parametrize("name", ["set", "rigl", "magnitude", "granet", "srigl", "snfs"])
+@pytest.mark.parametrize("name", ["set", "rigl", "magnitude", "snfs",
+                                  pytest.param("granet", marks=pytest.mark.slow),
+                                  pytest.param("srigl", marks=pytest.mark.slow)])
 def test_jit_compile_gives_the_same_masks_as_the_host_path(name):
     results = []
     for jit in (False, True):
@@ -526,6 +528,7 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a new process
 @pytest.mark.tensorflow_only
 def test_mirrored_strategy_rigl_grows_from_the_global_batch_gradient():
     proc = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,

@@ -173,6 +173,7 @@ def _fit(jit_compile):
     return model, records, history
 
 
+@pytest.mark.slow  # two fits; test_setups checks the compiled SNFS step too
 def test_host_and_in_graph_paths_give_the_same_masks():
     if BACKEND == "torch":
         pytest.skip("PyTorch runs the step eagerly: masks are always computed on the host")
@@ -365,6 +366,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a new process
 @pytest.mark.tensorflow_only
 def test_mirrored_strategy_smooths_the_global_gradient_and_replicas_agree():
     import json

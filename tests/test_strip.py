@@ -65,6 +65,7 @@ json.dump(
 """
 
 
+@pytest.mark.slow  # a new process
 def test_stripped_model_loads_without_dst_with_equal_predictions(tmp_path):
     model = sparse_model()
     masks = dst.get_masks(model)

@@ -283,7 +283,8 @@ def test_fits_of_one_model_reuse_the_lean_program_unless_it_observes():
     assert fit(dst.callbacks.SET(update_freq=2, seed=0)) is not first
 
 
-@pytest.mark.parametrize("name", ["set", "rigl", "magnitude"])
+@pytest.mark.parametrize("name", ["set", "rigl",
+                                  pytest.param("magnitude", marks=pytest.mark.slow)])
 def test_a_callback_reused_by_fits_of_one_length_reuses_its_update_program(name):
     make = {
         "set": lambda seed=0: dst.callbacks.SET(update_freq=2, drop_fraction=0.3,
@@ -341,6 +342,7 @@ def test_a_new_callback_with_other_arguments_or_no_seed_builds_its_own_program()
     assert programs[2] is not programs[1]
 
 
+@pytest.mark.slow  # sixteen fits
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's VmRSS")
 def test_repeated_fits_with_a_new_equal_callback_keep_no_memory():
     def rss_mib():
