@@ -9,6 +9,7 @@ MLP-style models served from Python on CPU.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -18,7 +19,7 @@ from dst import _compat
 
 __all__ = ["CSRModel", "to_npz"]
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda h: h,
     "relu": lambda h: np.maximum(h, 0, out=h),
     "relu6": lambda h: np.clip(h, 0, 6, out=h),
@@ -130,8 +131,8 @@ class CSRModel:
         n = h.shape[0]
         h = h.reshape(n, -1).T  # (features, batch): CSR (out, in) @ (in, batch)
         for step, layer in zip(self.steps, self._layers):
-            kind, _, act = step.partition(":")
-            if kind == "dense":
+            act = step.partition(":")[2]
+            if layer is not None:  # a dense step
                 matrix, bias = layer
                 h = matrix @ h + bias
             if act:

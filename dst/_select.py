@@ -41,7 +41,9 @@ Array = Any
 class Kit(Protocol):
     """What a mask rule may use: `NUMPY` on the host, `OPS` in-graph."""
 
-    xp: Any  # numpy, or keras.ops
+    @property
+    def xp(self) -> Any:  # numpy, or keras.ops
+        ...
 
     def cast(self, x: Array, dtype: str) -> Array: ...
 

@@ -264,7 +264,7 @@ class _MaskedValues:
     def __enter__(self):
         for t in self.targets:
             value = _compat.to_numpy(t.variable)
-            masked = np.where(t.constraint.numpy(), value, 0).astype(value.dtype)
+            masked = np.where(t.mask_constraint.numpy(), value, 0).astype(value.dtype)
             if not np.array_equal(masked, value):
                 self.saved.append((t.variable, value))
                 t.variable.assign(masked)

@@ -129,6 +129,7 @@ def sparse_train_function(model, optimizer, sparse, state):
         carrier = {"in": [step_state[1][i] for i in where], "out": None}
         with _Threaded(outer, inner, extra, carrier), step_hook(optimizer, sparse):
             logs, (tv, ntv, ov, mv) = original_step(step_state, data)
+        assert carrier["out"] is not None, "_Threaded sets it inside the step"
         ntv = list(ntv)
         for i, value in zip(where, carrier["out"]):
             ntv[i] = value
