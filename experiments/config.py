@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -36,7 +37,6 @@ from experiments import methods as methods_lib
 
 DATASETS = ("digits", "teacher", "fashion_mnist", "mnist", "cifar10")
 IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")
-METHODS = methods_lib.NAMES
 BACKENDS = ("tensorflow", "jax", "torch")
 LR_SCHEDULES = ("constant", "cosine", "step")
 # Sweep-style singular names (`--method rigl --sparsity 0.9 --seed 0`).
@@ -80,6 +80,15 @@ def _as_list(value):
 def _lower_list(value):
     value = _as_list(value)
     return [_lower(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+def _known_method(name: str) -> str:
+    # Checked against the registry when the config is read, so an updater
+    # registered by then (a user's, or one added to dst) is a method.
+    known = methods_lib.names()
+    if name not in known:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(known)}")
+    return name
 
 
 def _unique(items: list) -> list:
@@ -241,8 +250,10 @@ class Config(_Strict):
         description="digits and teacher need no download")
     model: Model = Field(description="mlp (option hidden), cnn, or resnet "
                                      "(options blocks, width); a name or a mapping")
-    methods: Annotated[list[Literal[METHODS]], BeforeValidator(_lower_list)] = Field(
-        description="methods to compare")
+    methods: Annotated[list[Annotated[str, AfterValidator(_known_method)]],
+                       BeforeValidator(_lower_list)] = Field(
+        description="methods to compare: a row of experiments/methods.py or any "
+                    "name registered with dst.updaters.register")
     sparsities: Annotated[list[Sparsity], BeforeValidator(_as_list)] = Field(
         description="target sparsities in (0, 1)")
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_as_list)] = Field(

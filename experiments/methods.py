@@ -4,11 +4,17 @@ Each entry says how a method trains (which framework, whether the model is
 sparsified first, which dst callback drives it and with which arguments),
 which layer-wise distributions it runs with, and how it looks in every figure
 (one fixed colour, marker and label). Adding a method is adding a row here.
+
+Every updater registered with `dst.updaters.register` that no row trains
+with is a method too, by its registered name (`names`, `get`): its row is
+generated (`registered_row`), so an algorithm added to dst runs here with no
+row, and a row is only needed for its own colour, label or arguments.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -149,21 +155,70 @@ TABLE: dict[str, Method] = {m.name: m for m in (
     Method("snfs", "SNFS", "tab:brown", "h", sparsify=True, callback="snfs",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
 )}
+#: The table's own rows, in display order (`names()` adds registered updaters).
 NAMES: tuple[str, ...] = tuple(TABLE)
 # Line styles that tell the distributions of one method apart in a figure.
 DISTRIBUTION_STYLES = {"erk": "-", "uniform": "--", "er": ":", "none": "-"}
 
 
+# Styles of the generated rows, in turn (the table's rows use tab10).
+_EXTRA_STYLES = [("tab:olive", "d"), ("tab:pink", "8"), ("goldenrod", "H"),
+                 ("teal", "<"), ("slateblue", ">"), ("sienna", "1")]
+
+
+def names() -> tuple[str, ...]:
+    """Every method: the table's rows, then each registered dst updater that
+    no row trains with (sorted), as `dst.updaters.register` named it."""
+    from dst.updaters import registry
+
+    used = {m.callback for m in TABLE.values()}
+    return NAMES + tuple(n for n in registry.names() if n not in TABLE and n not in used)
+
+
 def get(name: str) -> Method:
-    """The table row of `name`; an unknown name lists the known ones."""
-    try:
+    """The row of `name`: the table's, or one generated for a registered
+    updater (`registered_row`); an unknown name lists the known ones."""
+    if name in TABLE:
         return TABLE[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown method {name!r}. Known methods: {', '.join(NAMES)}."
-        ) from None
+    known = names()
+    if name not in known:
+        raise ValueError(f"Unknown method {name!r}. Known methods: {', '.join(known)}.")
+    return registered_row(name, known.index(name) - len(NAMES))
+
+
+def registered_row(name: str, index: int = 0) -> Method:
+    """The row of an updater registered as `name` that has no row in the table.
+
+    Its label is the class name. It trains a `dst.sparsify`-ed model at the
+    target sparsity (constant), or, when the constructor takes
+    `final_sparsity` (a pruning method), a dense model pruned to it
+    (gradual). Its callback gets, of the config's arguments, those its
+    constructor takes: final_sparsity, update_freq, drop_fraction,
+    drop_fraction_schedule, grow_candidates, begin_step, end_step,
+    distribution and seed.
+    """
+    import dst
+
+    updater = dst.updaters.get(name)
+    params = inspect.signature(updater).parameters
+    prunes = "final_sparsity" in params
+    color, marker = _EXTRA_STYLES[index % len(_EXTRA_STYLES)]
+
+    def kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
+        given = dict(final_sparsity=sparsity, update_freq=cfg["update_freq"],
+                     drop_fraction=cfg["drop_fraction"],
+                     drop_fraction_schedule=cfg["drop_fraction_schedule"],
+                     grow_candidates=cfg["grow_candidates"], begin_step=begin, end_step=end,
+                     distribution=distribution, seed=seed)
+        return {k: v for k, v in given.items() if k in params}
+
+    return Method(name, updater.__name__, color, marker, sparsify=not prunes, callback=name,
+                  distribution_field="distribution",
+                  schedule=bool({"update_freq", "begin_step", "end_step"} & set(params)),
+                  sparsity_schedule="gradual" if prunes else "constant", kwargs=kwargs)
 
 
 def order(name: str) -> int:
     """Position of `name` in the display order (unknown names last)."""
-    return NAMES.index(name) if name in TABLE else len(NAMES)
+    known = names()
+    return known.index(name) if name in known else len(known)

@@ -251,7 +251,8 @@ def use_backend(name) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.run",
-        description="Compare " + ", ".join(methods.NAMES) + " training.",
+        description="Compare " + ", ".join(methods.NAMES) + " training (or any method "
+                    "registered with dst.updaters.register).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any other --field value (or --field=value) overrides a config field; "
                "values are read as YAML.\n--method/--sparsity/--seed set one value "
