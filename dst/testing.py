@@ -463,7 +463,8 @@ def _main(argv: list[str]) -> None:
     target, payload, out = argv
     module, name = target.split(":")
     cls = getattr(importlib.import_module(module), name)
-    np.savez(out, **protocol_run(cls, json.loads(payload)))
+    record: dict[str, Any] = protocol_run(cls, json.loads(payload))
+    np.savez(out, **record)
 
 
 if __name__ == "__main__":
