@@ -79,6 +79,7 @@ def test_float32_export_matches_predict_on_digits_mlp(tmp_path):
     assert relative_error(runner(x[:1]), model.predict(x[:1], verbose=0)) < 1e-5
 
 
+@pytest.mark.slow  # a conv model converted
 def test_float32_export_matches_predict_on_cnn():
     model = small_cnn()
     x = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype("float32")
@@ -102,6 +103,7 @@ def test_sparse_file_is_smaller_than_dense():
     assert ratio > 5, ratio
 
 
+@pytest.mark.slow  # trains, then calibrates int8
 def test_int8_accuracy_within_one_point_on_digits():
     model = trained_digits_mlp()
     x_train, _, x, y = digits()
@@ -257,6 +259,7 @@ def rnn_classifier(unroll):
                              keras.layers.Dense(2)])
 
 
+@pytest.mark.slow  # converts an RNN twice
 def test_rnn_loop_names_the_op_the_layer_and_unroll():
     with pytest.raises(ValueError, match=r"ops \['TensorListReserve'\] .*recurrent layers "
                        r"'encoder' \(LSTM\)\. Build them with `unroll=True`") as info:
@@ -297,6 +300,7 @@ def test_npz_refuses_what_it_cannot_run():
         dst.export.convert(seq, format="onnx")
 
 
+@pytest.mark.slow  # trains, then converts twice
 def test_the_export_guide_example_runs(tmp_path, monkeypatch):
     import re
     from pathlib import Path
