@@ -93,13 +93,16 @@ def check_updater(updater: type[Updater] | str, /, *,
             `backends`).
 
     Raises:
-        AssertionError: an invariant broke; the message names it.
+        AssertionError: an invariant broke, or the updater raised while it
+            was checked; the message names the invariant (and the error).
         TypeError: `updater` is not an `Updater` subclass or a name, or
             `kwargs` are not its arguments.
 
     Examples:
         >>> import dst
-        >>> dst.testing.check_updater("set", drop_fraction=0.5)
+        >>> dst.testing.INVARIANTS[0]
+        'host path equals in-graph path, with counts as promised'
+        >>> dst.testing.check_updater("set", drop_fraction=0.5)  # doctest: +SKIP
     """
     cls = _resolve(updater)
     args = _arguments(cls, kwargs)
@@ -118,9 +121,11 @@ def check_updater(updater: type[Updater] | str, /, *,
     for invariant, check in checks:
         try:
             check()
-        except AssertionError as err:
+        except Exception as err:  # an error inside the rule breaks the invariant too
+            detail = str(err) if isinstance(err, AssertionError) else \
+                f"{type(err).__name__}: {err}"
             raise AssertionError(
-                f"dst.testing.check_updater({cls.__name__}): {invariant}: {err}") from err
+                f"dst.testing.check_updater({cls.__name__}): {invariant}: {detail}") from err
 
 
 # -- setup ------------------------------------------------------------------------

@@ -245,6 +245,7 @@ def test_magnitude_pruning_exact_counts_from_dense():
     assert dst.sparsity(model) == pytest.approx(0.9, abs=0.01)
 
 
+@pytest.mark.slow  # a teacher-student run per method
 def test_teacher_student_rigl_recovers_more_than_set():
     rng = np.random.default_rng(0)
     teacher_mask = np.zeros((20, 1), bool)

@@ -39,6 +39,7 @@ def tiny(**overrides) -> dict:
 
 
 # -- end to end ------------------------------------------------------------------
+@pytest.mark.slow  # every method end to end
 def test_tiny_config_runs_every_method(tmp_path):
     cfg = tiny(methods=list(methods.NAMES))  # every row of the one method table
     n = len(methods.NAMES)
@@ -79,6 +80,7 @@ def test_tiny_config_runs_every_method(tmp_path):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # conv models end to end
 @pytest.mark.parametrize("model", ["cnn", "resnet"])
 def test_conv_models_train_with_dst_and_tfmot(model, tmp_path):
     cfg = tiny(model=model, methods=["magnitude", "tfmot"], max_train_samples=64,
@@ -117,6 +119,7 @@ def wandb_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.slow  # runs end to end
 def test_wandb_offline_runs_follow_the_keras_conventions(tmp_path, monkeypatch, wandb_calls):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
@@ -155,6 +158,7 @@ def test_wandb_offline_runs_follow_the_keras_conventions(tmp_path, monkeypatch, 
         assert summary["test_accuracy"] == pytest.approx(row["test_accuracy"])
 
 
+@pytest.mark.slow  # runs end to end
 def test_separate_processes_share_a_folder_and_merge(tmp_path, capsys):
     """Like parallel W&B agents: each run writes its own file; a merge builds the table."""
     out = tmp_path / "out"
@@ -315,6 +319,7 @@ def test_missing_idx_files_are_named(tmp_path):
         data_lib.load("fashion_mnist", data_dir=str(tmp_path))
 
 
+@pytest.mark.slow  # runs and TFLite exports end to end
 def test_block_and_export_options(tmp_path, monkeypatch):
     """`block:` gives every sparse method block masks (dst's and TF-MOT's);
     `export:` adds TFLite size, latency and accuracy columns and a table."""
@@ -367,6 +372,7 @@ def test_block_and_export_options(tmp_path, monkeypatch):
     assert re.search(r"\| tfmot \| uniform \[block 4x1\] \| 0\.75 \| [\d.]+ ± 0\.0 \| [\d.]+ ± 0\.0 \|", text)
 
 
+@pytest.mark.slow  # a run and an int8 export
 def test_int8_export_of_a_tiny_run(tmp_path):
     cfg = tiny(methods=["rigl"], export={"quantize": "int8", "batch_sizes": [2], "calls": 2})
     (row,) = run.run_jobs(run.plan(cfg), tmp_path, print_fn=lambda *_: None)
@@ -682,6 +688,7 @@ def test_shipped_configs_are_valid(path):
     assert run.plan(cfg)
 
 
+@pytest.mark.slow  # a new process
 def test_the_backend_field_runs_the_dst_methods_on_that_backend(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled")
@@ -721,6 +728,7 @@ def test_lr_schedules_follow_their_formulas_in_both_frameworks(framework):
     assert constant.get_config()["learning_rate"] == pytest.approx(0.1)
 
 
+@pytest.mark.slow  # runs end to end
 def test_rigl_2x_trains_twice_the_steps_with_the_schedule_stretched(tmp_path):
     cfg = tiny(methods=["rigl", "rigl_2x"], lr_schedule="cosine",
                optimizer={"name": "sgd", "learning_rate": 0.1})
@@ -771,6 +779,7 @@ def test_batch_order_is_one_numpy_stream_per_seed():
         np.testing.assert_array_equal(y.numpy(), data.y_train[idx])
 
 
+@pytest.mark.slow  # runs end to end
 def test_dst_and_tfmot_runs_of_a_seed_see_the_same_first_epoch(tmp_path):
     """Same start, same batches, same optimizer: before TF-MOT's pruning begins
     (at 50% = the second epoch), its run matches the dense run step for step."""

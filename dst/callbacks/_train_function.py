@@ -96,6 +96,7 @@ class SparseTrainFunction:
         self.armed = False
         following = self.updater.schedule.next_update(self.step)
         if following is not None and following < self.step + self.window:
+            assert self.full is not None  # built whenever an update step is left
             result = self.full(*args)
             self._read_step(result)
             return result

@@ -7,6 +7,7 @@ weight by weight or planned across weights (`plan`). Each returns
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -62,9 +63,9 @@ class MaskPaths:
     def _masks_on_host(self, index, step, weight, old, grad):
         target = self.targets[index]
 
-        def compute(step, w, m, *g):
+        def compute(step, w, m, *grads):
             step = int(step)
-            g = g[0] if g else None
+            g = grads[0] if grads else None
             if not (np.isfinite(w).all() and (g is None or np.isfinite(g).all())):
                 return m, np.bool_(False)
             new = self.new_mask(kit_for(_select.NUMPY, target), w, m, g,
@@ -109,6 +110,7 @@ class MaskPaths:
     def _value_table(self):
         """Update steps and the `step_value` of each (step, weight), for XLA."""
         if self._table is None:
+            assert self.schedule is not None  # set by `bind`
             steps = self.schedule.steps()
             table = np.array([[self.step_value(s, i) for i in range(len(self.targets))]
                               for s in steps], dtype="int32")
@@ -141,9 +143,8 @@ class MaskPaths:
             news = []
             for i, target in enumerate(self.targets):
                 value = _host_value(planned[i])
-                new = self.new_mask(
-                    kit_for(_select.NUMPY, target), weights[i], masks[i], grads[i], value,
-                    lambda role, i=i: int(_select.salt(np, self.seed, step, i, role)))
+                new = self.new_mask(kit_for(_select.NUMPY, target), weights[i], masks[i],
+                                    grads[i], value, _host_salt(self.seed, step, i))
                 news.append(np.asarray(new, dtype=bool))
             want = sum(self.expected_active(i, masks[i], step) for i in range(n))
             _check_total(self.targets, masks, news, want, who)
@@ -196,6 +197,11 @@ def _check(target, old, new, want: int, who: str) -> None:
             f"{who} produced {got} active connections for '{target.path}', "
             f"expected {want} (had {int(old.sum())})."
         )
+
+
+def _host_salt(seed: int, step: int, index: int) -> Callable[[int], int]:
+    """`salt(role)` of one weight's update on the host."""
+    return lambda role: int(_select.salt(np, seed, step, index, role))
 
 
 def _host_value(value):
