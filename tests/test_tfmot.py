@@ -326,7 +326,8 @@ def test_pruning_summaries(tmp_path):
 def test_conformance_kit():
     dst.testing.check_updater(tfmot_sparsity.TFMOTPruning,
                               pruning_schedule=PolynomialDecay(0.5, 0.9, 0, 12, frequency=2))
-    dst.testing.check_updater("tfmot", pruning_schedule=ConstantSparsity(0.75, 0, frequency=3),
+    dst.testing.check_updater("tfmot_pruning",
+                              pruning_schedule=ConstantSparsity(0.75, 0, frequency=3),
                               block_size=(2, 2), block_pooling_type="MAX")
 
 

@@ -12,7 +12,7 @@ Change the import and keep the code::
 
 The same names, arguments, defaults and pruning rule as TF-MOT, without
 wrapper layers: pruned weights carry dst masks, and `UpdatePruningStep` is the
-dst callback of the registered updater "tfmot" (`TFMOTPruning`). See the guide
+dst callback of the registered updater "tfmot_pruning" (`TFMOTPruning`). See the guide
 "Coming from TF-MOT" for the differences.
 """
 

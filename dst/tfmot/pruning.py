@@ -83,7 +83,7 @@ class PruningMask(BlockMaskConstraint):
                 "block_pooling_type": self.block_pooling_type}
 
 
-@register("tfmot")
+@register("tfmot_pruning")  # "tfmot" is the experiments' TF-MOT (tf_keras) method
 class TFMOTPruning(Updater):
     """TF-MOT's magnitude pruning: at each step its `PruningSchedule` names, keep
     the k = max(round(n·(1 − s)), 1) largest magnitudes.
@@ -115,7 +115,7 @@ class TFMOTPruning(Updater):
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10)])
         >>> model.compile("sgd", "mse")
         >>> schedule = dst.tfmot.ConstantSparsity(0.8, begin_step=0, frequency=5)
-        >>> cb = dst.callbacks.get("tfmot", pruning_schedule=schedule)
+        >>> cb = dst.callbacks.get("tfmot_pruning", pruning_schedule=schedule)
         >>> _ = model.fit(np.ones((40, 8)), np.ones((40, 10)), batch_size=8, verbose=0,
         ...               callbacks=[cb])
         >>> round(dst.sparsity(model), 2)
@@ -253,7 +253,7 @@ class UpdatePruningStep(DSTCallback, updater=TFMOTPruning):
 
     Required when training a model pruned with `dst.tfmot.prune_low_magnitude`,
     as in TF-MOT: without it, the first training step raises. It is the dst
-    callback of `TFMOTPruning` (`dst.callbacks.get("tfmot")`): the masks
+    callback of `TFMOTPruning` (`dst.callbacks.get("tfmot_pruning")`): the masks
     change inside the optimizer step, on the steps the schedules name, with
     every dst guarantee (all backends, `steps_per_execution`, exact resume).
     The step counts from the optimizer's step 0 (`steps_from="optimizer"`),
