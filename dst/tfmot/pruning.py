@@ -105,9 +105,11 @@ class TFMOTPruning(Updater):
             weights that carry none, e.g. after `dst.sparsify`; a dense model
             then gets all-ones masks. Defaults to None (such weights keep
             their masks).
-        block_size: (height, width) of the blocks those weights are pruned
-            in. Defaults to (1, 1).
-        block_pooling_type: "AVG" or "MAX". Defaults to "AVG".
+        block_size: (height, width) of the blocks of the masks it attaches
+            to a dense model (a weight masked by `dst.sparsify(..., block=)`
+            is pruned in its own mask's blocks). Defaults to (1, 1).
+        block_pooling_type: how those weights' blocks are pooled: "AVG" or
+            "MAX". Defaults to "AVG".
         seed: seed of the tie-breaking order. Defaults to None.
 
     Examples:
