@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import itertools
 import json
 import os
@@ -261,6 +262,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML config, e.g. experiments/configs/digits.yaml")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (a dotted name on the Python path) before the config "
+                        "is read, so the dst updaters it registers are methods by name; "
+                        "repeatable")
     p.add_argument("--resume", action="store_true",
                    help="keep the results already in OUT/results/ and skip their runs")
     p.add_argument("--dry-run", action="store_true",
@@ -297,10 +302,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     def make_jobs():
         overrides = config_lib.parse_overrides(rest)
         use_backend(overrides.get("backend") or _config_backend(args.config))
+        for module in args.imports:
+            _import(module)
         cfg = config_lib.load(args.config, overrides)
         return plan(cfg, variant_tag(overrides)), args.out or Path("runs") / cfg["name"]
 
     return execute(make_jobs, dry_run=args.dry_run, resume=args.resume)
+
+
+def _import(module: str) -> None:
+    """Imports a `--import` module; one that is not found is a config error."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise config_lib.ConfigError(
+            f"--import {module}: no module {err.name!r} on the Python path "
+            f"(sys.path starts {sys.path[:3]}); run from the folder that holds it, or add "
+            "that folder to PYTHONPATH.") from None
 
 
 if __name__ == "__main__":

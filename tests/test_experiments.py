@@ -793,3 +793,37 @@ def test_dst_and_tfmot_runs_of_a_seed_see_the_same_first_epoch(tmp_path):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert tfmot[key][0] == pytest.approx(dense[key][0], rel=1e-4), key
     assert tfmot["sparsity"][1] == pytest.approx(0.9, abs=1e-3)
+
+
+USER_RULE = '''import dst
+
+
+@dst.updaters.register("user_swap")
+class UserSwap(dst.updaters.SET):
+    """SET that grows where the gradient is smallest (a user's module)."""
+
+    needs_gradients = True
+
+    def grow_scores(self, kit, weight, mask, grad):
+        return -kit.xp.abs(grad)
+'''
+
+
+def test_a_users_registered_algorithm_runs_by_name_with_import(tmp_path, monkeypatch, capsys):
+    from dst.updaters import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # dropped afterwards
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "user_rules", raising=False)
+    (tmp_path / "user_rules.py").write_text(USER_RULE)
+    args = [str(TINY), "--out", str(tmp_path / "out"), "--methods", "[dense, user_swap]",
+            "--sparsities", "[0.8]", "--epochs", "1"]
+    assert run.main(args) == 2  # not registered: a config error naming the known methods
+    assert "unknown method 'user_swap'" in capsys.readouterr().err
+    assert run.main([*args, "--import", "no_such_rules"]) == 2
+    assert "--import no_such_rules: no module 'no_such_rules'" in capsys.readouterr().err
+    assert run.main([*args, "--import", "user_rules"]) == 0
+    rows = report.read_csv(tmp_path / "out" / "runs.csv")
+    user = [r for r in rows if r["method"] == "user_swap"]
+    assert len(user) == 1 and float(user[0]["achieved_sparsity"]) == pytest.approx(0.8, abs=0.01)
+    monkeypatch.delitem(sys.modules, "user_rules")
