@@ -52,7 +52,8 @@ _STEPS_PER_EPOCH = 8  # 64 examples, batches of 8
 
 
 def check_updater(updater: type[Updater] | str, /, *,
-                  backends: Sequence[str] | None = None, **kwargs: Any) -> None:
+                  backends: Sequence[str] | None = None, data_parallel: bool = False,
+                  **kwargs: Any) -> None:
     """Runs `updater` through the invariants every dst algorithm must hold.
 
     On the current Keras backend, on a 12-16-3 MLP sparsified to 0.5
@@ -81,14 +82,19 @@ def check_updater(updater: type[Updater] | str, /, *,
     With `backends`, the same seeded `fit` also runs once per named backend,
     each in a fresh Python process (the updater's class must be importable
     from its module), and every backend must give the masks of the first
-    after every step, and weights within 1e-5. A data-parallel setup is not
-    part of the kit (it needs several devices); dst's own suite covers it.
+    after every step, and weights within 1e-5. With `data_parallel`, that
+    run also goes on two CPU devices in a fresh process (TensorFlow:
+    `MirroredStrategy` over two logical CPUs; JAX: `DataParallel` over two
+    host devices) and must give the masks of the one-device run, with
+    weights within 1e-5 (PyTorch's DDP needs a process per device: refused).
 
     Args:
         updater: an `Updater` subclass, or a name registered with
             `dst.updaters.register`.
         backends: Keras backends to compare across ("tensorflow", "jax",
             "torch"), or None (the current backend only). Defaults to None.
+        data_parallel: also check two-device data parallelism on the current
+            backend. Defaults to False.
         **kwargs: the updater's constructor arguments (JSON values only with
             `backends`).
 
@@ -106,6 +112,10 @@ def check_updater(updater: type[Updater] | str, /, *,
     """
     cls = _resolve(updater)
     args = _arguments(cls, kwargs)
+    if data_parallel and keras.backend.backend() not in ("tensorflow", "jax"):
+        raise ValueError(
+            "check_updater(..., data_parallel=True) runs on TensorFlow or JAX; PyTorch's "
+            f"DDP needs a process per device. This process runs {keras.backend.backend()!r}.")
     checks: list[tuple[str, Callable[[], None]]] = [
         (INVARIANTS[0], lambda: _paths_agree(cls, args)),
         (INVARIANTS[1], lambda: _grown_start_fresh(cls, args)),
@@ -118,6 +128,9 @@ def check_updater(updater: type[Updater] | str, /, *,
     ]
     if backends:
         checks.append(("the same masks on every backend", lambda: _across(cls, args, backends)))
+    if data_parallel:
+        checks.append(("two devices give the masks of one",
+                       lambda: _data_parallel(cls, args)))
     for invariant, check in checks:
         try:
             check()
@@ -401,14 +414,23 @@ def _resume(cls: type[Updater], args: dict) -> None:
 
 
 # -- across backends --------------------------------------------------------------
-def protocol_run(cls: type[Updater], args: dict) -> dict[str, np.ndarray]:
+def protocol_run(cls: type[Updater], args: dict,
+                 scope: contextlib.AbstractContextManager | None = None
+                 ) -> dict[str, np.ndarray]:
     """The cross-backend run: a seeded SGD `fit` of 10 steps, from numpy
-    weights and data; the masks and the flat weights after every batch."""
+    weights and data; the masks and the flat weights after every batch.
+    `scope` (a distribution strategy's) holds the model's construction."""
+    with scope or contextlib.nullcontext():
+        return _protocol_run(cls, args)
+
+
+def _protocol_run(cls: type[Updater], args: dict) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(160, 12)).astype("float32")
     y = (x[:, :3].argmax(1)).astype("int32")
-    model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((12,)),
+                              keras.layers.Dense(16, activation="relu", name="hidden"),
+                              keras.layers.Dense(3, name="out")], name="dst_protocol")
     model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
                        for w in model.get_weights()])
     if not _prunes(cls):
@@ -430,46 +452,89 @@ def protocol_run(cls: type[Updater], args: dict) -> dict[str, np.ndarray]:
 
 
 def _across(cls: type[Updater], args: dict, backends: Sequence[str]) -> None:
+    runs = {backend: _in_process(cls, args, backend)[0] for backend in backends}
+    first = backends[0]
+    for backend in backends[1:]:
+        _same_record(runs[backend], runs[first], f"{backend} vs {first}")
+
+
+def _data_parallel(cls: type[Updater], args: dict) -> None:
+    two, one = _in_process(cls, args, keras.backend.backend(), data_parallel=True)
+    _same_record(two, one, "two devices vs one")
+
+
+def _in_process(cls: type[Updater], args: dict, backend: str, data_parallel: bool = False
+                ) -> list[dict[str, np.ndarray]]:
+    """The protocol run(s) of `cls` in a fresh Python process on `backend`:
+    [the run], or [on two devices, on one] with `data_parallel`."""
     module = sys.modules.get(cls.__module__)
     source = getattr(module, "__file__", None)
     if source is None or cls.__qualname__ != cls.__name__:
-        raise TypeError(f"check_updater(..., backends=...) runs {cls.__name__} in fresh "
-                        "processes: define it at the top level of an importable module.")
+        raise TypeError(f"check_updater runs {cls.__name__} in a fresh process here: define "
+                        "it at the top level of an importable module.")
     try:
         payload = json.dumps(args)
     except TypeError as err:
-        raise TypeError(f"check_updater(..., backends=...) passes the arguments as JSON: "
+        raise TypeError(f"check_updater passes the arguments to a fresh process as JSON: "
                         f"{err}") from None
-    paths = [str(Path(source).parent), *sys.path]
-    runs = {}
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([str(Path(source).parent), *sys.path]))
+    if data_parallel and backend == "jax":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + " --xla_force_host_platform_device_count=2").strip()
     with tempfile.TemporaryDirectory() as folder:
-        for backend in backends:
-            out = os.path.join(folder, f"{backend}.npz")
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                       PYTHONPATH=os.pathsep.join(paths))
-            proc = subprocess.run(
-                [sys.executable, "-m", "dst.testing", f"{cls.__module__}:{cls.__name__}",
-                 payload, out], capture_output=True, text=True, env=env, timeout=600)
-            assert proc.returncode == 0, f"the {backend} run failed:\n{proc.stderr[-3000:]}"
-            runs[backend] = dict(np.load(out))
-    first, reference = backends[0], runs[backends[0]]
-    for backend in backends[1:]:
-        assert sorted(runs[backend]) == sorted(reference), f"{backend} vs {first}: other keys"
-        for key, want in reference.items():
-            if key.endswith(":weights"):
-                np.testing.assert_allclose(runs[backend][key], want, atol=1e-5,
-                                           err_msg=f"{backend} vs {first}: {key}")
-            else:
-                diff = int(np.count_nonzero(runs[backend][key] != want))
-                assert diff == 0, f"{backend} vs {first}: {diff} entries of mask {key} differ"
+        outs = [os.path.join(folder, f"{backend}{i}.npz") for i in range(1 + data_parallel)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "dst.testing", f"{cls.__module__}:{cls.__name__}",
+             payload, *outs], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, f"the {backend} run failed:\n{proc.stderr[-3000:]}"
+        return [dict(np.load(out)) for out in outs]
+
+
+def _same_record(got: dict, want: dict, what: str) -> None:
+    assert sorted(got) == sorted(want), f"{what}: other keys"
+    for key, value in want.items():
+        if key.endswith(":weights"):
+            np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=f"{what}: {key}")
+        else:
+            diff = int(np.count_nonzero(got[key] != value))
+            assert diff == 0, f"{what}: {diff} entries of mask {key} differ"
+
+
+@contextlib.contextmanager
+def _two_devices() -> Iterator[None]:
+    """The scope of a two-device data-parallel run on this process's backend
+    (entered before the backend first touches a device)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+        with strategy.scope():
+            yield
+        return
+    import jax
+
+    devices = jax.devices()
+    assert len(devices) == 2, f"expected 2 JAX devices (XLA_FLAGS), found {len(devices)}"
+    with keras.distribution.DataParallel(devices=devices).scope():
+        yield
 
 
 def _main(argv: list[str]) -> None:
-    target, payload, out = argv
+    """`python -m dst.testing MODULE:CLASS KWARGS_JSON OUT.npz [ONE_DEVICE.npz]`:
+    the protocol run; with two outputs, on two devices, then on one."""
+    target, payload, *outs = argv
     module, name = target.split(":")
     cls = getattr(importlib.import_module(module), name)
-    record: dict[str, Any] = protocol_run(cls, json.loads(payload))
-    np.savez(out, **record)
+    args = json.loads(payload)
+    scopes = [_two_devices(), None] if len(outs) == 2 else [None]
+    for out, scope in zip(outs, scopes, strict=True):
+        record: dict[str, Any] = protocol_run(cls, args, scope)
+        np.savez(out, **record)
 
 
 if __name__ == "__main__":

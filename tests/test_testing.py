@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -23,6 +24,8 @@ BUILTINS = sorted(name for name, cls in registry._REGISTRY.items()
                   if cls.__module__.startswith("dst.updaters."))
 # Values for constructor arguments that have no default (pruning's target).
 REQUIRED = {"final_sparsity": 0.8}
+# Two-device data parallelism in one process: TensorFlow and JAX.
+DATA_PARALLEL = keras.backend.backend() in ("tensorflow", "jax")
 # Invariants a built-in is known to break, asserted so that a fix shows here:
 # SNFS' momentum buffer starts at 0 in every fit, a resumed one included.
 KNOWN_GAPS = {"snfs": INVARIANTS[7]}
@@ -44,7 +47,7 @@ def test_every_registered_updater_conforms(name):
         with pytest.raises(AssertionError, match=re.escape(KNOWN_GAPS[name])):
             check_updater(cls, **required_arguments(cls))
     else:
-        check_updater(cls, **required_arguments(cls))
+        check_updater(cls, data_parallel=DATA_PARALLEL, **required_arguments(cls))
 
 
 # -- algorithms written by a user -----------------------------------------------------
@@ -112,6 +115,9 @@ def test_the_kit_refuses_what_is_not_an_updater_or_its_arguments():
         check_updater("set", power=3)
     with pytest.raises(ValueError, match=r"Unknown dst updater: 'nope'"):
         check_updater("nope")
+    if not DATA_PARALLEL:
+        with pytest.raises(ValueError, match=r"data_parallel=True\) runs on TensorFlow or JAX"):
+            check_updater("set", data_parallel=True)
 
 
 # -- one new file in the package ---------------------------------------------------------
@@ -135,7 +141,8 @@ CHECK = """
 import os, pathlib, sys, dst
 assert pathlib.Path(dst.__file__).parent == pathlib.Path.cwd() / "dst", dst.__file__
 across = ("tensorflow", "jax", "torch") if sys.argv[1] == "across" else None
-dst.testing.check_updater("toy", backends=across)
+dst.testing.check_updater("toy", backends=across,
+                          data_parallel=os.environ["KERAS_BACKEND"] != "torch")
 print(os.environ["KERAS_BACKEND"], dst.callbacks.Toy.__name__,
       type(dst.callbacks.get("toy")).__name__)
 """
