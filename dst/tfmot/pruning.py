@@ -124,6 +124,9 @@ class TFMOTPruning(Updater):
         0.8
     """
 
+    # Block structure is handled here (pooled as TF-MOT pools), not by the base.
+    blocks_by_base = False
+
     def __init__(self, pruning_schedule: PruningSchedule | dict | None = None,
                  block_size: int | Sequence[int] = (1, 1), block_pooling_type: str = "AVG", *,
                  seed: int | None = None):
@@ -221,9 +224,6 @@ class TFMOTPruning(Updater):
                                  f"'{self.targets[index].path}', expected {k}.")
         return entries
 
-    # Block structure is handled here (pooled as TF-MOT pools), not by the base.
-    new_mask._dst_blockwise = True  # type: ignore[attr-defined]
-    expected_active._dst_blockwise = True  # type: ignore[attr-defined]
 
     # -- helpers ------------------------------------------------------------
     def _spec(self, target: Target) -> tuple[PruningSchedule, tuple[int, ...] | None, int] | None:

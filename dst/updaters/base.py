@@ -49,13 +49,16 @@ class Updater(Engine):
     #: Whether the rule runs on block masks (`dst.sparsify(..., block=...)`);
     #: `bind` refuses a block-masked model for one that does not.
     supports_blocks = True
+    #: Whether the base runs the rule on the grid of blocks (block L2 norms).
+    #: False for a rule that reads `kit.block` and pools blocks itself.
+    blocks_by_base = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Block structure belongs to the base, not to each rule: a rule's own
         # `new_mask` runs on the grid of blocks and its `expected_active`
         # counts blocks, whether or not the subclass thought of blocks.
         super().__init_subclass__(**kwargs)
-        if not cls.supports_blocks:
+        if not (cls.supports_blocks and cls.blocks_by_base):
             return
         for name, structured in (("new_mask", blockwise),
                                  ("expected_active", counted_in_blocks)):
