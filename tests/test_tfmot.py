@@ -406,3 +406,165 @@ def test_rule_equals_tfmot_on_the_same_weights(block, pooling):
                                     lambda role: 0)
             np.testing.assert_array_equal(ours, expected.numpy().astype(bool),
                                           err_msg=f"{shape} {sparsity}")
+
+
+# The other layers TF-MOT prunes, side by side: name -> (input shape, the model's layers from
+# (keras module, custom layer class)). Each model ends in a Dense(20) head, pruned too;
+# DepthwiseConv2D is in TF-MOT's registry with no prunable weight, so there only the head is.
+# Every rank-2 weight has at least two (1, 16) and (4, 4) blocks along each axis (see
+# test_one_block_across_an_axis_fails_in_tfmot), and Embedding's (50, 24) table is divided by
+# neither block.
+LAYERS = {
+    "conv2d": ((8, 8, 3), lambda k, _: [k.layers.Conv2D(6, 3, activation="relu"),
+                                        k.layers.Flatten(), k.layers.Dense(20)]),
+    "depthwise_conv2d": ((8, 8, 3), lambda k, _: [k.layers.DepthwiseConv2D(3),
+                                                  k.layers.Flatten(), k.layers.Dense(20)]),
+    "embedding": ((10,), lambda k, _: [k.layers.Embedding(50, 24),
+                                       k.layers.GlobalAveragePooling1D(), k.layers.Dense(20)]),
+    "prunable_layer": ((16,), lambda k, custom: [custom(24), k.layers.ReLU(),
+                                                 k.layers.Dense(20)]),
+}
+
+
+def _prunable_layers(pruning, tf_keras):
+    """A tiny Dense-like layer pruned through `PrunableLayer` (its kernel, not its bias): TF-MOT's
+    mixin on tf_keras, and dst's on Keras 3."""
+    class Theirs(tf_keras.layers.Layer, pruning.PrunableLayer):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight("kernel", (input_shape[-1], self.units))
+            self.bias = self.add_weight("bias", (self.units,), initializer="zeros")
+
+        def call(self, x):
+            return x @ self.kernel + self.bias
+
+        def get_prunable_weights(self):
+            return [self.kernel]
+
+    class Ours(keras.layers.Layer, tfmot_sparsity.PrunableLayer):
+        def __init__(self, units):
+            super().__init__()
+            self.units = units
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+            self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+        def call(self, x):
+            return x @ self.kernel + self.bias
+
+        def get_prunable_weights(self):
+            return [self.kernel]
+
+    return Theirs, Ours
+
+
+def _layer_models(kind):
+    """(Keras 3 model with random normal weights, the same tf_keras model with its weights,
+    inputs, targets): 160 samples, 10 batches of 16."""
+    pruning, tf_keras = _tfmot()
+    theirs_layer, ours_layer = _prunable_layers(pruning, tf_keras)
+    shape, layers = LAYERS[kind]
+    dtype = "int32" if kind == "embedding" else "float32"
+    model = keras.Sequential([keras.Input(shape, dtype=dtype), *layers(keras, ours_layer)])
+    reference = tf_keras.Sequential([tf_keras.Input(shape, dtype=dtype),
+                                     *layers(tf_keras, theirs_layer)])
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    reference.set_weights(model.get_weights())
+    rng = np.random.default_rng(1)
+    x = (rng.integers(0, 50, size=(160, *shape)).astype(dtype) if kind == "embedding" else
+         rng.normal(size=(160, *shape)).astype(dtype))
+    return model, reference, x, rng.normal(size=(160, 20)).astype("float32")
+
+
+def _masks_side_by_side(kind, name, args, **kwargs):
+    """Prunes the whole model with TF-MOT and with dst (same weights, same batches, SGD with lr 0,
+    2 epochs of 10 steps); returns [(layer, TF-MOT's mask, dst's mask)] for each pruned weight."""
+    pruning, tf_keras = _tfmot()
+    model, reference, x, y = _layer_models(kind)
+    theirs = pruning.prune_low_magnitude(reference, getattr(pruning, name)(**args), **kwargs)
+    ours = tfmot_sparsity.prune_low_magnitude(model, getattr(tfmot_sparsity, name)(**args),
+                                              **kwargs)
+    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
+    theirs.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+               callbacks=[pruning.UpdatePruningStep()])
+    ours.compile(keras.optimizers.SGD(0.0), "mse")
+    ours.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+             callbacks=[tfmot_sparsity.UpdatePruningStep()])
+    masks = []
+    for wrapper, layer in zip(theirs.layers, ours.layers):
+        expected = [mask.numpy().astype(bool) for _, mask, _ in wrapper.pruning_vars]
+        got = [weight.constraint.numpy() for weight in layer.weights
+               if isinstance(weight.constraint, tfmot_sparsity.pruning.PruningMask)]
+        assert len(got) == len(expected), layer.name
+        masks += [(layer.name, e, g) for e, g in zip(expected, got)]
+    assert masks and not any(expected.all() for _, expected, _ in masks)  # all pruned
+    return masks
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("name,args", [SIDE_BY_SIDE[0], SIDE_BY_SIDE[2]])
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_masks_equal_tfmot(kind, name, args):
+    """Conv2D, DepthwiseConv2D, Embedding and a PrunableLayer, unstructured: the masks equal
+    TF-MOT's, and the same weights are pruned."""
+    masks = _masks_side_by_side(kind, name, args)
+    assert len(masks) == (1 if kind == "depthwise_conv2d" else 2)
+    for layer, expected, got in masks:
+        np.testing.assert_array_equal(got, expected, err_msg=layer)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("block,pooling", [((1, 16), "AVG"), ((4, 4), "MAX"), ((1, 16), "MAX"),
+                                           ((4, 4), "AVG")])
+@pytest.mark.parametrize("name,args", [SIDE_BY_SIDE[1], SIDE_BY_SIDE[3]])
+@pytest.mark.parametrize("kind", ["depthwise_conv2d", "embedding", "prunable_layer"])
+def test_layer_block_masks_equal_tfmot(kind, name, args, block, pooling):
+    """Blocks where TF-MOT takes them: rank-2 weights (Embedding's table, the PrunableLayer's
+    kernel, the Dense heads; DepthwiseConv2D prunes nothing, so takes any block)."""
+    for layer, expected, got in _masks_side_by_side(kind, name, args, block_size=block,
+                                                    block_pooling_type=pooling):
+        np.testing.assert_array_equal(got, expected, err_msg=layer)
+
+
+@pytest.mark.tensorflow_only
+def test_conv2d_blocks_are_refused_as_tfmot_does():
+    """TF-MOT refuses block_size for a weight that is not rank 2 (Conv2D's kernel), when the
+    wrapper builds; dst when it attaches the mask. Same message."""
+    pruning, _ = _tfmot()
+    model, reference, _, _ = _layer_models("conv2d")
+    message = "Block Sparsity can only be used for layers which have 2-dimensional weights"
+    with pytest.raises(ValueError, match=message):
+        pruning.prune_low_magnitude(reference, block_size=(1, 16))
+    with pytest.raises(ValueError, match=message):
+        tfmot_sparsity.prune_low_magnitude(model, block_size=(1, 16))
+
+
+@pytest.mark.tensorflow_only
+def test_one_block_across_an_axis_fails_in_tfmot():
+    """TF-MOT squeezes the pooled block magnitudes (`factorized_pool` ends in `tf.squeeze`), so a
+    weight with a single block along an axis (Embedding(50, 8) with (1, 16) blocks) fails at the
+    first pruning step; dst prunes it, whole rows here."""
+    pruning, tf_keras = _tfmot()
+    args = dict(target_sparsity=0.6, begin_step=1, frequency=100)
+    x = np.random.default_rng(1).integers(0, 50, size=(32, 10)).astype("int32")
+    y = np.zeros((32, 10, 8), "float32")
+    theirs = pruning.prune_low_magnitude(
+        tf_keras.Sequential([tf_keras.Input((10,), dtype="int32"),
+                             tf_keras.layers.Embedding(50, 8)]),
+        pruning.ConstantSparsity(**args), block_size=(1, 16))
+    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
+    with pytest.raises(ValueError, match="Input tensor must be rank 2"):
+        theirs.fit(x, y, batch_size=16, verbose=0, callbacks=[pruning.UpdatePruningStep()])
+    ours = tfmot_sparsity.prune_low_magnitude(
+        keras.Sequential([keras.Input((10,), dtype="int32"), keras.layers.Embedding(50, 8)]),
+        ConstantSparsity(**args), block_size=(1, 16))
+    ours.compile(keras.optimizers.SGD(0.0), "mse")
+    ours.fit(x, y, batch_size=16, verbose=0, callbacks=[tfmot_sparsity.UpdatePruningStep()])
+    mask = ours.layers[0].embeddings.constraint.numpy()
+    assert (mask.all(axis=1) | ~mask.any(axis=1)).all()
+    assert mask.all(axis=1).sum() == _keep(50, 0.6)
