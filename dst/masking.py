@@ -78,6 +78,12 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         # The weight this constraint masks: set by `dst._model` when it installs
         # or finds the constraint, so that loading can zero the weight.
         self.variable: keras.Variable | None = None
+        # An updater's own per-weight state, saved with the mask (`state`),
+        # values loaded for state not created yet, and the names loaded since
+        # the updater last took them (`restored`).
+        self._states: dict[str, Any] = {}
+        self._loaded: dict[str, np.ndarray] = {}
+        self._restored: set[str] = set()
         if mask is not None:
             self.attach(unpack_mask(mask) if isinstance(mask, Mapping) else mask)
 
@@ -98,6 +104,24 @@ class MaskConstraint(keras.constraints.Constraint, LeafSaveable):
         else:
             self.mask.assign(mask)
             self.ever.assign(self.ever_active | mask)
+
+    def state(self, name: str, dtype: str = "float32") -> Any:
+        """An updater's per-weight state `name` (SNFS' momentum): a variable of
+        the mask's shape, created on first use (zeros, or the values a file
+        loaded for it), saved and loaded with the mask."""
+        if name not in self._states:
+            value = self._loaded.pop(name, None)
+            if value is None:
+                value = np.zeros(tuple(self.mask.shape), dtype)
+            self._states[name] = keras.Variable(value.astype(dtype), trainable=False,
+                                                name=f"dst_{name}")
+        return self._states[name]
+
+    def restored(self, name: str) -> bool:
+        """Whether state `name` was loaded from a file since the last call."""
+        found = name in self._restored
+        self._restored.discard(name)
+        return found
 
     @property
     def state_variables(self) -> list:
@@ -191,6 +215,8 @@ def _save_mask(store, prefix: str, constraint: MaskConstraint) -> None:
     store[prefix + "mask"] = np.packbits(mask.ravel())
     ever = constraint.ever_active  # there is one whenever there is a mask
     store[prefix + "ever_active"] = np.packbits((mask if ever is None else ever).ravel())
+    for name, variable in constraint._states.items():
+        store[prefix + _STATE + name] = np.asarray(_compat.to_numpy(variable))
 
 
 def _load_mask(store, prefix: str, constraint: MaskConstraint) -> bool:
@@ -202,7 +228,19 @@ def _load_mask(store, prefix: str, constraint: MaskConstraint) -> bool:
     ever = np.unpackbits(np.asarray(store[prefix + "ever_active"]))[:size]
     constraint.attach(mask.reshape(shape))
     constraint.ever.assign(ever.astype(bool).reshape(shape) | constraint.numpy())
+    for key in store.keys():
+        if key.startswith(prefix + _STATE):
+            name, value = key[len(prefix + _STATE):], np.asarray(store[key])
+            if name in constraint._states:
+                constraint._states[name].assign(value)
+            else:
+                constraint._loaded[name] = value
+            constraint._restored.add(name)
     return True
+
+
+# The store key prefix of an updater's per-weight state (`MaskConstraint.state`).
+_STATE = "state_"
 
 
 @keras.saving.register_keras_serializable(package="dst")

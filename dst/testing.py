@@ -67,7 +67,7 @@ def check_updater(updater: type[Updater] | str, /, *,
        active counts are those `expected_active` promises;
     2. after an update, grown connections hold 0.0 and Adam's slots 0 there;
     3. after `model.fit` with the callback, every masked weight is exactly 0,
-       also for a dense start when the updater prunes (`prepare` overridden);
+       also for a dense start when the updater prunes (`starts_dense`);
     4. on block masks (`block=(2, 2)`), every block is all on or all off,
        unless the updater sets `supports_blocks = False` (then `bind` must
        refuse block masks);
@@ -165,8 +165,8 @@ def _arguments(cls: type[Updater], kwargs: dict) -> dict:
 
 
 def _prunes(cls: type[Updater]) -> bool:
-    """Whether the updater adds masks to a dense model itself (`prepare`)."""
-    return cls.prepare is not Updater.prepare
+    """Whether the updater adds masks to a dense model itself (`starts_dense`)."""
+    return cls.starts_dense
 
 
 def _model(sparsity: float | None = 0.5, block: tuple[int, int] | None = None,

@@ -326,10 +326,10 @@ def test_seeded_run_is_reproducible_and_survives_backup_and_restore(tmp_path, na
         np.testing.assert_allclose(w, v, rtol=1e-5, atol=1e-6)
 
 
-def test_snfs_resumes_from_backup_with_fresh_momentum(tmp_path):
-    # The README's limit, as it is: the masks and weights are restored exactly,
-    # SNFS' momentum buffers are not saved and restart at 0, and the resumed
-    # run goes on with a constant total and masked weights at exactly 0.
+def test_snfs_resumes_from_backup_with_its_momentum(tmp_path):
+    # The masks, the weights and SNFS' momentum buffers are restored exactly
+    # (the buffers are saved with the masks), and the resumed run goes on with
+    # a constant total and masked weights at exactly 0.
     x, y = data(64)
 
     def make():
@@ -339,12 +339,14 @@ def test_snfs_resumes_from_backup_with_fresh_momentum(tmp_path):
     model.compile(keras.optimizers.Adam(0.01), "mse")
     counts = [int(m.sum()) for m in dst.get_masks(model).values()]
     total = sum(counts)
-    interrupt = Interrupt()
+    interrupt, first = Interrupt(), make()
     with pytest.raises(RuntimeError, match="interrupted"):
         model.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False,
-                  callbacks=[make(), keras.callbacks.BackupAndRestore(str(tmp_path / "b")),
+                  callbacks=[first, keras.callbacks.BackupAndRestore(str(tmp_path / "b")),
                              interrupt])
     assert [int(m.sum()) for m in interrupt.masks.values()] != counts  # SNFS moved some
+    momenta = [numpy(m).copy() for m in first.updater.momenta]  # as in the checkpoint
+    assert all(m.any() for m in momenta)
 
     cb, seen = make(), []
 
@@ -357,7 +359,8 @@ def test_snfs_resumes_from_backup_with_fresh_momentum(tmp_path):
                     np.testing.assert_array_equal(got, want)
                 for got, want in zip(self.model.get_weights(), model.get_weights(), strict=True):
                     np.testing.assert_array_equal(got, want)
-                assert all(not numpy(m).any() for m in cb.updater.momenta)
+                for got, want in zip(cb.updater.momenta, momenta, strict=True):
+                    np.testing.assert_array_equal(numpy(got), want)
 
         def on_train_batch_end(self, batch, logs=None):
             masks = dst.get_masks(self.model)

@@ -155,6 +155,34 @@ def test_momentum_buffer_is_the_smoothed_dense_gradient_in_fit():
         assert np.abs(numpy(m)[~t.mask_constraint.numpy()]).sum() > 0  # dense
 
 
+def test_momentum_is_saved_with_the_masks_and_restarts_in_a_new_fit(tmp_path):
+    # Saved in the file; the first fit after loading continues it (a resumed
+    # run), any other fit starts it at 0.
+    model = mlp3()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8)).astype("float32")
+    y = rng.normal(size=(16, 4)).astype("float32")
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+
+    def fit(model):
+        cb = dst.callbacks.SNFS(update_freq=10, begin_step=50, end_step=60, seed=0)
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+        return [numpy(m) for m in cb.updater.momenta]
+
+    def same(got, want):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+    once = fit(model)  # one step from 0: (1 - 0.9) g
+    assert all(np.abs(m).sum() > 0 for m in once)
+    same(fit(model), once)  # a new fit: from 0 again
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    loaded.compile(keras.optimizers.SGD(0.0), "mse")
+    same(fit(loaded), [m * (1 - 0.9 ** 2) / (1 - 0.9) for m in once])  # from the file: 2 steps
+    same(fit(loaded), once)  # and then from 0
+
+
 def _fit(jit_compile):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(96, 8)).astype("float32")

@@ -26,9 +26,8 @@ BUILTINS = sorted(name for name, cls in registry._REGISTRY.items()
 REQUIRED = {"final_sparsity": 0.8}
 # Two-device data parallelism in one process: TensorFlow and JAX.
 DATA_PARALLEL = keras.backend.backend() in ("tensorflow", "jax")
-# Invariants a built-in is known to break, asserted so that a fix shows here:
-# SNFS' momentum buffer starts at 0 in every fit, a resumed one included.
-KNOWN_GAPS = {"snfs": INVARIANTS[7]}
+# Invariants a built-in is known to break, asserted so that a fix shows here.
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def required_arguments(cls) -> dict:

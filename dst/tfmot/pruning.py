@@ -126,6 +126,7 @@ class TFMOTPruning(Updater):
 
     # Block structure is handled here (pooled as TF-MOT pools), not by the base.
     blocks_by_base = False
+    starts_dense = True  # with `pruning_schedule`: every sparsifiable weight
 
     def __init__(self, pruning_schedule: PruningSchedule | dict | None = None,
                  block_size: int | Sequence[int] = (1, 1), block_pooling_type: str = "AVG", *,

@@ -49,6 +49,9 @@ class Updater(Engine):
     #: Whether the rule runs on block masks (`dst.sparsify(..., block=...)`);
     #: `bind` refuses a block-masked model for one that does not.
     supports_blocks = True
+    #: Whether the updater trains a model without masks too (pruning: its
+    #: `prepare` gives such a model all-ones masks).
+    starts_dense = False
     #: Whether the base runs the rule on the grid of blocks (block L2 norms).
     #: False for a rule that reads `kit.block` and pools blocks itself.
     blocks_by_base = True

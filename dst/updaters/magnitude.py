@@ -64,6 +64,7 @@ class MagnitudePruning(Updater):
     """
 
     update_at_end = True
+    starts_dense = True
 
     def __init__(self, final_sparsity: float, *, initial_sparsity: float = 0.0,
                  begin_step: int = 0, end_step: int | float | None = None,

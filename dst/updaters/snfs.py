@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from dst import _compat
+from dst._model import dynamic_targets
 from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.updaters.registry import register
@@ -56,8 +57,11 @@ class SNFS(SET):
 
     Choices: the momentum buffer is dst's own (a variable per weight, threaded
     as model state), not the optimizer's: the optimizer sees masked gradients,
-    so its momentum is 0 at inactive connections. It restarts at 0 at each
-    `fit` (no bias correction). The drop counts are of the current active
+    so its momentum is 0 at inactive connections. It is saved with the mask
+    (in `.keras`/`.weights.h5` files and `BackupAndRestore` checkpoints) and
+    restarts at 0 at each `fit` (no bias correction), except the first fit
+    after it was loaded from a file, which continues it: so an interrupted
+    run resumes exactly. The drop counts are of the current active
     counts, as in the reference code. Block masks are not supported.
 
     Args:
@@ -113,16 +117,26 @@ class SNFS(SET):
                          drop_fraction_anchor=drop_fraction_anchor,
                          grow_candidates=grow_candidates, begin_step=begin_step,
                          end_step=end_step, seed=seed)
-        self.momenta: list = []  # one keras.Variable per target, created by `bind`
+        self.momenta: list = []  # one keras.Variable per target, set by `bind`
+
+    def prepare(self, model: keras.Model) -> None:
+        """Gives each sparse weight its momentum buffer, saved with its mask,
+        before a `BackupAndRestore` loads its checkpoint into it."""
+        with _compat.strategy_scope(model):
+            for t in dynamic_targets(model):
+                t.mask_constraint.state(_MOMENTUM, t.variable.dtype)
 
     def bind(self, model: keras.Model, total_steps: int | None = None,
              first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None,
              **kwargs: Any) -> None:
         super().bind(model, total_steps, first_step, optimizer, **kwargs)
+        self.momenta = []
         with _compat.strategy_scope(model):
-            self.momenta = [keras.Variable(np.zeros(t.shape, t.variable.dtype),
-                                           trainable=False, name="dst_momentum")
-                            for t in self.targets]
+            for t in self.targets:
+                momentum = t.mask_constraint.state(_MOMENTUM, t.variable.dtype)
+                if not t.mask_constraint.restored(_MOMENTUM):  # a new run starts at 0
+                    momentum.assign(np.zeros(t.shape, t.variable.dtype))
+                self.momenta.append(momentum)
 
     def state_variables(self) -> list:
         """The mask state, plus each weight's momentum buffer."""
@@ -228,3 +242,7 @@ def _split(kit, total, scores, caps):
     room = caps - given
     before = xp.cumsum(room) - room
     return given + xp.minimum(xp.maximum(left - before, 0), room)
+
+
+# The name of the momentum buffer in each weight's `MaskConstraint.state`.
+_MOMENTUM = "snfs_momentum"
