@@ -519,6 +519,7 @@ def test_layer_masks_equal_tfmot(kind, name, args):
 
 
 @pytest.mark.tensorflow_only
+@pytest.mark.slow  # 24 side-by-side pairs of fits (tf_keras and Keras 3)
 @pytest.mark.parametrize("block,pooling", [((1, 16), "AVG"), ((4, 4), "MAX"), ((1, 16), "MAX"),
                                            ((4, 4), "AVG")])
 @pytest.mark.parametrize("name,args", [SIDE_BY_SIDE[1], SIDE_BY_SIDE[3]])
