@@ -338,6 +338,18 @@ def _tfmot():
     return tfmot.sparsity.keras, tf_keras
 
 
+def _fit_side_by_side(theirs, ours, x, y):
+    """Trains the TF-MOT model and the dst one alike: SGD with lr 0, the same
+    batches in order, 2 epochs, each with its UpdatePruningStep."""
+    pruning, tf_keras = _tfmot()
+    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
+    theirs.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+               callbacks=[pruning.UpdatePruningStep()])
+    ours.compile(keras.optimizers.SGD(0.0), "mse")
+    ours.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+             callbacks=[tfmot_sparsity.UpdatePruningStep()])
+
+
 SIDE_BY_SIDE = [
     ("ConstantSparsity", dict(target_sparsity=0.6, begin_step=3, end_step=-1, frequency=4)),
     ("ConstantSparsity", dict(target_sparsity=0.7, begin_step=0, end_step=12, frequency=5)),
@@ -364,12 +376,7 @@ def test_masks_equal_tfmot(name, args, block):
     ours = keras.models.clone_model(model, clone_function=_prune_dense(
         getattr(tfmot_sparsity, name)(**args), block_size=block))
     x, y = _data()  # 10 steps per epoch, 2 epochs
-    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
-    theirs.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-               callbacks=[pruning.UpdatePruningStep()])
-    ours.compile(keras.optimizers.SGD(0.0), "mse")
-    ours.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-             callbacks=[tfmot_sparsity.UpdatePruningStep()])
+    _fit_side_by_side(theirs, ours, x, y)
     for wrapper, layer in zip(theirs.layers, ours.layers):
         expected = wrapper.pruning_vars[0][1].numpy().astype(bool)
         np.testing.assert_array_equal(layer.kernel.constraint.numpy(), expected)
@@ -489,12 +496,7 @@ def _masks_side_by_side(kind, name, args, **kwargs):
     theirs = pruning.prune_low_magnitude(reference, getattr(pruning, name)(**args), **kwargs)
     ours = tfmot_sparsity.prune_low_magnitude(model, getattr(tfmot_sparsity, name)(**args),
                                               **kwargs)
-    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
-    theirs.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-               callbacks=[pruning.UpdatePruningStep()])
-    ours.compile(keras.optimizers.SGD(0.0), "mse")
-    ours.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
-             callbacks=[tfmot_sparsity.UpdatePruningStep()])
+    _fit_side_by_side(theirs, ours, x, y)
     masks = []
     for wrapper, layer in zip(theirs.layers, ours.layers):
         expected = [mask.numpy().astype(bool) for _, mask, _ in wrapper.pruning_vars]

@@ -34,10 +34,9 @@ else:
 
 def __getattr__(name: str) -> type[DSTCallback]:
     """The callback of any registered updater, by its class name."""
-    for key in registry.names():
-        updater = registry.get(key)
-        if updater.__name__ == name:
-            return callback_class(updater)
+    updater = registry.class_named(name)
+    if updater is not None:
+        return callback_class(updater)
     raise AttributeError(f"module 'dst.callbacks' has no attribute {name!r}")
 
 

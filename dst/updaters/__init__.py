@@ -45,9 +45,9 @@ def __getattr__(name: str) -> type[Updater]:
     """Any registered updater, by its class name."""
     from dst.updaters import registry
 
-    for key in registry.names():
-        if registry.get(key).__name__ == name:
-            return registry.get(key)
+    found = registry.class_named(name)
+    if found is not None:
+        return found
     raise AttributeError(f"module 'dst.updaters' has no attribute {name!r}")
 
 

@@ -110,6 +110,11 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def class_named(name: str) -> type[Updater] | None:
+    """The registered updater whose class is called `name`, or None."""
+    return next((cls for cls in _REGISTRY.values() if cls.__name__ == name), None)
+
+
 def name_of(cls: type[Updater]) -> str | None:
     """The name `cls` is registered under, or None."""
     for key, registered in _REGISTRY.items():
