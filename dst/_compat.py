@@ -139,6 +139,20 @@ def is_keras_optimizer(optimizer) -> bool:
     return isinstance(optimizer, keras.optimizers.Optimizer)
 
 
+def optimizer_backend(optimizer) -> str | None:
+    """The backend an optimizer class was made for, or None for a generic one.
+
+    Assumes Keras' backend-specific optimizer classes live in
+    `keras.src.backend.<backend>.optimizers` (PyTorch's, and TensorFlow's for
+    some): `load_model` rebuilds the class that was saved, so a model saved on
+    PyTorch comes back with PyTorch's optimizer on any backend.
+    """
+    parts = type(optimizer).__module__.split(".")
+    if parts[:3] == ["keras", "src", "backend"] and len(parts) > 4 and parts[4] == "optimizers":
+        return parts[3]
+    return None
+
+
 class _StateHolder:
     """Holds one dst variable in a layer's `_seed_generators` (see `track_state`)."""
 

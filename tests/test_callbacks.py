@@ -534,3 +534,70 @@ def test_steps_from_is_checked():
     with pytest.raises(ValueError, match=r"`steps_from` must be one of \['fit', 'optimizer'\] "
                                          r"for RigL\. Received: steps_from='epoch'"):
         dst.callbacks.RigL(steps_from="epoch")
+
+
+def _fit_refused(model, cb, match):
+    """`fit` with `cb` raises `match`; masks, weights and the step are unchanged."""
+    masks, weights = dst.get_masks(model), model.get_weights()
+    with pytest.raises(ValueError, match=match):
+        model.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    after = dst.get_masks(model)
+    assert after.keys() == masks.keys()
+    for path, mask in after.items():
+        np.testing.assert_array_equal(mask, masks[path])
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(numpy(model.optimizer.iterations)) == 0
+
+
+@pytest.mark.parametrize("name, args", [
+    ("MagnitudePruning", dict(final_sparsity=0.9)),
+    ("GraNet", dict(final_sparsity=0.9)),
+])
+def test_a_pruning_schedule_longer_than_the_fit_is_refused_before_anything_changes(name, args):
+    # 96 examples in batches of 8: steps 0 to 11. Counted from the fit, end_step=12
+    # could never be reached, so the model would end short of final_sparsity.
+    model = mlp(sparsity=None if name == "MagnitudePruning" else 0.5)
+    model.compile("adam", "mse")
+    cb = getattr(dst.callbacks, name)(**args, update_freq=1, end_step=12, seed=0)
+    _fit_refused(model, cb, rf"{name}: end_step=12 is after the last step of this fit, "
+                            r"which has 12 steps \(steps 0 to 11\), so training would end "
+                            r"before the schedule reaches its target\. .*steps_from='optimizer'")
+    # The last step is allowed, and reaches the target exactly.
+    cb = getattr(dst.callbacks, name)(**args, update_freq=1, end_step=11, seed=0)
+    model.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert dst.sparsity(model) == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["SET", "RigL", "MagnitudePruning"])
+def test_a_first_update_after_the_fit_is_refused(name):
+    model = mlp() if name != "MagnitudePruning" else mlp(sparsity=None)
+    model.compile("adam", "mse")
+    args = dict(final_sparsity=0.9, end_step=1.0) if name == "MagnitudePruning" else {}
+    cb = getattr(dst.callbacks, name)(**args, begin_step=12, seed=0)
+    _fit_refused(model, cb, rf"{name}: begin_step=12 is after the last step of this fit, "
+                            r"which has 12 steps \(steps 0 to 11\), so no mask would ever "
+                            r"be updated\.")
+
+
+def test_a_schedule_counted_from_the_optimizer_may_span_several_fits():
+    # Counted from step 0, the schedule continues in the next fit: not refused.
+    model = mlp(sparsity=None)
+    model.compile("adam", "mse")
+    cb = dst.callbacks.MagnitudePruning(0.9, update_freq=1, end_step=23, steps_from="optimizer")
+    model.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert dst.sparsity(model) < 0.9
+    model.fit(*data(96), batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    assert dst.sparsity(model) == pytest.approx(0.9, abs=0.01)
+
+
+def test_a_custom_loop_bound_with_its_length_is_checked_too():
+    model = mlp(sparsity=None)
+    model.compile("adam", "mse")
+    model.optimizer.build(model.trainable_variables)
+    up = dst.updaters.MagnitudePruning(0.9, end_step=20)
+    with pytest.raises(ValueError, match=r"end_step=20 is after the last step of this fit, "
+                                         r"which has 10 steps"):
+        up.bind(model, total_steps=10)
+    assert dst.get_masks(model) == {}
+    up.bind(model)  # the length unknown: nothing to check

@@ -66,6 +66,17 @@ def test_is_keras_optimizer():
     assert not _compat.is_keras_optimizer(object())
 
 
+def test_optimizer_backend_names_the_backend_of_backend_specific_classes():
+    # Keras builds the current backend's class, so compiled on PyTorch an Adam is
+    # PyTorch's; generic classes elsewhere report None or their own backend.
+    backend = keras.backend.backend()
+    found = _compat.optimizer_backend(keras.optimizers.Adam())
+    assert found in (None, backend)
+    if backend == "torch":
+        assert found == "torch"
+    assert _compat.optimizer_backend(object()) is None
+
+
 # -- layers and models --------------------------------------------------------
 def nested_model():
     inner = keras.Sequential([keras.Input((4,)), layers.Dense(3, name="deep")], name="inner")

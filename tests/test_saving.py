@@ -1,7 +1,12 @@
 """Masks travel through .keras files (in a new process) and .weights.h5 files."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -295,3 +300,92 @@ def test_load_model_restores_group_query_attention_masks(tmp_path):
     assert len(got) == 5
     for (p, m), (q, n) in zip(sorted(masks.items()), sorted(got.items())):
         np.testing.assert_array_equal(m, n, err_msg=f"{p} vs {q}")
+
+
+# -- a .keras file saved on one backend, trained on another ------------------------
+
+_SAVE_ON = """
+import sys, json, numpy as np, keras, dst
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dense(3)])
+dst.sparsify(model, 0.8, seed=0)
+model.compile("adam", "mse")
+x = np.random.default_rng(0).normal(size=(32, 12)).astype("float32")
+model.fit(x, x[:, :3], batch_size=8, verbose=0,
+          callbacks=[dst.callbacks.RigL(update_freq=2, seed=0)])
+model.save(sys.argv[1])
+np.savez(sys.argv[2], *dst.get_masks(model).values())  # in layer order
+"""
+
+_CONTINUE_ON = """
+import re, sys, numpy as np, keras, dst
+model = keras.models.load_model(sys.argv[1])
+with np.load(sys.argv[2]) as file:
+    saved = [file[f"arr_{i}"] for i in range(len(file.files))]
+def same_masks():
+    masks = list(dst.get_masks(model).values())
+    return len(masks) == len(saved) and all(map(np.array_equal, masks, saved))
+x = np.random.default_rng(1).normal(size=(32, 12)).astype("float32")
+def fit(callback):
+    model.fit(x, x[:, :3], batch_size=8, verbose=0, callbacks=[callback])
+try:
+    fit(dst.callbacks.FixedMasks())
+except ValueError as err:
+    print("REFUSED:", err)
+else:
+    print("REFUSED: nothing")
+assert same_masks(), "a refusal changed the masks"
+exec(sys.argv[3])  # the fix
+step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+fit(dst.callbacks.FixedMasks())
+assert same_masks(), "the fix lost the masks"
+masks = dst.get_masks(model)
+for t in model.trainable_weights:
+    if t.path in masks:
+        assert not np.any(keras.ops.convert_to_numpy(t)[masks[t.path] == 0])
+print("STEPS:", step, int(keras.ops.convert_to_numpy(model.optimizer.iterations)))
+"""
+
+
+def _on(backend, code, *args):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _guide_fix() -> str:
+    """`compile_here` as the backends guide defines it, applied to the loaded model."""
+    page = (Path(__file__).parents[1] / "docs" / "guides" / "backends.md").read_text()
+    block = next(b for b in re.findall(r"^```python\n(.*?)^```$", page, re.S | re.M)
+                 if "def compile_here" in b)
+    definition = block[block.index("def compile_here"):block.index("\n\n\nmodel =")]
+    return definition + "\ncompile_here(model, loss='mse')\n"
+
+
+@pytest.mark.slow  # a process per backend
+@pytest.mark.tensorflow_only  # runs the other backends itself
+@pytest.mark.parametrize("target", ["jax", "tensorflow"])
+def test_a_model_saved_on_pytorch_continues_elsewhere_as_the_guide_says(tmp_path, target):
+    file, masks = str(tmp_path / "torch.keras"), str(tmp_path / "masks.npz")
+    _on("torch", _SAVE_ON, file, masks)
+    out = _on(target, _CONTINUE_ON, file, masks, _guide_fix())
+    assert re.search(r"REFUSED: FixedMasks: optimizer 'adam' of model '\w+' is the torch "
+                     rf"backend's Adam, which cannot step weights on {target}\. .*Compile the "
+                     r"model again on this backend .*the model is unchanged\.", out), out
+    assert "STEPS: 4 8" in out, out  # the optimizer's step carried over, then 4 more
+
+
+@pytest.mark.slow  # a process per backend
+@pytest.mark.tensorflow_only  # runs the other backends itself
+def test_a_model_saved_on_jax_continues_on_pytorch_with_the_one_line_fix(tmp_path):
+    file, masks = str(tmp_path / "jax.keras"), str(tmp_path / "masks.npz")
+    _on("jax", _SAVE_ON, file, masks)
+    out = _on("torch", _CONTINUE_ON, file, masks, "model.jit_compile = False")
+    assert re.search(r"REFUSED: Model '\w+' has jit_compile=True, .*A model loaded from a "
+                     r"\.keras file keeps the setting it was saved with \(on JAX, "
+                     r"jit_compile='auto' is saved as True\)\. Set `\w+\.jit_compile = False`",
+                     out), out
+    assert "STEPS: 4 8" in out, out

@@ -143,7 +143,8 @@ def test_momentum_buffer_is_the_smoothed_dense_gradient_in_fit():
     x = rng.normal(size=(16, 8)).astype("float32")
     y = rng.normal(size=(16, 4)).astype("float32")
     model.compile(keras.optimizers.SGD(0.0), "mse")
-    cb = dst.callbacks.SNFS(update_freq=10, begin_step=50, end_step=60, seed=0)
+    cb = dst.callbacks.SNFS(update_freq=10, begin_step=50, end_step=60, seed=0,
+                            steps_from="optimizer")  # observes only
     model.fit(x, y, batch_size=16, epochs=5, shuffle=False, verbose=0, callbacks=[cb])
     targets = cb.updater.targets
     yt = keras.ops.convert_to_tensor(y)
@@ -165,7 +166,8 @@ def test_momentum_is_saved_with_the_masks_and_restarts_in_a_new_fit(tmp_path):
     model.compile(keras.optimizers.SGD(0.0), "mse")
 
     def fit(model):
-        cb = dst.callbacks.SNFS(update_freq=10, begin_step=50, end_step=60, seed=0)
+        cb = dst.callbacks.SNFS(update_freq=10, begin_step=50, end_step=60, seed=0,
+                                steps_from="optimizer")  # observes only
         model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
         return [numpy(m) for m in cb.updater.momenta]
 

@@ -73,7 +73,10 @@ class DSTCallback(keras.callbacks.Callback):
             `BackupAndRestore` resumes) or "optimizer" (the optimizer's step
             0). A float `end_step` is always a fraction of this fit's steps.
             Defaults to "fit", so a new callback in a second `fit` ramps from
-            that fit's start.
+            that fit's start. Counted from the fit, a schedule must fit in it:
+            `fit` refuses a `begin_step` after its last step, and a pruning
+            schedule whose `end_step` comes after it (when the fit's length is
+            known), before anything changes.
         verbose: unused, kept for Keras' callback convention. Defaults to 0.
 
     Examples:
@@ -137,13 +140,18 @@ class DSTCallback(keras.callbacks.Callback):
         _BY_UPDATER.setdefault(updater, cls)
 
     # -- Keras hooks ------------------------------------------------------
-    def set_model(self, model: keras.Model) -> None:
-        # Keras gives every callback its model before any `on_train_begin`:
-        # masks an updater adds to a dense model exist by the time a
-        # `BackupAndRestore` loads its checkpoint, so they are restored too.
-        super().set_model(model)
-        if isinstance(model, keras.Model):
-            self.updater.prepare(model)
+    def set_params(self, params: dict[str, Any]) -> None:
+        # Keras gives every callback its model, then the fit's params, before
+        # any `on_train_begin`: a schedule that cannot fit in this fit is
+        # refused before anything changes, and masks an updater adds to a
+        # dense model exist by the time a `BackupAndRestore` loads its
+        # checkpoint, so they are restored too.
+        super().set_params(params)
+        steps, epochs = (params or {}).get("steps"), (params or {}).get("epochs")
+        if steps and epochs and self.steps_from == "fit":
+            self.updater.check_run_length(steps * epochs)
+        if isinstance(self.model, keras.Model):
+            self.updater.prepare(self.model)
 
     # No batch-end hook is overridden: such an override turns off Keras'
     # asynchronous callback dispatch, which then blocks on every step's logs.

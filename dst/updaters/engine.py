@@ -101,6 +101,18 @@ class Engine(MaskPaths):
                 f"{type(self).__name__} needs a keras.optimizers.Optimizer; received "
                 f"{type(optimizer).__name__}."
             )
+        made_for = _compat.optimizer_backend(inner)
+        if made_for is not None and made_for != keras.backend.backend():
+            kind = type(inner).__name__
+            raise ValueError(
+                f"{type(self).__name__}: optimizer {inner.name!r} of model '{model.name}' "
+                f"is the {made_for} backend's {kind}, which cannot step weights on "
+                f"{keras.backend.backend()}. Keras rebuilds the optimizer class a model "
+                f"was saved with, so a .keras file saved on {made_for} brings it along. "
+                "Compile the model again on this backend with the same optimizer "
+                "settings, and copy its state over (see 'Models saved on another "
+                "backend' in the backends guide); the model is unchanged."
+            )
         if getattr(inner, "gradient_accumulation_steps", None):
             raise ValueError(
                 f"{type(self).__name__} does not support gradient accumulation "
@@ -114,10 +126,10 @@ class Engine(MaskPaths):
         if self._fresh_seed:
             self.seed = _agreed_seed(model, self.seed)
             self._fresh_seed = False
+        if origin is None and total_steps is not None:
+            self.check_run_length(total_steps, first_step)
         self.targets = self._targets(model)
-        self.origin = first_step if origin is None else int(origin)
-        self.begin = self.origin + self.begin_step
-        self.end = self._resolve_end(total_steps, first_step)
+        self.origin, self.begin, self.end = self._bounds(total_steps, first_step, origin)
         self.schedule = UpdateSteps(self.begin, self.end, self.update_freq,
                                     self.update_at_end)
         # Compiled steps read the schedule relative to this variable, so one
@@ -153,9 +165,44 @@ class Engine(MaskPaths):
             )
         return targets
 
-    def _resolve_end(self, total_steps, first_step) -> int:
+    def check_run_length(self, total_steps: int, first_step: int = 0) -> None:
+        """Refuses a schedule, counted from this run's start, that the run cannot hold.
+
+        With `total_steps` steps from `first_step`, an updater whose first
+        update (`begin_step`) comes after the run's last step would never
+        change a mask, and one that must reach a target by `end_step`
+        (`update_at_end`: magnitude pruning, GraNet) would end short of it.
+
+        Raises:
+            ValueError: naming the step argument, the run's length, and the
+                ways out.
+        """
+        _, begin, end = self._bounds(total_steps, first_step, None)
+        last = first_step + total_steps - 1
+        who = type(self).__name__
+        fix = ("Give `end_step` as a fraction of the fit (for example 1.0), shorten the "
+               "schedule, or train longer; for a schedule that spans several fits, use "
+               "the callback's `steps_from='optimizer'`.")
+        if begin > last:
+            raise ValueError(
+                f"{who}: begin_step={self.begin_step} is after the last step of this "
+                f"fit, which has {total_steps} steps (steps 0 to {total_steps - 1}), "
+                f"so no mask would ever be updated. {fix}")
+        if getattr(self, "update_at_end", False) and end > last:
+            raise ValueError(
+                f"{who}: end_step={self.end_step} is after the last step of this fit, "
+                f"which has {total_steps} steps (steps 0 to {total_steps - 1}), so "
+                f"training would end before the schedule reaches its target. {fix}")
+
+    def _bounds(self, total_steps, first_step, origin) -> tuple[int, int, int]:
+        """(origin, begin, end) of the schedule in optimizer steps."""
+        origin = first_step if origin is None else int(origin)
+        begin = origin + self.begin_step
+        return origin, begin, self._resolve_end(total_steps, first_step, origin, begin)
+
+    def _resolve_end(self, total_steps, first_step, origin, begin) -> int:
         if isinstance(self.end_step, int):
-            return self.origin + self.end_step
+            return origin + self.end_step
         if total_steps is None:
             raise ValueError(
                 f"{type(self).__name__}: end_step={self.end_step!r} is relative to "
@@ -164,7 +211,7 @@ class Engine(MaskPaths):
                 "to fit or give `end_step` as an int."
             )
         fraction = 1.0 if self.end_step is None else self.end_step
-        return max(self.begin, first_step + int(round(fraction * total_steps)) - 1)
+        return max(begin, first_step + int(round(fraction * total_steps)) - 1)
 
     def state_variables(self) -> list:
         """(layer, [variables]) of the mask state a training step reads and writes
