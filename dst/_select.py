@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 
-__all__ = ["NUMPY", "OPS", "Array", "Kit", "salt"]
+__all__ = ["NUMPY", "OPS", "Array", "Kit", "as_int32", "salt"]
 
 #: A numpy array (host path) or a backend tensor (in-graph path).
 Array = Any
@@ -75,7 +75,7 @@ def _fmix32_int(h: int) -> int:
     return int(_fmix32_u32(np.array([h & _M32], dtype=np.uint32))[0])
 
 
-def _as_int32(c: int) -> int:
+def as_int32(c: int) -> int:
     """The int32 with the same 32 bits as the unsigned value `c`."""
     c &= _M32
     return c - 2**32 if c >= 2**31 else c
@@ -94,9 +94,9 @@ def _fmix32_ops(h):
         return ops.bitwise_and(ops.right_shift(x, s), (1 << (32 - s)) - 1)
 
     h = ops.bitwise_xor(h, shr(h, 16))
-    h = ops.multiply(h, _as_int32(0x85EBCA6B))
+    h = ops.multiply(h, as_int32(0x85EBCA6B))
     h = ops.bitwise_xor(h, shr(h, 13))
-    h = ops.multiply(h, _as_int32(0xC2B2AE35))
+    h = ops.multiply(h, as_int32(0xC2B2AE35))
     return ops.bitwise_xor(h, shr(h, 16))
 
 
@@ -105,16 +105,23 @@ def salt(xp, seed: int, step, index: int, role: int):
 
     With `xp=np` (or any host number) it returns a Python int in [0, 2³²);
     with `xp=keras.ops` and a tensor `step`, an int32 tensor with the same
-    bits.
+    bits. `seed` may be an int32 tensor holding the seed's low 32 bits (a
+    compiled step that reads its seed from a variable); `step` is then a
+    tensor too.
     """
-    h = _fmix32_int((int(seed) ^ (role * 0x9E3779B9)) & _M32)
     index_bits = (index * 0x27D4EB2F) & _M32
-    if xp is np or isinstance(step, int | np.integer):
-        h = _fmix32_int((int(step) & _M32) ^ h)
-        return _fmix32_int(h ^ index_bits)
+    role_bits = (role * 0x9E3779B9) & _M32
+    if isinstance(seed, int | np.integer):
+        h = _fmix32_int((int(seed) & _M32) ^ role_bits)
+        if xp is np or isinstance(step, int | np.integer):
+            h = _fmix32_int((int(step) & _M32) ^ h)
+            return _fmix32_int(h ^ index_bits)
+        h = as_int32(h)
+    else:
+        h = _fmix32_ops(keras.ops.bitwise_xor(keras.ops.cast(seed, "int32"), as_int32(role_bits)))
     ops = keras.ops
-    h = _fmix32_ops(ops.bitwise_xor(ops.cast(step, "int32"), _as_int32(h)))
-    return _fmix32_ops(ops.bitwise_xor(h, _as_int32(index_bits)))
+    h = _fmix32_ops(ops.bitwise_xor(ops.cast(step, "int32"), h))
+    return _fmix32_ops(ops.bitwise_xor(h, as_int32(index_bits)))
 
 
 class _NumpyKit:

@@ -5,7 +5,7 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import compiled
+from conftest import compiled, numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -125,3 +125,15 @@ def test_drop_fraction_anchor_and_callable_schedule():
         updaters.SET(grow_candidates="disjoint")
     with pytest.raises(ValueError, match="drop_fraction_anchor"):
         updaters.SET(drop_fraction_anchor="start")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), step=st.integers(0, 2**31 - 1),
+       index=st.integers(0, 50), role=st.integers(0, 3))
+def test_a_seed_read_from_a_tensor_gives_the_host_salt(seed, step, index, role):
+    # Compiled steps read the seed from an int32 variable (its low 32 bits).
+    ops = keras.ops
+    got = _select.salt(ops, ops.convert_to_tensor(_select.as_int32(seed), "int32"),
+                       ops.convert_to_tensor(step, "int32"), index, role)
+    assert int(np.asarray(numpy(got)).astype(np.int64)) & 0xFFFFFFFF == _salt(seed, step, index,
+                                                                             role)

@@ -325,7 +325,7 @@ def test_a_callback_reused_by_fits_of_one_length_reuses_its_update_program(name)
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_a_new_callback_with_other_arguments_or_no_seed_builds_its_own_program():
+def test_a_new_callback_with_other_arguments_builds_its_own_program():
     model = mlp()
     model.compile("adam", "mse")
     programs = []
@@ -338,8 +338,39 @@ def test_a_new_callback_with_other_arguments_or_no_seed_builds_its_own_program()
     first = fit(dst.callbacks.SET(update_freq=2, end_step=1.0, seed=0))
     other = fit(dst.callbacks.SET(update_freq=2, end_step=1.0, seed=1))  # other draws
     assert other.updater is not first.updater and programs[1] is not programs[0]
-    fit(dst.callbacks.SET(update_freq=2, end_step=1.0))  # seed=None: a fresh seed
-    assert programs[2] is not programs[1]
+    third = fit(dst.callbacks.SET(update_freq=3, end_step=1.0, seed=1))  # another schedule
+    assert third.updater is not other.updater and programs[2] is not programs[1]
+
+
+@pytest.mark.parametrize("name", ["SET", "RigL"])
+def test_new_callbacks_without_a_seed_reuse_the_program_with_their_own_draws(name):
+    make = getattr(dst.callbacks, name)
+
+    def run(seeds):
+        model = mlp()
+        model.compile("adam", "mse")
+        programs, used = [], []
+        for seed in seeds:
+            if seed is not None:  # the reference: explicit seeds, nothing cached
+                for key in ("_dst_update_program", "_dst_lean_program", "_dst_last_updater"):
+                    vars(model).pop(key, None)
+            cb = make(update_freq=2, drop_fraction=0.3, end_step=1.0, seed=seed)
+            grab = Grab(cb, lambda function, args: programs.append(function.full))
+            model.fit(*data(64), batch_size=8, epochs=1, verbose=0, shuffle=False,
+                      callbacks=[cb, grab])
+            used.append(cb.updater.seed)
+        return model, programs, used
+
+    fresh, programs, seeds = run([None, None, None])
+    assert all(p is programs[0] for p in programs)  # built (and traced) once
+    assert len(set(seeds)) == 3  # each callback drew its own seed
+    reference, reference_programs, _ = run(seeds)
+    assert len({id(p) for p in reference_programs}) == 3
+    for a, b in zip(dst.get_masks(fresh).values(), dst.get_masks(reference).values(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(fresh.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow  # sixteen fits

@@ -52,9 +52,9 @@ class DSTCallback(keras.callbacks.Callback):
     never change. Two dst callbacks in one `fit` are refused when it starts.
 
     Repeated fits reuse what they can: the lean program always, the update
-    program when the callback (or a new one equal to it, with an explicit
-    `seed`, which then takes over its updater) has the same schedule from
-    the fit's start.
+    program when the callback (or a new one equal to it, which then takes
+    over its updater; with `seed=None`, keeping its own fresh seed) has the
+    same schedule from the fit's start.
 
     `DSTCallback(updater)` wraps any updater instance. The named callbacks
     (`SET`, `RigL`, `MagnitudePruning`, `FixedMasks`, and one per name added
@@ -249,16 +249,20 @@ class DSTCallback(keras.callbacks.Callback):
 
     def _adopt_equal_updater(self) -> None:
         """A new callback equal to the one of this model's last dst fit (same
-        class, same arguments, an explicit seed) takes over that callback's
-        updater, so the fit can reuse its compiled update program. The two
-        would make the same draws from the same seed; an updater that keeps
-        state of its own every step (`observes`, SNFS) is not taken over."""
+        class, same arguments) takes over that callback's updater, so the fit
+        can reuse its compiled update program. The two would make the same
+        draws from the same seed; with `seed=None` the updater takes this
+        callback's fresh seed, which compiled steps read from a variable. An
+        updater that keeps state of its own every step (`observes`, SNFS) is
+        not taken over."""
         last = vars(self.model).get(_LAST_UPDATER)
         mine = (type(self), self._args)
-        eligible = (self._args is not None and self._args.get("seed", 0) is not None
-                    and not self.updater.observes)
+        eligible = self._args is not None and not self.updater.observes
         if (eligible and last is not None and last[0] is not self.updater
                 and last[1][0] is mine[0] and _equal(last[1][1], mine[1])):
+            if self._args is not None and self._args.get("seed", 0) is None:
+                # seed=None: the updater takes this callback's own fresh draw
+                last[0].seed, last[0]._fresh_seed = self.updater.seed, self.updater._fresh_seed
             self.updater = last[0]
         self.model.__dict__[_LAST_UPDATER] = (self.updater, mine)
 

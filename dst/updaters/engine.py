@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import keras
 
-from dst import _compat, backend
+from dst import _compat, _select, backend
 from dst._model import Target, check_keras3_model, dynamic_targets, masked_targets
 from dst._select import Array
 from dst._validate import as_int
@@ -134,8 +134,12 @@ class Engine(MaskPaths):
                                     self.update_at_end)
         # Compiled steps read the schedule relative to this variable, so one
         # program serves every fit whose schedule is the same from its origin.
-        self._origin = _origin_variable(model)
+        self._origin = _model_variable(model, "origin")
         self._origin.assign(self.origin)
+        # Compiled steps read the seed from a variable too, so a new callback
+        # with a fresh seed can reuse them (the host path reads `self.seed`).
+        self._seed = _model_variable(model, "seed")
+        self._seed.assign(_select.as_int32(self.seed))
         with _compat.strategy_scope(model):
             self.state = OptimizerState(optimizer, [t.variable for t in self.targets],
                                         model.trainable_variables)
@@ -215,8 +219,8 @@ class Engine(MaskPaths):
 
     def state_variables(self) -> list:
         """(layer, [variables]) of the mask state a training step reads and writes
-        (and the schedule's origin)."""
-        return ([(self.targets[0].layer, [self._origin])]
+        (and the schedule's origin and seed)."""
+        return ([(self.targets[0].layer, [self._origin, self._seed])]
                 + [(t.layer, t.mask_constraint.state_variables) for t in self.targets])
 
     def relative_schedule(self) -> tuple:
@@ -478,12 +482,13 @@ def _agreed_seed(model, seed: int) -> int:
     return int(_compat.to_numpy(agreed))
 
 
-def _origin_variable(model) -> keras.Variable:
-    """The model's one schedule-origin variable (kept in `vars(model)`, past
-    Keras' attribute tracking; dst registers it as state during a fit)."""
-    variable = vars(model).get("_dst_origin")
+def _model_variable(model, name: str) -> keras.Variable:
+    """The model's one int32 variable `name` of dst's schedule (its origin, its
+    seed), kept in `vars(model)`, past Keras' attribute tracking; dst
+    registers it as state during a fit."""
+    variable = vars(model).get(f"_dst_{name}")
     if variable is None:
         with _compat.strategy_scope(model):
-            variable = keras.Variable(0, dtype="int32", trainable=False, name="dst_origin")
-        vars(model)["_dst_origin"] = variable
+            variable = keras.Variable(0, dtype="int32", trainable=False, name=f"dst_{name}")
+        vars(model)[f"_dst_{name}"] = variable
     return variable

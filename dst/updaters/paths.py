@@ -35,6 +35,7 @@ class MaskPaths:
         schedule: UpdateSteps | None
         jit: bool
         seed: int
+        _seed: keras.Variable
         _table: Any
         origin: int
 
@@ -94,7 +95,7 @@ class MaskPaths:
         safe_g = None if grad is None else ops.where(ops.isfinite(grad), grad,
                                                      ops.zeros(grad.shape, grad.dtype))
         new = self.new_mask(kit_for(_select.OPS, self.targets[index]), safe_w, old, safe_g, value,
-                            lambda role: _select.salt(ops, self.seed, step, index, role))
+                            functools.partial(self._salt_in_graph, step, index))
         return ops.where(ok, new, old), ok
 
     def _value_in_graph(self, step, index):
@@ -187,7 +188,8 @@ class MaskPaths:
         return out
 
     def _salt_in_graph(self, step: Array, index: int, role: int) -> Array:
-        return _select.salt(keras.ops, self.seed, step, index, role)
+        # The seed is read from the model's variable: programs outlive a seed.
+        return _select.salt(keras.ops, self._seed.value, step, index, role)
 
 
 def _check(target, old, new, want: int, who: str) -> None:
