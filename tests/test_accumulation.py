@@ -229,16 +229,16 @@ class Interrupt(keras.callbacks.Callback):
 
 
 def test_backup_and_restore_resumes_inside_a_window_exactly(tmp_path):
-    # 8 steps per epoch, updates at 0, 4, ..., 28: the window of the update
-    # at step 16 (steps 14, 15, 16) spans the interruption after step 15.
-    x, y = data(64)
+    # 4 steps per epoch, updates at 0, 4 and 8: the window of the update at
+    # step 8 (steps 6, 7, 8) spans the interruption after step 7.
+    x, y = data(32)
 
     def make():
         return dst.callbacks.RigL(update_freq=4, grad_accumulation_n=3, end_step=1.0,
                                   drop_fraction=0.5, seed=5)
 
     def fit(model, callbacks):
-        model.fit(x, y, batch_size=8, epochs=4, verbose=0, shuffle=False, callbacks=callbacks)
+        model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False, callbacks=callbacks)
 
     whole = mlp(seed=0)
     whole.compile(keras.optimizers.Adam(0.01), "mse")
@@ -250,14 +250,14 @@ def test_backup_and_restore_resumes_inside_a_window_exactly(tmp_path):
         fit(interrupted, [keras.callbacks.BackupAndRestore(str(tmp_path / "b")), first,
                           Interrupt()])
     sums = [numpy(s).copy() for s in first.updater.accumulators]  # as in the checkpoint
-    assert all(s.any() for s in sums)  # steps 14 and 15 were added
+    assert all(s.any() for s in sums)  # steps 6 and 7 were added
 
     cb, checked = make(), []
 
     class Check(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             if not checked:  # the first batch of the resumed run, after `cb` bound
-                assert int(numpy(self.model.optimizer.iterations)) == 16
+                assert int(numpy(self.model.optimizer.iterations)) == 8
                 for got, want in zip(cb.updater.accumulators, sums, strict=True):
                     np.testing.assert_array_equal(numpy(got), want)
                 checked.append(True)
