@@ -290,6 +290,9 @@ class Config(_Strict):
         default="after_drop", description="set, rigl, rigl_2x, snfs: grow among connections "
                                           "inactive after the drop (the references') or "
                                           "before it")
+    grad_accumulation_n: PositiveInt = Field(
+        default=1, description="rigl, rigl_2x, granet, srigl: steps whose dense gradients "
+                               "are averaged into the grow scores, at most update_freq")
     keep_dense: Literal["first", "last", "both"] | None = Field(
         default=None, description="dst.sparsify(keep_dense=...) for the dst methods "
                                   "(both: first and last); TF-MOT prunes every layer")

@@ -36,17 +36,24 @@ def _drop_grow_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
                 begin_step=begin, end_step=end, seed=seed)
 
 
+def _rigl_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
+    return dict(_drop_grow_kwargs(cfg, sparsity, seed, begin, end, distribution),
+                grad_accumulation_n=cfg["grad_accumulation_n"])
+
+
 def _granet_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
     # GraNet's own sparse start (0.5) and regrowth fraction (0.5).
     return dict(final_sparsity=sparsity, initial_sparsity=min(0.5, sparsity),
                 begin_step=begin, end_step=end, update_freq=cfg["update_freq"],
-                distribution=distribution, seed=seed)
+                distribution=distribution, seed=seed,
+                grad_accumulation_n=cfg["grad_accumulation_n"])
 
 
 def _srigl_kwargs(cfg, sparsity, seed, begin, end, distribution) -> dict:
     # SET's schedule; SRigL always grows "after_drop" (no grow_candidates).
     return dict(update_freq=cfg["update_freq"], drop_fraction=cfg["drop_fraction"],
                 drop_fraction_schedule=cfg["drop_fraction_schedule"],
+                grad_accumulation_n=cfg["grad_accumulation_n"],
                 begin_step=begin, end_step=end, seed=seed)
 
 
@@ -143,9 +150,9 @@ TABLE: dict[str, Method] = {m.name: m for m in (
     Method("set", "SET", "tab:orange", "^", sparsify=True, callback="set",
            distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
     Method("rigl", "RigL", "tab:red", "P", sparsify=True, callback="rigl",
-           distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs),
+           distribution_field="distribution", schedule=True, kwargs=_rigl_kwargs),
     Method("rigl_2x", "RigL 2×", "darkred", "p", sparsify=True, callback="rigl",
-           distribution_field="distribution", schedule=True, kwargs=_drop_grow_kwargs,
+           distribution_field="distribution", schedule=True, kwargs=_rigl_kwargs,
            budget=2),
     Method("granet", "GraNet", "tab:green", "X", callback="granet",
            distribution_field="distribution", schedule=True, sparsity_schedule="gradual",

@@ -80,6 +80,8 @@ def run_jobs(
     *,
     resume: bool = False,
     print_fn: Callable[[str], None] = print,
+    claim: Callable[[Job], bool] | None = None,
+    merge: bool = True,
 ) -> list[dict]:
     """Trains `jobs` and writes DIR/results/<run id>.json per run, then merges
     them into runs.csv, histories.json, summary.md and plots.
@@ -88,6 +90,9 @@ def run_jobs(
     share DIR; each merge reads all the files there. Without `resume`, earlier
     results in DIR are removed first; with it, runs that have a file are skipped.
     Data is loaded, and every schedule checked, before the first run trains.
+    `claim(job)`, when given, is asked before each run trains; a run it
+    refuses (another process took it) is skipped. With `merge=False` nothing
+    is merged (`merge_results` does it later) and no rows are returned.
     """
     out = Path(out_dir)
     jobs = list({job.run_id: job for job in jobs}.values())
@@ -117,6 +122,9 @@ def run_jobs(
         if report.result_path(out, job.run_id).is_file():
             print_fn(f"  already in {report.RESULTS}/; skipped (--resume)")
             continue
+        if claim is not None and not claim(job):
+            print_fn("  taken by another process; skipped")
+            continue
         key = _data_key(job.cfg)
         data, val_data = datasets[key]
         ref = references[(key, json.dumps(job.cfg["model"], sort_keys=True))]
@@ -130,8 +138,20 @@ def run_jobs(
                  f"epoch_seconds={row['epoch_seconds']:.3f}, "
                  f"flops_ratio={row['flops_ratio']:.3f} "
                  f"({time.perf_counter() - start:.1f} s)")
+    if not merge:
+        return []
+    return merge_results(jobs, out, datasets, print_fn=print_fn)
+
+
+def merge_results(jobs: Sequence[Job], out_dir: str | Path, datasets: dict | None = None, *,
+                  print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Merges every result file in DIR into runs.csv, summary.md and the plots
+    (the layer densities of `jobs`' config); returns the rows."""
+    out = Path(out_dir)
     all_rows = report.build(out, print_fn=print_fn)
     first = jobs[0].cfg
+    if datasets is None:
+        datasets = {_data_key(first): _prepare(first)}
     data, _ = datasets[_data_key(first)]
     report.plot_layer_density(
         layer_densities(first, data, sorted({j.spec.sparsity for j in jobs} - {0.0})

@@ -30,7 +30,7 @@ RUN_FIELDS = (
     "name", "dataset", "model", "backend", "epochs", "batch_size", "optimizer",
     "lr_schedule",
     "update_freq", "drop_fraction", "drop_fraction_schedule", "sparse_init",
-    "grow_candidates", "keep_dense",
+    "grow_candidates", "grad_accumulation_n", "keep_dense",
     "val_split", "max_train_samples", "max_test_samples", "export",
 )
 

@@ -67,7 +67,7 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
         >>> cb = get("rigl", update_freq=50, seed=0)
         >>> type(cb).__name__, cb.updater.update_freq
         ('RigL', 50)
-        >>> get({"class_name": "set", "config": cb.get_config()}).updater.update_freq
+        >>> get({"class_name": "rigl", "config": cb.get_config()}).updater.update_freq
         50
     """
     if isinstance(identifier, DSTCallback) or isinstance(identifier, dict):

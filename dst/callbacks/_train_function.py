@@ -58,10 +58,12 @@ class SparseTrainFunction:
     update step (`Updater.sparse_step`, which updates the masks when the
     optimizer's own step count is an update step). A call runs up to
     `steps_per_execution` steps; it runs the update program when its window
-    may hold the next update step, and the lean one otherwise. The host's
-    count `step` never runs behind the optimizer's (a step the loss scaler
-    skips does not advance the optimizer), so a lean call can never hold an
-    update step; after each update call (and the first call) the host reads
+    may hold the next update step, or one of the `grad_accumulation_n` − 1
+    steps before it (whose gradients the update program accumulates), and
+    the lean one otherwise. The host's count `step` never runs behind the
+    optimizer's (a step the loss scaler skips does not advance the
+    optimizer), so a lean call can never hold such a step; after each call
+    that may hold the update step itself (and the first call) the host reads
     the optimizer's count back, once.
 
     `armed` is set by the callback before each call. A call that finds it
@@ -76,6 +78,7 @@ class SparseTrainFunction:
         self.state = updater.state_variables()
         self.optimizer = optimizer
         self.window = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+        self.lead = updater.grad_accumulation_n - 1  # steps accumulated before an update
         backend.register(model, self.state)  # also when the programs are cached
         self.lean = _lean_program(model, optimizer, updater, self.state)
         # Built now, while the model's variables hold their values (on JAX a
@@ -95,10 +98,13 @@ class SparseTrainFunction:
             return self._unarmed(*args)
         self.armed = False
         following = self.updater.schedule.next_update(self.step)
-        if following is not None and following < self.step + self.window:
+        if following is not None and following - self.lead < self.step + self.window:
             assert self.full is not None  # built whenever an update step is left
             result = self.full(*args)
-            self._read_step(result)
+            if following < self.step + self.window or not self.checked:
+                self._read_step(result)
+            else:  # only steps before the update: the host count stays at or ahead
+                self.step += self.window
             return result
         result = self.lean(*args)
         if not self.checked:

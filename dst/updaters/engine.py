@@ -64,6 +64,15 @@ class Engine(MaskPaths):
 
         def prepare(self, model: keras.Model) -> None: ...
 
+    #: Steps whose dense gradients the grow scores average (RigL, SRigL,
+    #: GraNet: `dst.updaters.accumulation`); 1 for every other updater.
+    grad_accumulation_n: int = 1
+
+    def accumulate(self, step, grads: Mapping, is_update) -> dict:
+        """The gradients an update step sees: `grads` itself, unless
+        gradients are accumulated (`GradientAccumulation.accumulate`)."""
+        return dict(grads)
+
     def bind(self, model: keras.Model, total_steps: int | None = None,
              first_step: int = 0, optimizer: keras.optimizers.Optimizer | None = None, *,
              jit: bool | None = None, origin: int | None = None) -> None:
@@ -303,9 +312,12 @@ class Engine(MaskPaths):
             raise RuntimeError(f"Call {type(self).__name__}.bind(model, ...) first.")
         step = as_int(step, "step", f"{type(self).__name__}.update", minimum=0)
         is_update = self.is_update_step(step)
-        if not (is_update or self.observes):
+        following = self._schedule().next_update(step)
+        accumulating = following is not None and following - step < self.grad_accumulation_n
+        if not (is_update or self.observes or accumulating):
             return False
         by_index = self.observe(step, self._grads_by_index(grads))
+        by_index = self.accumulate(step, by_index, is_update)
         if is_update:
             self._update_all(step, by_index)
         return is_update
@@ -351,6 +363,8 @@ class Engine(MaskPaths):
         schedule = self._schedule()
         if schedule.end < schedule.begin:
             return  # no update step at all (FixedMasks)
+        is_update = self._is_update_tensor(step)
+        by_index = self.accumulate(step, by_index, is_update)  # `grad_accumulation_n`
 
         olds = [keras.ops.convert_to_tensor(t.mask_constraint.mask) for t in self.targets]
 
@@ -367,7 +381,7 @@ class Engine(MaskPaths):
             for index, (new, ok) in enumerate(results):
                 self._write(index, olds[index], new, ok)
 
-        backend.guarded_update(self._is_update_tensor(step), step, self.jit,
+        backend.guarded_update(is_update, step, self.jit,
                                lambda at: self._update_all(at, by_index), compute, keep, write)
 
     def _update_all(self, step, by_index) -> None:
@@ -421,7 +435,8 @@ class Engine(MaskPaths):
             if self.needs_gradients:
                 raise ValueError(
                     f"{who}.update needs `grads` (the dense gradients of the current "
-                    "batch) at update steps."
+                    "batch) at update steps, and at the grad_accumulation_n - 1 steps "
+                    "before each."
                 )
             return {}
         if isinstance(grads, dict):

@@ -12,6 +12,7 @@ from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.core import sparsify
 from dst.schedules import DropFraction
+from dst.updaters.accumulation import GradientAccumulation
 from dst.updaters.base import floor_fraction
 from dst.updaters.magnitude import MagnitudePruning
 from dst.updaters.registry import register
@@ -20,7 +21,7 @@ __all__ = ["GraNet"]
 
 
 @register("granet")
-class GraNet(MagnitudePruning):
+class GraNet(GradientAccumulation, MagnitudePruning):
     """Gradual magnitude pruning that also drops and regrows (Liu et al. 2021).
 
     "Sparse Training via Boosting Pruning Plasticity with Neuroregeneration"
@@ -31,8 +32,10 @@ class GraNet(MagnitudePruning):
        `final_sparsity` (exactly `MagnitudePruning`'s counts);
     2. then loses k_t = floor(r(t) · keep_t) more of its smallest-magnitude
        active connections and regrows k_t, those with the largest |dense
-       gradient| of the current batch among all connections inactive after
-       the drop (RigL's "after_drop" rule), so its count is keep_t exactly.
+       gradient| of the current batch (with `grad_accumulation_n=n`, the
+       mean of the n steps up to the update, as RigL's) among all connections
+       inactive after the drop (RigL's "after_drop" rule), so its count is
+       keep_t exactly.
 
     r(t) = α/2 · (1 + cos(π (t − begin_step)/(end − begin_step))) decays from
     α = `regrowth_fraction` at `begin_step` to 0 at the last update step.
@@ -66,6 +69,8 @@ class GraNet(MagnitudePruning):
         power: exponent of the sparsity schedule. Defaults to 3.
         distribution: how s_t is spread over weights. Defaults to "uniform".
         seed: seed of the initial masks and of tie-breaking. Defaults to None.
+        grad_accumulation_n: steps whose dense gradients are averaged into
+            the regrowth scores, in [1, update_freq], as RigL's. Defaults to 1.
 
     Raises:
         ValueError: an argument out of range, or `initial_sparsity` greater
@@ -97,13 +102,14 @@ class GraNet(MagnitudePruning):
                  regrowth_fraction: float = 0.5, begin_step: int = 0,
                  end_step: int | float | None = None, update_freq: int = 100,
                  power: float = 3, distribution: str | Callable = "uniform",
-                 seed: int | None = None):
+                 seed: int | None = None, grad_accumulation_n: int = 1):
         super().__init__(final_sparsity, initial_sparsity=initial_sparsity,
                          begin_step=begin_step, end_step=end_step, update_freq=update_freq,
                          power=power, distribution=distribution, seed=seed)
         who = type(self).__name__
         self.regrowth_fraction = as_float(regrowth_fraction, "regrowth_fraction", who,
                                           low=0.0, high=1.0, high_open=True)
+        self._set_accumulation(grad_accumulation_n)
 
     def _targets(self, model):
         if not dynamic_targets(model):

@@ -56,6 +56,9 @@ class SRigL(RigL):
         drop_fraction_anchor: as for `SET`. Defaults to "begin".
         gamma_sal: the ablation threshold γ_sal, in [0, 1]; 0 never
             ablates. Defaults to 0.3 (the paper's).
+        grad_accumulation_n: steps whose dense gradients are averaged into
+            the grow scores, as RigL's (the SRigL code's option of that
+            name). Defaults to 1.
         begin_step: first update step. Defaults to 0.
         end_step: last step that may update. Defaults to 0.75.
         seed: seed for the constant fan-in masks and tie-breaking.
@@ -85,13 +88,13 @@ class SRigL(RigL):
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
                  drop_fraction_schedule: str | Callable[[int], float] = "cosine",
                  drop_fraction_anchor: str = "begin", gamma_sal: float = 0.3,
-                 begin_step: int = 0, end_step: int | float | None = 0.75,
-                 seed: int | None = None):
+                 grad_accumulation_n: int = 1, begin_step: int = 0,
+                 end_step: int | float | None = 0.75, seed: int | None = None):
         super().__init__(update_freq=update_freq, drop_fraction=drop_fraction,
                          drop_fraction_schedule=drop_fraction_schedule,
                          drop_fraction_anchor=drop_fraction_anchor,
-                         grow_candidates="after_drop", begin_step=begin_step,
-                         end_step=end_step, seed=seed)
+                         grow_candidates="after_drop", grad_accumulation_n=grad_accumulation_n,
+                         begin_step=begin_step, end_step=end_step, seed=seed)
         self.gamma_sal = as_float(gamma_sal, "gamma_sal", type(self).__name__, low=0.0, high=1.0)
 
     def bind(self, model: keras.Model, total_steps: int | None = None, first_step: int = 0,
