@@ -1,0 +1,161 @@
+"""CHT: the Cannistraci-Hebb link scores, and the updater through the kit."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dst
+from dst.testing import check_updater
+from dst.updaters.cht import CHT, fraction_bits, link_scores
+
+# A 4 × 4 bipartite graph, inputs i0..i3 (rows), outputs j0..j3 (columns).
+GRAPH = np.array([[1, 1, 0, 0],
+                  [0, 1, 1, 0],
+                  [0, 1, 0, 1],
+                  [0, 0, 0, 1]], dtype=bool)
+
+
+def test_ch3_l3n_scores_of_a_crafted_graph_by_hand():
+    # (i0, j2): paths i0-j1-i1-j2. Local community {j1, i1}.
+    #   i1: deg 2, N(i1) ∩ N(i0) = {j1}: d_i 1, d_e = 2 - 1 - 1 = 0 -> 1/1
+    #   j1: deg 3 (i0, i1, i2), N(j1) ∩ N(j2) = {i1}: d_e = 3 - 1 - 1 = 1 -> 1/2
+    # (i0, j3): paths i0-j1-i2-j3. Community {j1, i2}.
+    #   i2: deg 2, N(i2) ∩ N(i0) = {j1}: d_e 0 -> 1; j1: N(j1) ∩ N(j3) = {i2}: d_e 1 -> 1/2
+    # (i3, j1): paths i3-j3-i2-j1. Community {j3, i2}.
+    #   i2: N(i2) ∩ N(i3) = {j3}: d_e = 2 - 1 - 1 = 0 -> 1
+    #   j3: deg 2 (i2, i3), N(j3) ∩ N(j1) = {i2}: d_e 0 -> 1
+    # (i1, j3): paths i1-j1-i2-j3. i2: N(i2) ∩ N(i1) = {j1}: d_e 0 -> 1;
+    #   j1: N(j1) ∩ N(j3) = {i2}: d_e 1 -> 1/2
+    # (i1, j0), (i2, j0): paths i-j1-i0-j0. i0: d_e = 2 - 1 - 1 = 0 -> 1;
+    #   j1: N(j1) ∩ N(j0) = {i0}: d_e 1 -> 1/2
+    # (i2, j2): path i2-j1-i1-j2. i1: d_e 0 -> 1; j1: d_e 1 (i0) -> 1/2
+    # (i3, j0), (i3, j2): no path of length three -> 0
+    want = {(0, 2): 1.5, (0, 3): 1.5, (3, 1): 2.0, (1, 3): 1.5, (1, 0): 1.5, (2, 0): 1.5,
+            (2, 2): 1.5, (3, 0): 0.0, (3, 2): 0.0}
+    scores = link_scores(GRAPH)
+    assert {ij: float(scores[ij]) for ij in want} == want
+
+
+def test_ch2_l3n_weighs_each_term_by_one_plus_the_internal_degree():
+    # i0 shares two outputs with i1: its term for (i1, j2) is (1 + 2) / (1 + 0).
+    a = np.array([[1, 1, 1],
+                  [1, 1, 0]], dtype=bool)
+    # (i1, j2): paths i1-j0-i0-j2 and i1-j1-i0-j2. Community {j0, j1, i0}.
+    #   i0: d_i = 2, d_e = 3 - 2 - 1 = 0   -> CH2 3/1, CH3 1
+    #   j0: N(j0) = {i0, i1}, ∩ N(j2) = {i0}: d_i 1, d_e = 2 - 1 - 1 = 0 -> CH2 2, CH3 1
+    #   j1: the same -> CH2 2, CH3 1
+    assert float(link_scores(a, "ch2_l3n")[1, 2]) == 7.0
+    assert float(link_scores(a, "ch3_l3n")[1, 2]) == 3.0
+
+
+def test_scores_agree_on_the_host_and_in_keras_ops():
+    rng = np.random.default_rng(0)
+    a = rng.random((37, 23)) < 0.15
+    for score in ("ch3_l3n", "ch2_l3n"):
+        host = link_scores(a, score)
+        graph = keras.ops.convert_to_numpy(
+            link_scores(keras.ops.convert_to_tensor(a), score))
+        assert host.dtype == np.float32
+        np.testing.assert_array_equal(host, graph)
+
+
+def brute_force(a: np.ndarray, i: int, j: int, score: str) -> float:
+    """The node-based CH-L3 score of the missing link (i, j), from its paths."""
+    rows, cols = a.shape
+    paths = [(jj, ii) for jj in range(cols) for ii in range(rows)
+             if a[i, jj] and a[ii, jj] and a[ii, j] and ii != i and jj != j]
+    inputs = {ii for _, ii in paths}
+    outputs = {jj for jj, _ in paths}
+    total = 0.0
+    for ii in inputs:
+        internal = int(sum(a[ii, jj] for jj in outputs))
+        external = int(a[ii].sum()) - internal - 1          # less the link to j
+        total += (1 + internal if score == "ch2_l3n" else 1) / (1 + external)
+    for jj in outputs:
+        internal = int(sum(a[ii, jj] for ii in inputs))
+        external = int(a[:, jj].sum()) - internal - 1        # less the link to i
+        total += (1 + internal if score == "ch2_l3n" else 1) / (1 + external)
+    return total
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 7), cols=st.integers(1, 7), density=st.floats(0.1, 0.8),
+       seed=st.integers(0, 2**16), score=st.sampled_from(["ch3_l3n", "ch2_l3n"]))
+def test_matrix_form_equals_the_scores_from_explicit_paths(rows, cols, density, seed, score):
+    a = np.random.default_rng(seed).random((rows, cols)) < density
+    scores = link_scores(a, score)
+    step = 2.0 ** -fraction_bits(rows, cols)
+    for i, j in itertools.product(range(rows), range(cols)):
+        if not a[i, j]:
+            want = brute_force(a, i, j, score)
+            # each term is rounded to a multiple of 2^-b (half a unit each at most)
+            assert abs(float(scores[i, j]) - want) <= (rows + cols) * step / 2, (i, j)
+
+
+def test_fraction_bits_keep_every_sum_below_2_to_the_24():
+    assert fraction_bits(12, 16) == 19
+    assert fraction_bits(784, 300) == 13
+    assert fraction_bits(1, 1) == 22
+    for n_in, n_out in [(784, 1000), (4096, 4096), (3, 5)]:
+        assert (n_in + n_out) * 2 ** fraction_bits(n_in, n_out) <= 2**24
+
+
+def test_cht_grows_the_highest_scored_links():
+    # One drop (the weakest link), then the best-predicted link grows.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, use_bias=False)])
+    kernel = model.layers[0].kernel
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    mask = np.array(GRAPH)
+    mask[2, 2] = mask[3, 0] = True  # GRAPH's 7 links and two weak ones: 9
+    dst.set_masks(model, {kernel.path: mask})
+    weights = np.where(mask, 1.0, 0.0).astype("float32")
+    weights[2, 2], weights[3, 0] = 0.01, 0.02  # k = floor(0.25 · 9) = 2 drop
+    kernel.assign(weights)
+    model.compile("sgd", "mse")
+    up = CHT(update_freq=1, drop_fraction=0.25, end_step=5, seed=0)
+    up.bind(model)
+    up.update(0)
+    new = dst.get_masks(model)[kernel.path]
+    # After the drop the graph is GRAPH: (i3, j1) scores 2.0, then six links
+    # tie at 1.5 (the dropped (i2, j2) among them); one of those grows.
+    grown = new & ~GRAPH
+    assert grown.sum() == 2 and grown[3, 1]
+    scores = link_scores(GRAPH)
+    other = [ij for ij in zip(*np.nonzero(grown)) if ij != (3, 1)][0]
+    assert float(scores[other]) == 1.5
+    assert int(new.sum()) == int(mask.sum())
+
+
+def test_cht_refuses_conv_kernels_and_bad_arguments():
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"CHT scores links of 2-D weights .* "
+                                         r"'.*kernel' \(3, 3, 2, 4\)"):
+        CHT(seed=0).bind(model)
+    with pytest.raises(ValueError, match=r"`score` must be one of \['ch3_l3n', 'ch2_l3n'\] "
+                                         r"for CHT\. Received: score='ch3_l3'"):
+        CHT(score="ch3_l3")
+    with pytest.raises(ValueError, match=r"Received: score='cn'"):
+        link_scores(GRAPH, "cn")
+
+
+def test_cht_is_registered_and_a_callback():
+    assert dst.updaters.get("cht") is CHT
+    assert type(dst.callbacks.get("cht", score="ch2_l3n")).__name__ == "CHT"
+    assert dst.updaters.CHT is CHT
+
+
+@pytest.mark.slow  # two dozen short fits, and one process per backend
+def test_cht_conforms_on_every_backend():
+    check_updater("cht", backends=["tensorflow", "jax", "torch"])
+
+
+@pytest.mark.slow  # two dozen short fits
+def test_cht_ch2_conforms():
+    check_updater("cht", score="ch2_l3n", drop_fraction=0.5, grow_candidates="before_drop")
