@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dst
+from dst import _select
+from dst._model import dynamic_targets
 from dst.testing import check_updater
-from dst.updaters.cht import CHT, fraction_bits, link_scores
+from dst.updaters.cht import CHT, chain_pairs, fraction_bits, link_scores
 
 # A 4 × 4 bipartite graph, inputs i0..i3 (rows), outputs j0..j3 (columns).
 GRAPH = np.array([[1, 1, 0, 0],
@@ -159,3 +161,77 @@ def test_cht_conforms_on_every_backend():
 @pytest.mark.slow  # two dozen short fits
 def test_cht_ch2_conforms():
     check_updater("cht", score="ch2_l3n", drop_fraction=0.5, grow_candidates="before_drop")
+
+
+# -- percolation ---------------------------------------------------------------------
+def chain_model():
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(3, use_bias=False, activation="relu", name="a")(inputs)
+    x = keras.layers.Dropout(0.1)(x)
+    outputs = keras.layers.Dense(2, use_bias=False, name="b")(x)
+    model = keras.Model(inputs, outputs)
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    a, b = model.get_layer("a").kernel, model.get_layer("b").kernel
+    dst.set_masks(model, {a.path: np.eye(3, dtype=bool),
+                          b.path: np.array([[1, 0], [0, 1], [1, 0]], dtype=bool)})
+    a.assign(np.diag([0.01, 1.0, 1.0]).astype("float32"))   # h0's only input is the weakest
+    b.assign(np.array([[1.0, 0], [0, 0.9], [0.05, 0]], dtype="float32"))  # h2's only output too
+    model.compile("sgd", "mse")
+    return model, a, b
+
+
+def test_percolation_removes_the_links_of_units_left_without_input_or_output():
+    model, a, b = chain_model()
+    up = CHT(percolation=True, drop_fraction=0.34, update_freq=1, end_step=5, seed=0)
+    up.bind(model)
+    assert up.chain == [(0, 1)]
+    masks = dst.get_masks(model)
+    weights = [keras.ops.convert_to_numpy(v.value) for v in (a, b)]
+    planned = up.plan(_select.NUMPY, [1, 1], weights, [masks[a.path], masks[b.path]],
+                      [None, None])
+    # The drop takes (h0 <- x0) from a and (h2 -> o0) from b: h2 has no output
+    # left, so a loses (h2 <- x2) too; h0 then has no input, so b loses (h0 -> o0).
+    assert planned[0][2:] == [1, 1, 1] + [1, 1, 0]  # a: live inputs, live outputs
+    assert planned[1][2:] == [0, 1, 0] + [1, 1]     # b: live inputs, live outputs
+    up.update(0)
+    after = dst.get_masks(model)
+    assert after[a.path].sum() == 3 and after[b.path].sum() == 3  # all regrown
+    assert after[a.path][1, 1] and after[b.path][1, 1]            # the kept links
+
+
+def test_chain_pairs_follow_dense_layers_through_activations_only():
+    model, _, _ = chain_model()
+    assert chain_pairs(model, dynamic_targets(model)) == [(0, 1)]
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5, name="h")(inputs)
+    branch = keras.layers.Dense(2, name="p")(hidden)     # h feeds two layers:
+    other = keras.layers.Dense(2, name="q")(hidden)      # its units are not one chain
+    side = keras.layers.Dense(2, name="r")(keras.layers.BatchNormalization()(branch))
+    model = keras.Model(inputs, [branch, other, side])
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    assert chain_pairs(model, dynamic_targets(model)) == []
+    sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5),
+                                   keras.layers.Activation("relu"), keras.layers.Dense(3)])
+    dst.sparsify(sequential, 0.5, "uniform", seed=0)
+    assert chain_pairs(sequential, dynamic_targets(sequential)) == [(0, 1)]
+
+
+def test_percolation_refuses_what_it_cannot_chain():
+    with pytest.raises(ValueError, match=r"needs grow_candidates='after_drop'\. "
+                                         r"Received: grow_candidates='before_drop'"):
+        CHT(percolation=True, grow_candidates="before_drop")
+    with pytest.raises(ValueError, match=r"`percolation` must be True or False for CHT\. "
+                                         r"Received: percolation=1"):
+        CHT(percolation=1)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    dst.sparsify(model, 0.5, "uniform", seed=0)
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match=r"model '.*' has no such pair of kernels .*"
+                                         r"Use percolation=False\."):
+        CHT(percolation=True).bind(model)
+
+
+@pytest.mark.slow  # two dozen short fits, and one process per backend
+def test_cht_with_percolation_conforms_on_every_backend():
+    check_updater("cht", percolation=True, drop_fraction=0.5,
+                  backends=["tensorflow", "jax", "torch"])

@@ -11,10 +11,11 @@ import numpy as np
 
 from dst import _select
 from dst._select import Array, Kit
+from dst.blocks import block_of, to_blocks
 from dst.updaters.registry import register
 from dst.updaters.set import SET
 
-__all__ = ["CHT", "SCORES", "link_scores", "fraction_bits"]
+__all__ = ["CHT", "SCORES", "chain_pairs", "link_scores", "fraction_bits"]
 
 #: The link-prediction rules CHT grows by (node-based, length-three paths).
 SCORES = ("ch3_l3n", "ch2_l3n")
@@ -39,6 +40,15 @@ class CHT(SET):
        path of length three reaches score 0 and are drawn at random when
        fewer than k score above 0.
 
+    With `percolation=True`, between steps 1 and 2 the links of a hidden unit
+    left without input or without output are removed too, as the reference
+    code's chain removal does: for Dense kernels a, b where b reads a's
+    output (through activations or dropout only, `chain_pairs`), first
+    backward (a loses the inputs of units with no link left in b), then
+    forward (b loses the outputs of units with no input left in a); each
+    weight then regrows as many links as it lost. Its drop tie-breaks are
+    seeded per weight, not per step (the update is planned across weights).
+
     Grown weights start at 0.0 with fresh optimizer slots; each weight keeps
     its active count (asserted), as in SET.
 
@@ -50,9 +60,8 @@ class CHT(SET):
     Differences from the reference code: the node-based scores (the CHTs
     code's `CH3_L3n`, `CH2_L3n`) rather than the path-based CH3-L3 of the
     ICLR paper's C++ routine; the top-k regrowth of CHT rather than CHTs'
-    sampling; no removal of inactive neurons (chain removal), no
-    correlated or small-world initial topology, no early stop of the
-    evolution. See docs/algorithms/cht.md.
+    sampling; no correlated or small-world initial topology, no early stop
+    of the evolution. See docs/algorithms/cht.md.
 
     Args:
         update_freq: steps between updates. Defaults to 100.
@@ -63,6 +72,8 @@ class CHT(SET):
         drop_fraction_anchor: as for `SET`. Defaults to "begin".
         score: "ch3_l3n" or "ch2_l3n", see `link_scores`. Defaults to
             "ch3_l3n".
+        percolation: whether to remove the links of units left without input
+            or output (the reference's `--chain_removal`). Defaults to False.
         grow_candidates: "after_drop" or "before_drop", as for `SET`.
             Defaults to "after_drop".
         begin_step: first update step. Defaults to 0.
@@ -72,8 +83,10 @@ class CHT(SET):
         seed: seed of the tie-breaking. Defaults to None.
 
     Raises:
-        ValueError: an argument out of range, an unknown `score`; at `bind`,
-            a dynamic weight that is not 2-D.
+        ValueError: an argument out of range, an unknown `score`,
+            `percolation` with `grow_candidates="before_drop"`; at `bind`, a
+            dynamic weight that is not 2-D, or, with `percolation`, block
+            masks or no pair of chained Dense kernels.
 
     Examples:
         >>> import numpy as np, keras, dst
@@ -89,17 +102,33 @@ class CHT(SET):
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
                  drop_fraction_schedule: str | Callable[[int], float] = "constant",
                  drop_fraction_anchor: str = "begin", score: str = "ch3_l3n",
-                 grow_candidates: str = "after_drop", begin_step: int = 0,
-                 end_step: int | float | None = 1.0, seed: int | None = None):
+                 percolation: bool = False, grow_candidates: str = "after_drop",
+                 begin_step: int = 0, end_step: int | float | None = 1.0,
+                 seed: int | None = None):
         if score not in SCORES:
             raise ValueError(f"`score` must be one of {list(SCORES)} for CHT. "
                              f"Received: score={score!r}")
+        if not isinstance(percolation, bool):
+            raise ValueError(f"`percolation` must be True or False for CHT. "
+                             f"Received: percolation={percolation!r}")
+        if percolation and grow_candidates != "after_drop":
+            raise ValueError(
+                "CHT(percolation=True) regrows the links its percolation removes among the "
+                "links inactive after the drop: it needs grow_candidates='after_drop'. "
+                f"Received: grow_candidates={grow_candidates!r}")
         super().__init__(update_freq=update_freq, drop_fraction=drop_fraction,
                          drop_fraction_schedule=drop_fraction_schedule,
                          drop_fraction_anchor=drop_fraction_anchor,
                          grow_candidates=grow_candidates, begin_step=begin_step,
                          end_step=end_step, seed=seed)
         self.score = score
+        self.percolation = percolation
+        self.chain: list[tuple[int, int]] = []
+
+    @property
+    def cross_layer(self) -> bool:
+        """Percolation plans the weights of a chain together (`plan`)."""
+        return self.percolation
 
     def _targets(self, model: keras.Model) -> list:
         targets = super()._targets(model)
@@ -111,22 +140,132 @@ class CHT(SET):
                 "Keep them out of dst.sparsify (`exclude=`) or make them static, or train "
                 "them with SET or RigL."
             )
+        if self.percolation:
+            blocks = [block_of(t.constraint) or (1, 1) for t in targets]
+            # Units are whole on both sides of a pair: blocks must span the same units.
+            self.chain = [(a, b) for a, b in chain_pairs(model, targets)
+                          if blocks[a][1] == blocks[b][0]]
+            if not self.chain:
+                raise ValueError(
+                    f"CHT(percolation=True) needs sparse Dense layers that feed each other "
+                    f"(through activations or dropout only); model '{model.name}' has no "
+                    "such pair of kernels (with block masks, of blocks that span the same "
+                    "units). Use percolation=False.")
         return targets
 
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
         xp = kit.xp
-        active = kit.count(mask)
         after_drop = self.grow_candidates == "after_drop"
-        room = active if after_drop else math.prod(mask.shape) - active
-        k = xp.minimum(kit.cast(value, "int32"), kit.cast(room, "int32"))
-        dropped = kit.select(self.drop_scores(kit, weight, mask, grad), mask, k, salt(0))
-        kept = xp.logical_and(mask, xp.logical_not(dropped))
+        if self.percolation:  # value: (k, drop salt, live inputs..., live outputs...)
+            n_in = int(mask.shape[0])
+            vector = kit.cast(value, "int32")
+            kept = _kept(self, kit, weight, mask, grad, vector[0], vector[1])
+            kept = xp.logical_and(kept, xp.expand_dims(vector[2:2 + n_in] > 0, 1))
+            kept = xp.logical_and(kept, xp.expand_dims(vector[2 + n_in:] > 0, 0))
+            k = kit.cast(kit.count(mask), "int32") - kit.cast(kit.count(kept), "int32")
+        else:
+            active = kit.count(mask)
+            room = active if after_drop else math.prod(mask.shape) - active
+            k = xp.minimum(kit.cast(value, "int32"), kit.cast(room, "int32"))
+            kept = _kept(self, kit, weight, mask, grad, k, salt(0))
         candidates = xp.logical_not(kept if after_drop else mask)
-        # The links are predicted on the graph left after the drop.
+        # The links are predicted on the graph left after the drop (and percolation).
         scores = link_scores(kept, self.score, kit=kit)
         grown = kit.select(scores, candidates, k, salt(1), largest=True)
         return xp.logical_or(kept, grown)
+
+    def plan(self, kit: Kit, values: list, weights: list, masks: list, grads: list) -> list:
+        """Percolation: after the drop, the links of a unit between two chained
+        Dense kernels that has no input left (or no output left) are removed
+        too; `new_mask` regrows as many as were removed."""
+        xp = kit.xp
+        salts = [_select.salt(np, self.seed, 0, i, 4) for i in range(len(weights))]
+        weights, masks, grads = list(weights), list(masks), list(grads)
+        for i, target in enumerate(self.targets):  # `new_mask` sees the grid of blocks
+            block = block_of(target.constraint)
+            if block is not None:
+                weights[i] = to_blocks(xp, weights[i], block, "norm")
+                masks[i] = to_blocks(xp, masks[i], block, "any")
+                if grads[i] is not None:
+                    grads[i] = to_blocks(xp, grads[i], block, "norm")
+        kept = {i: _kept(self, kit, weights[i], masks[i], grads[i], values[i],
+                         _as_salt(kit, salts[i]))
+                for pair in self.chain for i in pair}
+        live_in = {i: xp.ones((int(masks[i].shape[0]),), "bool") for i in range(len(weights))}
+        live_out = {i: xp.ones((int(masks[i].shape[1]),), "bool") for i in range(len(weights))}
+        for a, b in sorted(self.chain, reverse=True):  # backward: units with no output
+            live_out[a] = _any(kit, kept[b], 1)
+            kept[a] = xp.logical_and(kept[a], xp.expand_dims(live_out[a], 0))
+        for a, b in sorted(self.chain):  # forward: units with no input
+            live_in[b] = _any(kit, kept[a], 0)
+            kept[b] = xp.logical_and(kept[b], xp.expand_dims(live_in[b], 1))
+        planned = []
+        for i, value in enumerate(values):
+            head = [value, _as_salt(kit, salts[i])]
+            if kit is _select.NUMPY:
+                planned.append([int(v) for v in head] + live_in[i].astype(int).tolist()
+                               + live_out[i].astype(int).tolist())
+            else:
+                planned.append(xp.concatenate(
+                    [xp.stack([kit.cast(v, "int32") for v in head]),
+                     kit.cast(live_in[i], "int32"), kit.cast(live_out[i], "int32")]))
+        return planned
+
+
+def chain_pairs(model: keras.Model, targets: list) -> list[tuple[int, int]]:
+    """(a, b) for the Dense kernels a, b (indices in `targets`) where layer b
+    reads layer a's output, through activation and dropout layers only, and
+    nothing else reads it: the units between them are one set of neurons."""
+    dense = {id(t.layer): i for i, t in enumerate(targets)
+             if isinstance(t.layer, keras.layers.Dense) and t.variable is t.layer.kernel}
+    producers, readers = {}, {}
+    for layer in model.layers:
+        try:
+            inputs, output = layer.input, layer.output
+        except (AttributeError, ValueError):
+            continue
+        if not isinstance(output, list | tuple):
+            producers[id(output)] = layer
+        for tensor in inputs if isinstance(inputs, list | tuple) else [inputs]:
+            readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+    for tensor in model.outputs:
+        readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+    pairs = []
+    for b in dense.values():
+        tensor = targets[b].layer.input
+        while readers.get(id(tensor)) == 1 and id(tensor) in producers:
+            source = producers[id(tensor)]
+            if id(source) in dense:
+                pairs.append((dense[id(source)], b))
+                break
+            if not isinstance(source, _PASS_THROUGH):
+                break
+            tensor = source.input
+    return sorted(pairs)
+
+
+_PASS_THROUGH = (keras.layers.Activation, keras.layers.Dropout, keras.layers.ReLU,
+                 keras.layers.LeakyReLU, keras.layers.ELU)
+
+
+def _kept(updater: SET, kit: Kit, weight: Array, mask: Array, grad: Array | None, k: Any,
+          salt: Any) -> Array:
+    """The mask after dropping the min(k, active) lowest `drop_scores`."""
+    xp = kit.xp
+    k = xp.minimum(kit.cast(k, "int32"), kit.cast(kit.count(mask), "int32"))
+    dropped = kit.select(updater.drop_scores(kit, weight, mask, grad), mask, k, salt)
+    return xp.logical_and(mask, xp.logical_not(dropped))
+
+
+def _any(kit: Kit, mask: Array, axis: int) -> Array:
+    return kit.xp.sum(kit.cast(mask, "int32"), axis=axis) > 0
+
+
+def _as_salt(kit: Kit, salt: int) -> Any:
+    """A 32-bit salt as an int32 bit pattern: an int on the host, a tensor in-graph."""
+    bits = salt - 2**32 if salt >= 2**31 else salt
+    return bits if kit is _select.NUMPY else keras.ops.convert_to_tensor(bits, "int32")
 
 
 def fraction_bits(n_in: int, n_out: int) -> int:
