@@ -12,7 +12,7 @@ import dst
 from dst import _select
 from dst._model import dynamic_targets
 from dst.testing import check_updater
-from dst.updaters.cht import CHT, chain_pairs, fraction_bits, link_scores
+from dst.updaters.cht import CHT, chain_pairs, fraction_bits, link_scores, sampling_keys
 
 # A 4 × 4 bipartite graph, inputs i0..i3 (rows), outputs j0..j3 (columns).
 GRAPH = np.array([[1, 1, 0, 0],
@@ -163,6 +163,35 @@ def test_cht_ch2_conforms():
     check_updater("cht", score="ch2_l3n", drop_fraction=0.5, grow_candidates="before_drop")
 
 
+# -- soft regrowth -------------------------------------------------------------------
+def test_sampling_keys_draw_in_proportion_to_the_scores():
+    scores = np.array([[1.0, 2.0, 5.0, 0.0]], dtype=np.float32)
+    first = np.zeros(4)
+    for salt in range(4000):
+        keys = sampling_keys(_select.NUMPY, scores, salt)
+        first[int(np.argmax(keys))] += 1
+    np.testing.assert_allclose(first / first.sum(), [1 / 8, 2 / 8, 5 / 8, 0], atol=0.025)
+    # without replacement: two of three, as torch.multinomial(p, 2) would draw
+    pairs = {}
+    for salt in range(4000):
+        keys = sampling_keys(_select.NUMPY, scores, salt)[0, :3]
+        pair = tuple(sorted(np.argsort(keys)[1:].tolist()))
+        pairs[pair] = pairs.get(pair, 0) + 1
+    # P({1, 2}) = 2/8 · 5/6 + 5/8 · 2/3 = 0.625
+    assert abs(pairs[(1, 2)] / 4000 - 0.625) < 0.025
+
+
+def test_sampling_keys_agree_on_the_host_and_in_keras_ops():
+    scores = link_scores(np.random.default_rng(3).random((30, 20)) < 0.2)
+    for salt in (0, 12345, 2**32 - 1):
+        graph_salt = keras.ops.convert_to_tensor(salt - 2**32 if salt >= 2**31 else salt,
+                                                 "int32")
+        np.testing.assert_array_equal(
+            sampling_keys(_select.NUMPY, scores, salt),
+            keras.ops.convert_to_numpy(sampling_keys(
+                _select.OPS, keras.ops.convert_to_tensor(scores), graph_salt)))
+
+
 # -- percolation ---------------------------------------------------------------------
 def chain_model():
     inputs = keras.Input((3,))
@@ -223,6 +252,9 @@ def test_percolation_refuses_what_it_cannot_chain():
     with pytest.raises(ValueError, match=r"`percolation` must be True or False for CHT\. "
                                          r"Received: percolation=1"):
         CHT(percolation=1)
+    with pytest.raises(ValueError, match=r"`soft_regrowth` must be True or False for CHT\. "
+                                         r"Received: soft_regrowth='yes'"):
+        CHT(soft_regrowth="yes")
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     dst.sparsify(model, 0.5, "uniform", seed=0)
     model.compile("sgd", "mse")
@@ -232,6 +264,6 @@ def test_percolation_refuses_what_it_cannot_chain():
 
 
 @pytest.mark.slow  # two dozen short fits, and one process per backend
-def test_cht_with_percolation_conforms_on_every_backend():
-    check_updater("cht", percolation=True, drop_fraction=0.5,
+def test_cht_with_percolation_and_soft_regrowth_conforms_on_every_backend():
+    check_updater("cht", percolation=True, soft_regrowth=True, drop_fraction=0.5,
                   backends=["tensorflow", "jax", "torch"])

@@ -15,7 +15,7 @@ from dst.blocks import block_of, to_blocks
 from dst.updaters.registry import register
 from dst.updaters.set import SET
 
-__all__ = ["CHT", "SCORES", "chain_pairs", "link_scores", "fraction_bits"]
+__all__ = ["CHT", "SCORES", "chain_pairs", "fraction_bits", "link_scores", "sampling_keys"]
 
 #: The link-prediction rules CHT grows by (node-based, length-three paths).
 SCORES = ("ch3_l3n", "ch2_l3n")
@@ -59,9 +59,9 @@ class CHT(SET):
 
     Differences from the reference code: the node-based scores (the CHTs
     code's `CH3_L3n`, `CH2_L3n`) rather than the path-based CH3-L3 of the
-    ICLR paper's C++ routine; the top-k regrowth of CHT rather than CHTs'
-    sampling; no correlated or small-world initial topology, no early stop
-    of the evolution. See docs/algorithms/cht.md.
+    ICLR paper's C++ routine; top-k regrowth unless `soft_regrowth`, and no
+    soft (sampled) removal; no correlated or small-world initial topology, no
+    early stop of the evolution. See docs/algorithms/cht.md.
 
     Args:
         update_freq: steps between updates. Defaults to 100.
@@ -72,6 +72,9 @@ class CHT(SET):
         drop_fraction_anchor: as for `SET`. Defaults to "begin".
         score: "ch3_l3n" or "ch2_l3n", see `link_scores`. Defaults to
             "ch3_l3n".
+        soft_regrowth: whether to sample the grown links with probability
+            proportional to their scores (CHTs' soft rule for regrowth,
+            `sampling_keys`) instead of taking the top k. Defaults to False.
         percolation: whether to remove the links of units left without input
             or output (the reference's `--chain_removal`). Defaults to False.
         grow_candidates: "after_drop" or "before_drop", as for `SET`.
@@ -102,15 +105,17 @@ class CHT(SET):
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
                  drop_fraction_schedule: str | Callable[[int], float] = "constant",
                  drop_fraction_anchor: str = "begin", score: str = "ch3_l3n",
-                 percolation: bool = False, grow_candidates: str = "after_drop",
+                 soft_regrowth: bool = False, percolation: bool = False,
+                 grow_candidates: str = "after_drop",
                  begin_step: int = 0, end_step: int | float | None = 1.0,
                  seed: int | None = None):
         if score not in SCORES:
             raise ValueError(f"`score` must be one of {list(SCORES)} for CHT. "
                              f"Received: score={score!r}")
-        if not isinstance(percolation, bool):
-            raise ValueError(f"`percolation` must be True or False for CHT. "
-                             f"Received: percolation={percolation!r}")
+        for name, flag in (("soft_regrowth", soft_regrowth), ("percolation", percolation)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"`{name}` must be True or False for CHT. "
+                                 f"Received: {name}={flag!r}")
         if percolation and grow_candidates != "after_drop":
             raise ValueError(
                 "CHT(percolation=True) regrows the links its percolation removes among the "
@@ -122,6 +127,7 @@ class CHT(SET):
                          grow_candidates=grow_candidates, begin_step=begin_step,
                          end_step=end_step, seed=seed)
         self.score = score
+        self.soft_regrowth = soft_regrowth
         self.percolation = percolation
         self.chain: list[tuple[int, int]] = []
 
@@ -172,6 +178,8 @@ class CHT(SET):
         candidates = xp.logical_not(kept if after_drop else mask)
         # The links are predicted on the graph left after the drop (and percolation).
         scores = link_scores(kept, self.score, kit=kit)
+        if self.soft_regrowth:
+            scores = sampling_keys(kit, scores, salt(2))
         grown = kit.select(scores, candidates, k, salt(1), largest=True)
         return xp.logical_or(kept, grown)
 
@@ -266,6 +274,31 @@ def _as_salt(kit: Kit, salt: int) -> Any:
     """A 32-bit salt as an int32 bit pattern: an int on the host, a tensor in-graph."""
     bits = salt - 2**32 if salt >= 2**31 else salt
     return bits if kit is _select.NUMPY else keras.ops.convert_to_tensor(bits, "int32")
+
+
+def sampling_keys(kit: Kit, scores: Array, salt: Any) -> Array:
+    """Keys whose k largest are a sample of k entries without replacement, each
+    drawn with probability proportional to its score: score / E, with E an
+    exponential draw (an exponential race). E = −log(u) is read from a table
+    of 2^16 values, u = (h + 0.5) / 2^16 for h the top 16 bits of the seeded
+    hash of the entry's index, so the host and every backend draw the same E;
+    the key is one correctly rounded division. A score of 0 gives key 0."""
+    xp = kit.xp
+    shape = tuple(int(d) for d in scores.shape)
+    n = math.prod(shape)
+    if kit is _select.NUMPY:
+        index = np.arange(n, dtype=np.uint32) ^ np.uint32(int(salt) & 0xFFFFFFFF)
+        top = _select._fmix32_u32(index) >> np.uint32(16)
+        draws = _EXPONENTIAL[top.astype(np.int64)]
+    else:
+        hashed = _select._fmix32_ops(xp.bitwise_xor(xp.arange(n, dtype="int32"), salt))
+        top = xp.bitwise_and(xp.right_shift(hashed, 16), 0xFFFF)
+        draws = xp.take(xp.convert_to_tensor(_EXPONENTIAL), top)
+    return scores / xp.reshape(draws, shape)
+
+
+#: −log(u) at the midpoints u of 2^16 equal steps of (0, 1): exponential draws.
+_EXPONENTIAL = (-np.log((np.arange(2**16, dtype=np.float64) + 0.5) / 2**16)).astype(np.float32)
 
 
 def fraction_bits(n_in: int, n_out: int) -> int:
