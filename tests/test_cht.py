@@ -153,14 +153,8 @@ def test_cht_is_registered_and_a_callback():
     assert dst.updaters.CHT is CHT
 
 
-@pytest.mark.slow  # two dozen short fits, and one process per backend
-def test_cht_conforms_on_every_backend():
-    check_updater("cht", backends=["tensorflow", "jax", "torch"])
-
-
-@pytest.mark.slow  # two dozen short fits
-def test_cht_ch2_conforms():
-    check_updater("cht", score="ch2_l3n", drop_fraction=0.5, grow_candidates="before_drop")
+# The default CHT goes through the kit in tests/test_testing.py (every registered
+# updater, with data parallelism); its options go through it here, across backends.
 
 
 # -- soft regrowth -------------------------------------------------------------------
@@ -264,6 +258,6 @@ def test_percolation_refuses_what_it_cannot_chain():
 
 
 @pytest.mark.slow  # two dozen short fits, and one process per backend
-def test_cht_with_percolation_and_soft_regrowth_conforms_on_every_backend():
-    check_updater("cht", percolation=True, soft_regrowth=True, drop_fraction=0.5,
-                  backends=["tensorflow", "jax", "torch"])
+def test_cht_options_conform_on_every_backend():
+    check_updater("cht", score="ch2_l3n", percolation=True, soft_regrowth=True,
+                  drop_fraction=0.5, backends=["tensorflow", "jax", "torch"])

@@ -88,8 +88,9 @@ class CHT(SET):
     Raises:
         ValueError: an argument out of range, an unknown `score`,
             `percolation` with `grow_candidates="before_drop"`; at `bind`, a
-            dynamic weight that is not 2-D, or, with `percolation`, block
-            masks or no pair of chained Dense kernels.
+            dynamic weight that is not 2-D, or, with `percolation`, no pair
+            of chained Dense kernels (whose blocks, on block masks, span the
+            same units).
 
     Examples:
         >>> import numpy as np, keras, dst
@@ -227,7 +228,8 @@ def chain_pairs(model: keras.Model, targets: list) -> list[tuple[int, int]]:
     nothing else reads it: the units between them are one set of neurons."""
     dense = {id(t.layer): i for i, t in enumerate(targets)
              if isinstance(t.layer, keras.layers.Dense) and t.variable is t.layer.kernel}
-    producers, readers = {}, {}
+    producers: dict[int, keras.layers.Layer] = {}
+    readers: dict[int, int] = {}
     for layer in model.layers:
         try:
             inputs, output = layer.input, layer.output
