@@ -1,6 +1,6 @@
 """keras-dst: sparse and dynamic sparse training for Keras 3."""
 
-from dst import callbacks, distributions, export, layers, testing, tfmot, updaters
+from dst import callbacks, distributions, export, layers, nm, testing, tfmot, updaters
 from dst.core import sparsify
 from dst.masking import MaskConstraint, MaskGroup
 from dst.masks import get_masks, set_masks, sparsity
@@ -17,6 +17,7 @@ __all__ = [
     "export",
     "get_masks",
     "layers",
+    "nm",
     "set_masks",
     "sparsify",
     "sparsity",

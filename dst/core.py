@@ -12,6 +12,7 @@ import numpy as np
 from dst import _compat
 from dst import blocks as blocks_lib
 from dst import distributions as dist_lib
+from dst import nm as nm_lib
 from dst._model import (
     Target,
     check_keras3_model,
@@ -185,6 +186,7 @@ def sparsify(
     block: tuple[int, int] | None = None,
     keep_dense: str | Sequence[str] | None = None,
     overrides: Mapping[str, float] | None = None,
+    n_m: tuple[int, int] | None = None,
 ) -> keras.Model:
     """Attaches a random binary mask to every sparsifiable weight of `model`.
 
@@ -232,6 +234,18 @@ def sparsify(
             weights, with a named `distribution` ("erk", "er", "uniform" or a
             callable) solved for `sparsity` over the remaining weights, as the
             RigL reference's `custom_sparsity_map`. Defaults to None.
+        n_m: (N, M): in every group of M consecutive entries along each
+            weight's input axis (the second to last: a Dense kernel's inputs
+            for each output unit, a conv kernel's input channels for each
+            output channel and position; the reduction axis that the 2:4
+            kernels of cuSPARSELt and XLA expect, and TF-MOT's
+            `sparsity_m_by_n` axis), exactly N are active, drawn at random
+            (see `dst.nm`). Every weight then has sparsity 1 − N/M, so
+            `sparsity` must be that value and a named `distribution` has no
+            effect; a dict or callable `distribution`, `overrides` and
+            `block` are refused, and so is a weight whose input axis is not a
+            multiple of M (leave it out with `exclude=`). Updaters keep the
+            structure. Defaults to None.
 
     Returns:
         The same model object, now sparse.
@@ -245,7 +259,10 @@ def sparsify(
             unknown distribution, a distribution whose densities are missing,
             extra or not in (0, 1], unbuilt model, nothing left to sparsify,
             an `exclude` entry that matches nothing, a `block` that is not
-            two ints >= 1 or is longer than a weight's axis, or a model that is
+            two ints >= 1 or is longer than a weight's axis, an `n_m` that is
+            not (N, M) with 1 <= N < M, contradicts `sparsity`, `distribution`,
+            `overrides` or `block`, or does not divide a weight's input axis,
+            or a model that is
             already sparsified (dst refuses to re-sparsify; use
             `dst.set_masks` to change masks or `dst.strip` to start over).
         TypeError: a legacy tf_keras model, a distribution callable that
@@ -267,6 +284,9 @@ def sparsify(
         seed = as_int(seed, "seed", "dst.sparsify", minimum=0)
     sparse_init = as_bool(sparse_init, "sparse_init", "dst.sparsify")
     block = blocks_lib.check_block(block, "dst.sparsify")
+    n_m = nm_lib.check_n_m(n_m, "dst.sparsify")
+    if n_m is not None:
+        _check_n_m_arguments(n_m, sparsity, distribution, overrides, block)
     if any(not t.mask_constraint.fixed for t in masked_targets(model)):
         raise ValueError(
             f"Model '{model.name}' is already sparsified. dst.sparsify refuses "
@@ -286,13 +306,19 @@ def sparsify(
     if block is not None:
         for t in targets:
             blocks_lib.check_fits(t.shape, block, t.path, "dst.sparsify")
+    if n_m is not None:
+        for t in targets:
+            nm_lib.check_fits(t.shape, n_m, t.path, "dst.sparsify")
     densities = _densities(targets, sparsity, distribution, erk_power_scale, overrides)
     grids = {t.path: blocks_lib.grid_shape(t.shape, block) if block else t.shape
              for t in targets}
     counts = dist_lib.active_counts(grids, densities)
     rng = np.random.default_rng(seed)
     for t in targets:
-        if block is None:
+        if n_m is not None:
+            mask = nm_lib.random_n_m_mask(t.shape, n_m, rng)
+            constraint = nm_lib.NMMaskConstraint(inner=t.variable.constraint, n_m=n_m)
+        elif block is None:
             mask = random_mask(t.shape, counts[t.path], rng)
             constraint = MaskConstraint(inner=t.variable.constraint)
         else:
@@ -308,6 +334,43 @@ def sparsify(
     _warn_unsaved(targets)
     _reset_train_function(model)
     return model
+
+
+def dense_n_m(model: keras.Model, n_m: tuple[int, int], who: str) -> None:
+    """Gives every sparsifiable weight of a model without masks an all-ones
+    N:M mask: the start of gradual pruning to N:M (each group keeps at least
+    N, see `dst.nm`)."""
+    targets = _select(model, None)
+    for t in targets:
+        nm_lib.check_fits(t.shape, n_m, t.path, who)
+    for t in targets:
+        constraint = nm_lib.NMMaskConstraint(inner=t.variable.constraint, n_m=n_m)
+        constraint.attach(np.ones(t.shape, dtype=bool))
+        install(t, constraint)
+    _warn_unsaved(targets)
+    _reset_train_function(model)
+
+
+def _check_n_m_arguments(n_m, sparsity, distribution, overrides, block) -> None:
+    """Refuses arguments that contradict N:M masks (before the model changes)."""
+    implied = 1.0 - n_m[0] / n_m[1]
+    if abs(sparsity - implied) > 1e-6:
+        raise ValueError(
+            f"dst.sparsify: n_m={n_m} keeps {n_m[0]} of every {n_m[1]} connections, so "
+            f"every weight has sparsity 1 - {n_m[0]}/{n_m[1]} = {implied:g}; received "
+            f"sparsity={sparsity!r}. Pass sparsity={implied:g}, or, to prune a dense "
+            f"model gradually to N:M, dst.callbacks.MagnitudePruning({implied:g}, "
+            f"n_m={n_m})."
+        )
+    contradictions = [name for name, given in (
+        ("distribution", not isinstance(distribution, str)), ("overrides", overrides is not None),
+        ("block", block is not None)) if given]
+    if contradictions:
+        raise ValueError(
+            f"dst.sparsify: n_m={n_m} fixes the structure and the sparsity of every "
+            f"weight, so it cannot be combined with {contradictions}. Leave weights dense "
+            "with `exclude=` or `keep_dense=` instead."
+        )
 
 
 def _reset_train_function(model) -> None:

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from dst import blocks as blocks_lib
+from dst import nm as nm_lib
 from dst._model import (
     Target,
     check_keras3_model,
@@ -127,6 +128,14 @@ def set_masks(model: keras.Model, masks: Mapping[str, np.ndarray]) -> None:
                 f"dst.set_masks: mask for '{path}' must be a union of whole {block} "
                 "blocks: the weight was sparsified with block="
                 f"{block}. Set every block entirely to 0 or to 1."
+            )
+        n_m = nm_lib.n_m_of(constraint)
+        if n_m is not None and not nm_lib.is_n_m(arr.astype(bool), n_m, exact=False):
+            low = int(nm_lib.group_counts(arr.astype(bool), n_m[1]).min())
+            raise ValueError(
+                f"dst.set_masks: mask for '{path}' must keep at least {n_m[0]} of every "
+                f"{n_m[1]} consecutive entries along its input axis (the second to last): "
+                f"the weight was sparsified with n_m={n_m}. A group has {low}."
             )
         checked[path] = arr.astype(bool)
     installed = False

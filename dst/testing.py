@@ -31,6 +31,7 @@ from dst.blocks import block_of
 from dst.callbacks.base import callback_class
 from dst.core import sparsify
 from dst.masks import get_masks
+from dst.nm import group_counts, group_floors, n_m_of
 from dst.updaters import registry
 from dst.updaters.base import Updater
 
@@ -42,6 +43,7 @@ INVARIANTS = (
     "grown weights and optimizer slots start at their initial values",
     "masked entries are exactly 0 after fit",
     "block structure is kept",
+    "N:M structure is kept",
     "steps_per_execution gives the same masks",
     "mixed precision keeps masks exact",
     "save and load keep masks and weights",
@@ -71,12 +73,20 @@ def check_updater(updater: type[Updater] | str, /, *,
     4. on block masks (`block=(2, 2)`), every block is all on or all off,
        unless the updater sets `supports_blocks = False` (then `bind` must
        refuse block masks);
-    5. `steps_per_execution=4` gives the same masks as 1 (weights within
+    5. on N:M masks (`n_m=(2, 4)`), on the host and in-graph paths (which
+       agree) and after every step of a fit, every group of 4 consecutive
+       inputs keeps at least 2 active entries, exactly 2 at sparsity 0.5;
+       an updater that prunes from dense (`starts_dense`) and takes `n_m`
+       runs from all-ones 2:4 masks with `final_sparsity=0.5` and must end
+       exactly 2:4; one whose `supports_n_m` is False must be refused at
+       `bind` with an error that names N:M; the constraint keeps its `n_m`
+       through `save` and `load_model`;
+    6. `steps_per_execution=4` gives the same masks as 1 (weights within
        float tolerance; not on PyTorch, where Keras refuses it);
-    6. under `mixed_float16` masked weights stay exactly 0 and finite, and
+    7. under `mixed_float16` masked weights stay exactly 0 and finite, and
        the masks change exactly when they do in float32;
-    7. `model.save` then `keras.models.load_model` keeps masks and weights;
-    8. a `BackupAndRestore` run interrupted after its first epoch resumes to
+    8. `model.save` then `keras.models.load_model` keeps masks and weights;
+    9. a `BackupAndRestore` run interrupted after its first epoch resumes to
        the masks and weights of the uninterrupted run.
 
     With `backends`, the same seeded `fit` also runs once per named backend,
@@ -121,10 +131,11 @@ def check_updater(updater: type[Updater] | str, /, *,
         (INVARIANTS[1], lambda: _grown_start_fresh(cls, args)),
         (INVARIANTS[2], lambda: _fit_masks_exact(cls, args)),
         (INVARIANTS[3], lambda: _blocks_kept(cls, args)),
-        (INVARIANTS[4], lambda: _steps_per_execution(cls, args)),
-        (INVARIANTS[5], lambda: _mixed_precision(cls, args)),
-        (INVARIANTS[6], lambda: _save_load(cls, args)),
-        (INVARIANTS[7], lambda: _resume(cls, args)),
+        (INVARIANTS[4], lambda: _n_m_kept(cls, args)),
+        (INVARIANTS[5], lambda: _steps_per_execution(cls, args)),
+        (INVARIANTS[6], lambda: _mixed_precision(cls, args)),
+        (INVARIANTS[7], lambda: _save_load(cls, args)),
+        (INVARIANTS[8], lambda: _resume(cls, args)),
     ]
     if backends:
         checks.append(("the same masks on every backend", lambda: _across(cls, args, backends)))
@@ -170,7 +181,7 @@ def _prunes(cls: type[Updater]) -> bool:
 
 
 def _model(sparsity: float | None = 0.5, block: tuple[int, int] | None = None,
-           dtype: str | None = None) -> keras.Model:
+           dtype: str | None = None, n_m: tuple[int, int] | None = None) -> keras.Model:
     """The 12-16-3 MLP with weights drawn by numpy (the same on every backend)."""
     rng = np.random.default_rng(0)
     model = keras.Sequential([keras.Input((12,)),
@@ -181,7 +192,7 @@ def _model(sparsity: float | None = 0.5, block: tuple[int, int] | None = None,
     model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
                        for w in model.get_weights()])
     if sparsity is not None:
-        sparsify(model, sparsity, "uniform", seed=0, block=block)
+        sparsify(model, sparsity, "uniform", seed=0, block=block, n_m=n_m)
     return model
 
 
@@ -336,6 +347,75 @@ def _blocks_kept(cls: type[Updater], args: dict) -> None:
                     assert cell.all() or not cell.any(), (
                         f"block ({i}, {j}) of '{w.path}' is partly active: {cell.tolist()}")
     _masked_weights_zero(model, "after fit with block masks")
+
+
+_N_M = (2, 4)
+
+
+def _n_m_setup(cls: type[Updater], args: dict) -> tuple[dict, bool]:
+    """The arguments of the N:M check, and whether it starts dense (an updater
+    that prunes and takes `n_m`: to 2:4, from all-ones 2:4 masks)."""
+    params = inspect.signature(cls).parameters
+    dense = cls.starts_dense and "n_m" in params
+    if dense:
+        args = {**args, "n_m": _N_M}
+    if "final_sparsity" in params:
+        args = {**args, "final_sparsity": 1 - _N_M[0] / _N_M[1]}
+    if dense and "initial_sparsity" in params:
+        args = {**args, "initial_sparsity": 0.0}
+    return args, dense
+
+
+def _check_n_m(masks: dict, what: str, exact: bool) -> None:
+    for path, mask in masks.items():
+        counts, floors = group_counts(mask, _N_M[1]), group_floors(mask.shape, _N_M)
+        low = int(np.count_nonzero(counts < floors))
+        assert low == 0, f"{what}: {low} groups of '{path}' keep fewer than {_N_M[0]}."
+        if exact or int(mask.sum()) == int(floors.sum()):
+            extra = int(np.count_nonzero(counts != floors))
+            assert extra == 0, f"{what}: {extra} groups of '{path}' keep more than {_N_M[0]}."
+
+
+def _n_m_kept(cls: type[Updater], args: dict) -> None:
+    args, dense = _n_m_setup(cls, args)
+    if not cls(**args).supports_n_m:
+        try:
+            _fit(cls, args, _model(0.5, n_m=_N_M), epochs=1)
+        except ValueError as err:
+            assert "N:M" in str(err), f"refused N:M masks without naming them: {err}"
+            return
+        raise AssertionError("supports_n_m is False, but N:M masks were not refused.")
+    sparsity = None if dense else 0.5
+    models, updaters = [], []
+    for in_graph in (False, True):
+        model = _model(sparsity, n_m=_N_M)
+        optimizer = keras.optimizers.Adam(0.01)
+        optimizer.build(model.trainable_variables)
+        updater = cls(**args)
+        updater.prepare(model)
+        updater.bind(model, total_steps=16, optimizer=optimizer, jit=False)
+        updater.jit = in_graph
+        models.append(model)
+        updaters.append(updater)
+    for step in _update_steps(updaters[0]):
+        for model, updater in zip(models, updaters):
+            updater.update(step, _perturb(model, step))
+        _same_masks(get_masks(models[0]), get_masks(models[1]),
+                    f"N:M, after the update at step {step}, host vs in-graph")
+        _check_n_m(get_masks(models[0]), f"after the update at step {step}", not dense)
+    model = _model(sparsity, n_m=_N_M)
+    for batch, masks in enumerate(_fit(cls, args, model)):
+        _check_n_m(masks, f"after batch {batch} of fit", not dense)
+    _check_n_m(get_masks(model), "at the end of fit", True)
+    _masked_weights_zero(model, "after fit with N:M masks")
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        loaded = keras.models.load_model(path)
+    _same_masks(get_masks(model), get_masks(loaded), "N:M, saved vs loaded")
+    for w in loaded.weights:
+        if w.path in get_masks(loaded):
+            assert n_m_of(_constraint(w)) is not None, f"'{w.path}' lost its n_m on load"
 
 
 def _constraint(variable: Any) -> Any:

@@ -221,8 +221,18 @@ def test_prunable_layer_and_registry():
 
 
 def test_bad_arguments():
-    with pytest.raises(NotImplementedError, match="sparsity_m_by_n"):
-        tfmot_sparsity.prune_low_magnitude(keras.layers.Dense(2), sparsity_m_by_n=(2, 4))
+    for bad in [(2,), (2, 4, 6), 3]:
+        with pytest.raises(ValueError, match="sparsity_m_by_n argument must be a tuple/list"):
+            tfmot_sparsity.prune_low_magnitude(keras.layers.Dense(2), sparsity_m_by_n=bad)
+    with pytest.raises(ValueError, match="including element 2.0 of type"):
+        tfmot_sparsity.prune_low_magnitude(keras.layers.Dense(2), sparsity_m_by_n=(2.0, 4))
+    for bad in [(4, 4), (5, 4)]:  # TF-MOT's testGenerateMbyNMaskRaise cases
+        with pytest.raises(ValueError, match=r"m be must smaller than n"):
+            tfmot_sparsity.prune_low_magnitude(keras.layers.Dense(2), sparsity_m_by_n=bad)
+    conv1d = keras.layers.Conv1D(2, 3)
+    conv1d.build((None, 8, 4))
+    with pytest.raises(ValueError, match=r"weight tensor with shape: \(3, 4, 2\) is not supported"):
+        tfmot_sparsity.prune_low_magnitude(conv1d, sparsity_m_by_n=(2, 4))
     with pytest.raises(ValueError, match="Unsupported pooling type 'SUM'"):
         tfmot_sparsity.prune_low_magnitude(keras.layers.Dense(2), block_pooling_type="SUM")
     with pytest.raises(ValueError, match="`block_size` must be"):
@@ -532,6 +542,99 @@ def test_layer_block_masks_equal_tfmot(kind, name, args, block, pooling):
     for layer, expected, got in _masks_side_by_side(kind, name, args, block_size=block,
                                                     block_pooling_type=pooling):
         np.testing.assert_array_equal(got, expected, err_msg=layer)
+
+
+def _m_by_n_models(kind):
+    """A Conv2D (8 input channels, rank 4) and a Dense head (whose 216 inputs are not a
+    multiple of 5), or an MLP; Keras 3 and tf_keras with the same weights."""
+    pruning, tf_keras = _tfmot()
+
+    def layers(k):
+        if kind == "conv2d":
+            return [k.layers.Conv2D(6, 3, activation="relu"), k.layers.Flatten(),
+                    k.layers.Dense(4)]
+        return [k.layers.Dense(24, activation="relu"), k.layers.Dense(4)]
+
+    shape = (5, 5, 8) if kind == "conv2d" else (16,)
+    model = keras.Sequential([keras.Input(shape), *layers(keras)])
+    reference = tf_keras.Sequential([tf_keras.Input(shape), *layers(tf_keras)])
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    reference.set_weights(model.get_weights())
+    rng = np.random.default_rng(1)
+    return (model, reference, rng.normal(size=(160, *shape)).astype("float32"),
+            rng.normal(size=(160, 4)).astype("float32"))
+
+
+class _MaskLog:
+    """The masks of every pruned weight after every batch: dst's and TF-MOT's."""
+
+    def __init__(self):
+        self.ours, self.theirs = [], []
+
+    def callbacks(self, tf_keras):
+        log = self
+
+        class Ours(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                log.ours.append(list(dst.get_masks(self.model).values()))
+
+        class Theirs(tf_keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                log.theirs.append([m.numpy().astype(bool) for layer in self.model.layers
+                                   for _, m, _ in getattr(layer, "pruning_vars", [])])
+
+        return Ours(), Theirs()
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("kind,m_by_n", [
+    ("conv2d", (3, 5)),  # short groups at the end of both input axes (8 and 54 inputs)
+    pytest.param("conv2d", (2, 4), marks=pytest.mark.slow),
+    pytest.param("mlp", (1, 4), marks=pytest.mark.slow)])
+def test_m_by_n_masks_equal_tfmot(kind, m_by_n):
+    """sparsity_m_by_n side by side with TF-MOT: same weights, same batches, SGD with lr 0,
+    2 epochs; the masks are equal after every batch (TF-MOT makes them at its pruning step 1
+    and keeps them, whatever the schedule says)."""
+    pruning, tf_keras = _tfmot()
+    model, reference, x, y = _m_by_n_models(kind)
+    schedule = dict(target_sparsity=0.9, begin_step=3, frequency=2)
+    theirs = pruning.prune_low_magnitude(reference, pruning.ConstantSparsity(**schedule),
+                                         sparsity_m_by_n=m_by_n)
+    ours = tfmot_sparsity.prune_low_magnitude(model, ConstantSparsity(**schedule),
+                                              sparsity_m_by_n=m_by_n)
+    log = _MaskLog()
+    ours_cb, theirs_cb = log.callbacks(tf_keras)
+    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
+    theirs.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+               callbacks=[pruning.UpdatePruningStep(), theirs_cb])
+    ours.compile(keras.optimizers.SGD(0.0), "mse")
+    ours.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+             callbacks=[tfmot_sparsity.UpdatePruningStep(), ours_cb])
+    assert len(log.ours) == len(log.theirs) == 20 and len(log.ours[0]) == 2
+    for batch, (mine, expected) in enumerate(zip(log.ours, log.theirs)):
+        for got, want in zip(mine, expected, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"batch {batch}")
+    m, n = m_by_n
+    for mask in log.ours[-1]:
+        counts = dst.nm.group_counts(mask, n)
+        assert counts.max() == n - m and mask.mean() < 1
+    constraint = ours.layers[0].kernel.constraint
+    assert constraint.sparsity_m_by_n == m_by_n and dst.nm.n_m_of(constraint) == (n - m, n)
+
+
+def test_m_by_n_mask_is_saved_with_its_structure(tmp_path):
+    pruned = tfmot_sparsity.prune_low_magnitude(_mlp(), sparsity_m_by_n=(2, 4))
+    pruned.compile("sgd", "mse")
+    pruned.fit(*_data(), batch_size=32, epochs=1, verbose=0,
+               callbacks=[tfmot_sparsity.UpdatePruningStep()])
+    path = os.path.join(tmp_path, "pruned.keras")
+    pruned.save(path)
+    loaded = keras.models.load_model(path)
+    for mine, theirs in zip(dst.get_masks(pruned).values(), dst.get_masks(loaded).values()):
+        np.testing.assert_array_equal(mine, theirs)
+        assert dst.nm.is_n_m(theirs, (2, 4))
+    assert loaded.layers[0].kernel.constraint.sparsity_m_by_n == (2, 4)
 
 
 @pytest.mark.tensorflow_only

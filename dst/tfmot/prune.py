@@ -20,6 +20,7 @@ from dst.tfmot.pruning import (
     as_schedule,
     attach,
     check_block_size,
+    check_m_by_n,
     check_pooling,
 )
 from dst.tfmot.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -42,7 +43,7 @@ _PRUNABLE = (
     ((keras.layers.BatchNormalization, keras.layers.LayerNormalization), ()),
 )
 _SPEC = "_dst_tfmot_spec"
-_DEFAULT_SCHEDULE = ConstantSparsity(0.5, 0)  # TF-MOT's default, one shared instance  # layer attribute: (schedule, block_size, pooling)
+_DEFAULT_SCHEDULE = ConstantSparsity(0.5, 0)  # TF-MOT's default, one shared instance  # layer attribute: (schedule, block_size, pooling, m_by_n)
 
 
 class PrunableLayer(abc.ABC):
@@ -106,16 +107,24 @@ def prune_low_magnitude(to_prune: Any,
             "MAX". Defaults to "AVG".
         pruning_policy: a `PruningPolicy` choosing the layers of a model to
             prune. Defaults to None (all supported layers).
-        sparsity_m_by_n: refused: dst has no N:M masks yet. Defaults to None.
+        sparsity_m_by_n: (m, n): instead of the schedule, prune m of every n
+            consecutive weights along the input axis (TF-MOT's semantics: a
+            Dense kernel's inputs of each unit, a Conv2D kernel's input
+            channels; rank-2 and rank-4 weights only; a group that the axis
+            cuts short keeps min(n − m, its length)), once, at the first
+            training step; `pruning_schedule`, `block_size` and
+            `block_pooling_type` are then unused. Note TF-MOT counts zeros:
+            (1, 4) keeps 3 of 4, where `dst.sparsify(..., n_m=(1, 4))`
+            keeps 1. Defaults to None.
         **kwargs: refused: there is no wrapper layer to pass them to.
 
     Returns:
         The pruned layer, list of layers, or model.
 
     Raises:
-        ValueError: an unsupported layer or object, or a bad argument
-            (TF-MOT's messages).
-        NotImplementedError: `sparsity_m_by_n` is given.
+        ValueError: an unsupported layer or object, a bad argument
+            (TF-MOT's messages), or `sparsity_m_by_n` on a weight that is not
+            rank 2 or 4 (TF-MOT raises that at the first training step).
         TypeError: `kwargs` are given.
 
     Examples:
@@ -125,14 +134,8 @@ def prune_low_magnitude(to_prune: Any,
         >>> type(pruned.layers[0].kernel.constraint).__name__
         'PruningMask'
     """
-    if sparsity_m_by_n is not None:
-        raise NotImplementedError(
-            f"dst.tfmot.prune_low_magnitude: `sparsity_m_by_n` is not supported "
-            f"(received sparsity_m_by_n={sparsity_m_by_n!r}): dst has no N:M masks yet. "
-            "Prune without it, or use TF-MOT for N:M sparsity."
-        )
     spec = (as_schedule(pruning_schedule), check_block_size(block_size),
-            check_pooling(block_pooling_type))
+            check_pooling(block_pooling_type), check_m_by_n(sparsity_m_by_n))
     if kwargs:
         raise TypeError(
             f"dst.tfmot.prune_low_magnitude got keyword arguments {sorted(kwargs)}, which "
@@ -259,7 +262,7 @@ def _prune(layer, spec):
 
 
 def _attach_masks(layer) -> None:
-    schedule, block_size, pooling = getattr(layer, _SPEC)
+    schedule, block_size, pooling, m_by_n = getattr(layer, _SPEC)
     rule = _rule(layer)
     if rule is None:
         return  # a built-in layer TF-MOT's registry does not list: nothing to prune
@@ -270,7 +273,8 @@ def _attach_masks(layer) -> None:
         targets = [t for t in find_targets(layer) if t.variable.name in rule]
     for t in targets:
         attach(t, PruningMask(t.variable.constraint, pruning_schedule=schedule,
-                              block_size=block_size, block_pooling_type=pooling))
+                              block_size=block_size, block_pooling_type=pooling,
+                              sparsity_m_by_n=m_by_n))
 
 
 def _keras_layer(layer) -> bool:

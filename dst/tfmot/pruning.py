@@ -3,7 +3,7 @@
 
 Each pruned weight carries a `PruningMask`: a dst mask (all ones at first)
 that also holds the weight's `PruningSchedule`, `block_size` and
-`block_pooling_type`, so that `clone_model`, `.keras` files and
+`block_pooling_type` (or `sparsity_m_by_n`), so that `clone_model`, `.keras` files and
 `BackupAndRestore` carry them. At each bind (the first epoch of a `fit`) the
 updater asks every schedule, on the host, which steps of the fit prune and to
 which sparsity, and runs its update on exactly those steps.
@@ -24,6 +24,7 @@ from dst._model import Target, dynamic_targets, find_targets, install
 from dst.blocks import BlockMaskConstraint, block_of, from_blocks, grid_shape
 from dst.callbacks.base import DSTCallback
 from dst.masking import MaskConstraint
+from dst.nm import group_floors, n_m_of, top_n_mask
 from dst.schedules import UpdateSteps
 from dst.tfmot.schedules import BUILT_IN, ConstantSparsity, PruningSchedule
 from dst.updaters.base import Updater
@@ -54,17 +55,25 @@ class PruningMask(BlockMaskConstraint):
         block_size: (height, width) of the blocks of a 2-D weight. Defaults
             to (1, 1).
         block_pooling_type: "AVG" or "MAX". Defaults to "AVG".
+        sparsity_m_by_n: TF-MOT's (m zeros, in every n) along the input
+            axis, which replaces the schedule and the blocks. Defaults to None.
     """
 
     def __init__(self, inner: keras.constraints.Constraint | str | dict | None = None,
                  fixed: bool = False, mask: np.ndarray | dict[str, Any] | None = None,
                  pruning_schedule: PruningSchedule | dict | None = None,
                  block_size: int | Sequence[int] = (1, 1),
-                 block_pooling_type: str = "AVG") -> None:
+                 block_pooling_type: str = "AVG",
+                 sparsity_m_by_n: Sequence[int] | None = None) -> None:
         block_size = check_block_size(block_size)
         super().__init__(inner=inner, fixed=fixed, mask=mask, block=block_size)
+        self.sparsity_m_by_n = check_m_by_n(sparsity_m_by_n)
+        # `dst.nm.n_m_of` reads `n_m`: (kept, group), the N:M of dst.
+        m_by_n = self.sparsity_m_by_n
+        self.n_m = None if m_by_n is None else (m_by_n[1] - m_by_n[0], m_by_n[1])
         # `dst.blocks.block_of` reads `block`: None for an unstructured mask.
-        self.block = None if block_size == (1, 1) else block_size  # type: ignore[assignment]
+        self.block = (None if block_size == (1, 1) or m_by_n is not None  # type: ignore[assignment]
+                      else block_size)
         self.block_size = block_size
         self.block_pooling_type = check_pooling(block_pooling_type)
         self.pruning_schedule = as_schedule(
@@ -80,7 +89,9 @@ class PruningMask(BlockMaskConstraint):
     def get_config(self) -> dict[str, Any]:
         return {**MaskConstraint.get_config(self), "pruning_schedule": self.pruning_schedule.get_config(),
                 "block_size": list(self.block_size),
-                "block_pooling_type": self.block_pooling_type}
+                "block_pooling_type": self.block_pooling_type,
+                "sparsity_m_by_n": (None if self.sparsity_m_by_n is None
+                                    else list(self.sparsity_m_by_n))}
 
 
 @register("tfmot_pruning")  # "tfmot" is the experiments' TF-MOT (tf_keras) method
@@ -110,7 +121,15 @@ class TFMOTPruning(Updater):
             is pruned in its own mask's blocks). Defaults to (1, 1).
         block_pooling_type: how those weights' blocks are pooled: "AVG" or
             "MAX". Defaults to "AVG".
+        sparsity_m_by_n: TF-MOT's (m, n) for the masks it attaches to a dense
+            model. Defaults to None.
         seed: seed of the tie-breaking order. Defaults to None.
+
+    N:M masks (TF-MOT's `sparsity_m_by_n`, or `dst.sparsify(..., n_m=)`):
+    as TF-MOT, the schedule only says whether a weight is pruned; at the
+    pruning step 1 (the first training step of the first fit) every group of
+    consecutive inputs keeps its largest magnitudes (n − m of n; a short
+    group at the axis' end, min(n − m, its length)), and the mask stays.
 
     Examples:
         >>> import numpy as np, keras, dst
@@ -124,18 +143,20 @@ class TFMOTPruning(Updater):
         0.8
     """
 
-    # Block structure is handled here (pooled as TF-MOT pools), not by the base.
+    # Block and N:M structure are handled here (as TF-MOT does), not by the base.
     blocks_by_base = False
+    n_m_by_base = False
     starts_dense = True  # with `pruning_schedule`: every sparsifiable weight
 
     def __init__(self, pruning_schedule: PruningSchedule | dict | None = None,
-                 block_size: int | Sequence[int] = (1, 1), block_pooling_type: str = "AVG", *,
-                 seed: int | None = None):
+                 block_size: int | Sequence[int] = (1, 1), block_pooling_type: str = "AVG",
+                 sparsity_m_by_n: Sequence[int] | None = None, *, seed: int | None = None):
         super().__init__(update_freq=1, begin_step=0, end_step=0, seed=seed)
         self.pruning_schedule = (None if pruning_schedule is None
                                  else as_schedule(pruning_schedule))
         self.block_size = check_block_size(block_size)
         self.block_pooling_type = check_pooling(block_pooling_type)
+        self.sparsity_m_by_n = check_m_by_n(sparsity_m_by_n)
         self._plan: dict[int, dict[int, tuple[int, int]]] = {}
 
     def prepare(self, model: keras.Model) -> None:
@@ -146,7 +167,8 @@ class TFMOTPruning(Updater):
                 attach(t, PruningMask(t.variable.constraint,
                                       pruning_schedule=self.pruning_schedule,
                                       block_size=self.block_size,
-                                      block_pooling_type=self.block_pooling_type))
+                                      block_pooling_type=self.block_pooling_type,
+                                      sparsity_m_by_n=self.sparsity_m_by_n))
 
     def _targets(self, model) -> list[Target]:
         self.prepare(model)
@@ -171,6 +193,12 @@ class TFMOTPruning(Updater):
             units = math.prod(grid_shape(target.shape, block)) if block else math.prod(
                 target.shape)
             low, high = first_step - self.origin + 1, last - self.origin + 1
+            n_m = n_m_of(target.constraint)
+            if n_m is not None:  # TF-MOT: N:M masks are made at pruning step 1 only
+                if low <= 1 <= high:
+                    keep = int(group_floors(target.shape, n_m).sum())
+                    plan.setdefault(self.origin, {})[index] = (keep, 0)
+                continue
             for p in schedule._candidate_steps(low, high):
                 should, sparsity = schedule(p)
                 if bool(np.asarray(should)):
@@ -194,11 +222,14 @@ class TFMOTPruning(Updater):
     def new_mask(self, kit: Any, weight: Any, mask: Any, grad: Any, value: Any,
                  salt: Callable[[int], Any]) -> Any:
         block = getattr(kit, "block", None)  # a `dst.blocks.BlockKit` for block masks
+        n_m = getattr(kit, "n_m", None)  # a `dst.nm.NMKit` for N:M masks
         kit = getattr(kit, "kit", kit)
         xp = kit.xp
         k, pooling = value[0], value[1]
         magnitude = xp.abs(weight)
-        if block is None:
+        if n_m is not None:
+            keep = top_n_mask(kit, magnitude, n_m, salt(0))
+        elif block is None:
             everywhere = xp.logical_or(mask, xp.logical_not(mask))
             keep = kit.select(magnitude, everywhere, xp.maximum(k, 0), salt(0), largest=True)
         else:
@@ -323,6 +354,10 @@ def attach(target: Target, constraint: PruningMask) -> None:
     weight that already has a mask)."""
     if target.constraint is not None and target.constraint.mask is not None:
         return
+    if constraint.n_m is not None and len(target.shape) not in (2, 4):
+        raise ValueError(f"weight tensor with shape: {target.shape} is not supported. "
+                         f"sparsity_m_by_n prunes rank-2 and rank-4 weights only (weight "
+                         f"'{target.path}').")
     if constraint.block is not None and len(target.shape) != 2:
         raise ValueError("Block Sparsity can only be used for layers which have "
                          f"2-dimensional weights. Weight '{target.path}' has shape "
@@ -364,6 +399,31 @@ def check_block_size(block_size: int | Sequence[int]) -> tuple[int, int]:
             "`block_size` must be an int or a tuple of 2 ints >= 1 for dst.tfmot. "
             f"Received: block_size={block_size!r}"
         )
+    return int(pair[0]), int(pair[1])
+
+
+def check_m_by_n(sparsity_m_by_n: Sequence[int] | None) -> tuple[int, int] | None:
+    """`sparsity_m_by_n` as (m, n) with 0 <= m < n, or None; TF-MOT's messages
+    (it ignores a falsy value, and checks m < n at the first pruning step)."""
+    if not sparsity_m_by_n:
+        return None
+    try:
+        pair = tuple(sparsity_m_by_n)
+    except TypeError:
+        raise ValueError("The sparsity_m_by_n argument must be a tuple/list of 2 integers."
+                         f"received: {sparsity_m_by_n!s}.") from None
+    if len(pair) != 2:
+        raise ValueError("The sparsity_m_by_n argument must be a tuple/list of 2 integers."
+                         f"received: {sparsity_m_by_n!s}.")
+    for value in pair:
+        if not isinstance(value, int):
+            raise ValueError(
+                "The sparsity_m_by_n argument must be a tuple/list of 2 integers."
+                f"received: {sparsity_m_by_n!s} including element {value!s} of type "
+                f"{type(value)!s}.")
+    if not 0 <= pair[0] < pair[1]:
+        raise ValueError(f"Argument m_by_n received {pair}, m be must smaller than n "
+                         "(and m >= 0), for dst.tfmot.")
     return int(pair[0]), int(pair[1])
 
 

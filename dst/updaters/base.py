@@ -2,10 +2,11 @@
 
 `new_mask` (and `step_value`); `drop_scores` and `grow_scores`, the scores
 every built-in rule drops and grows by; `observe` and `plan` for
-cross-layer ones (SNFS). Block structure is applied to whatever these
-return: a subclass's `new_mask` and `expected_active` are run on the grid of
-blocks for a block-masked weight (`dst.blocks.blockwise`), so overriding a
-method cannot lose it. Binding, the schedule, the mask paths and the writes
+cross-layer ones (SNFS). Block and N:M structure are applied to whatever
+these return: a subclass's `new_mask` and `expected_active` are run on the
+grid of blocks for a block-masked weight (`dst.blocks.blockwise`), and the
+mask `new_mask` returns for an N:M weight is made N:M (`dst.nm.n_m_wise`),
+so overriding a method cannot lose either. Binding, the schedule, the mask paths and the writes
 are the engine's (`dst.updaters.engine`).
 """
 
@@ -22,6 +23,7 @@ from dst._model import Target
 from dst._select import Array, Kit
 from dst._validate import as_end_step, as_int
 from dst.blocks import blockwise, counted_in_blocks
+from dst.nm import n_m_wise
 from dst.schedules import UpdateSteps
 from dst.updaters.engine import Engine
 
@@ -55,18 +57,28 @@ class Updater(Engine):
     #: Whether the base runs the rule on the grid of blocks (block L2 norms).
     #: False for a rule that reads `kit.block` and pools blocks itself.
     blocks_by_base = True
+    #: Whether the rule runs on N:M masks (`dst.sparsify(..., n_m=...)`);
+    #: `bind` refuses an N:M model for one that does not.
+    supports_n_m = True
+    #: Whether the base makes the rule's masks N:M (`dst.nm.n_m_wise`).
+    #: False for a rule that reads `kit.n_m` and keeps the structure itself.
+    n_m_by_base = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Block structure belongs to the base, not to each rule: a rule's own
+        # Structure belongs to the base, not to each rule: a rule's own
         # `new_mask` runs on the grid of blocks and its `expected_active`
-        # counts blocks, whether or not the subclass thought of blocks.
+        # counts blocks, and its masks are made N:M, whether or not the
+        # subclass thought of blocks or N:M.
         super().__init_subclass__(**kwargs)
-        if not (cls.supports_blocks and cls.blocks_by_base):
-            return
-        for name, structured in (("new_mask", blockwise),
-                                 ("expected_active", counted_in_blocks)):
+        wrappers = []
+        if cls.supports_blocks and cls.blocks_by_base:
+            wrappers += [("new_mask", blockwise, "_dst_blockwise"),
+                         ("expected_active", counted_in_blocks, "_dst_blockwise")]
+        if cls.n_m_by_base:
+            wrappers.append(("new_mask", n_m_wise, "_dst_n_m"))
+        for name, structured, marker in wrappers:
             method = vars(cls).get(name)
-            if method is not None and not getattr(method, "_dst_blockwise", False):
+            if method is not None and not getattr(method, marker, False):
                 setattr(cls, name, structured(method))
 
     def __init__(self, *, update_freq: int = 100, begin_step: int = 0,
@@ -105,7 +117,10 @@ class Updater(Engine):
         Args:
             kit: `dst._select.NUMPY` or `OPS` (`kit.xp`: numpy or `keras.ops`;
                 `kit.select(scores, candidates, k, salt)`, `kit.count(mask)`),
-                or a `dst.blocks.BlockKit` for block masks (`kit.block`).
+                or a `dst.blocks.BlockKit` for block masks (`kit.block`), or a
+                `dst.nm.NMKit` for N:M masks (`kit.n_m`; only where
+                `n_m_by_base` is False: otherwise the rule sees the plain kit
+                and the base makes its result N:M).
             weight: the weight's values, an array of its shape.
             mask: its current bool mask, an array of the same shape.
             grad: its gradient, an array of the same shape, or None.

@@ -39,6 +39,7 @@ from dst._select import Array
 from dst._validate import as_int
 from dst.backend import no_autograph, step_hook, variable_key
 from dst.blocks import block_of, count_units
+from dst.nm import n_m_of
 from dst.schedules import UpdateSteps
 from dst.updaters.paths import MaskPaths
 from dst.updaters.slots import OptimizerState
@@ -176,7 +177,19 @@ class Engine(MaskPaths):
                 f"model '{model.name}' have them. Sparsify without `block=`, or train "
                 "block masks with SET, RigL, magnitude pruning or GraNet."
             )
+        structured = [t.path for t in targets if n_m_of(t.constraint) is not None]
+        if structured and not getattr(self, "supports_n_m", True):
+            raise ValueError(
+                f"{type(self).__name__} does not support N:M masks{self._n_m_refusal()}; "
+                f"weights {structured} of model '{model.name}' have them. Sparsify "
+                "without `n_m=`, or train N:M masks with SET, RigL, magnitude pruning, "
+                "GraNet or SRigL(gamma_sal=0.0)."
+            )
         return targets
+
+    def _n_m_refusal(self) -> str:
+        """Why this updater refuses N:M masks (after "does not support N:M masks")."""
+        return ""
 
     def check_run_length(self, total_steps: int, first_step: int = 0) -> None:
         """Refuses a schedule, counted from this run's start, that the run cannot hold.

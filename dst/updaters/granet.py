@@ -48,7 +48,14 @@ class GraNet(GradientAccumulation, MagnitudePruning):
     values keep the count constant while connections are still replaced.
 
     A model without masks is sparsified at `bind` to `initial_sparsity` with
-    `distribution` (random masks; `initial_sparsity=0.0` starts dense).
+    `distribution` (random masks; `initial_sparsity=0.0` starts dense); with
+    `n_m`, it gets all-ones N:M masks, pruned to `initial_sparsity` at the
+    first update.
+
+    N:M masks: as for `MagnitudePruning` (each group keeps at least N, exactly
+    N at `final_sparsity` = 1 − N/M); a group that the pruning and the
+    drop leave with fewer than N regrows, by |gradient|, among its inactive
+    entries (see `dst.nm`).
 
     Differences from the GraNet code: it ranks magnitudes over all layers at
     once (global pruning), dst keeps per-weight counts from `distribution`
@@ -71,6 +78,9 @@ class GraNet(GradientAccumulation, MagnitudePruning):
         seed: seed of the initial masks and of tie-breaking. Defaults to None.
         grad_accumulation_n: steps whose dense gradients are averaged into
             the regrowth scores, in [1, update_freq], as RigL's. Defaults to 1.
+        n_m: (N, M): start a model without masks from all-ones N:M masks
+            and end at exactly N of every M consecutive inputs (as for
+            `MagnitudePruning`). Defaults to None.
 
     Raises:
         ValueError: an argument out of range, or `initial_sparsity` greater
@@ -102,17 +112,18 @@ class GraNet(GradientAccumulation, MagnitudePruning):
                  regrowth_fraction: float = 0.5, begin_step: int = 0,
                  end_step: int | float | None = None, update_freq: int = 100,
                  power: float = 3, distribution: str | Callable = "uniform",
-                 seed: int | None = None, grad_accumulation_n: int = 1):
+                 seed: int | None = None, grad_accumulation_n: int = 1,
+                 n_m: tuple[int, int] | None = None):
         super().__init__(final_sparsity, initial_sparsity=initial_sparsity,
                          begin_step=begin_step, end_step=end_step, update_freq=update_freq,
-                         power=power, distribution=distribution, seed=seed)
+                         power=power, distribution=distribution, seed=seed, n_m=n_m)
         who = type(self).__name__
         self.regrowth_fraction = as_float(regrowth_fraction, "regrowth_fraction", who,
                                           low=0.0, high=1.0, high_open=True)
         self._set_accumulation(grad_accumulation_n)
 
     def _targets(self, model):
-        if not dynamic_targets(model):
+        if not dynamic_targets(model) and self.n_m is None:
             sparsify(model, self.initial_sparsity,
                      self.distribution if self.initial_sparsity else "uniform", seed=self.seed)
         return super()._targets(model)

@@ -14,7 +14,8 @@ from dst._model import check_keras3_model, dynamic_targets
 from dst._select import Array, Kit
 from dst._validate import as_float
 from dst.blocks import block_of, grid_shape
-from dst.core import sparsify
+from dst.core import dense_n_m, sparsify
+from dst.nm import check_n_m, n_m_of
 from dst.schedules import PolynomialSparsity
 from dst.updaters.base import Updater
 from dst.updaters.registry import register
@@ -37,6 +38,12 @@ class MagnitudePruning(Updater):
     resolves to `begin_step`, that one update prunes to `final_sparsity`.
     A model without masks gets all-ones masks at `bind`.
 
+    N:M masks (`n_m=`, or a model sparsified with `dst.sparsify(...,
+    n_m=)`): every group of M consecutive inputs always keeps its N
+    largest-magnitude active entries, and the rest of each weight's count
+    goes to its other largest magnitudes; so the masks end exactly N:M at the
+    final sparsity, which must be 1 − N/M (see `dst.nm`).
+
     Args:
         final_sparsity: s_f, in [0, 1).
         initial_sparsity: s_i, in [0, s_f]. Defaults to 0.0.
@@ -48,10 +55,14 @@ class MagnitudePruning(Updater):
         distribution: how s_t is spread over weights ("uniform", "er",
             "erk" or a callable). Defaults to "uniform".
         seed: seed for tie-breaking. Defaults to None.
+        n_m: (N, M): a model without masks gets all-ones N:M masks, pruned to
+            exactly N of every M consecutive inputs; `final_sparsity` must be
+            1 − N/M and `distribution` "uniform". Defaults to None.
 
     Raises:
-        ValueError: an argument out of range, or `initial_sparsity` greater
-            than `final_sparsity`.
+        ValueError: an argument out of range, `initial_sparsity` greater
+            than `final_sparsity`, or a `final_sparsity` or `distribution`
+            that contradicts N:M masks.
 
     Examples:
         >>> import numpy as np, keras, dst
@@ -69,7 +80,8 @@ class MagnitudePruning(Updater):
     def __init__(self, final_sparsity: float, *, initial_sparsity: float = 0.0,
                  begin_step: int = 0, end_step: int | float | None = None,
                  update_freq: int = 100, power: float = 3,
-                 distribution: str | Callable = "uniform", seed: int | None = None):
+                 distribution: str | Callable = "uniform", seed: int | None = None,
+                 n_m: tuple[int, int] | None = None):
         who = type(self).__name__
         final = as_float(final_sparsity, "final_sparsity", who, low=0.0, high=1.0,
                          high_open=True)
@@ -90,18 +102,49 @@ class MagnitudePruning(Updater):
         self.power = as_float(power, "power", who, low=0.0, low_open=True)
         self.distribution = distribution
         self._fn = dist_lib.get(distribution)
+        self.n_m = check_n_m(n_m, who)
+        if self.n_m is not None:
+            self._check_n_m(self.n_m)
 
     def prepare(self, model: keras.Model) -> None:
         """A dense model gets all-ones masks now (see `Updater.prepare`)."""
         check_keras3_model(model, f"{type(self).__name__}.bind")
         backend.in_graph(model)  # a setup the backend refuses leaves the model as it was
-        if not dynamic_targets(model):
+        self._start(model)
+
+    def _start(self, model: keras.Model) -> None:
+        """All-ones masks (N:M ones with `n_m`) on a model without masks."""
+        if dynamic_targets(model):
+            return
+        if self.n_m is not None:
+            dense_n_m(model, self.n_m, f"{type(self).__name__}(n_m={self.n_m})")
+        else:
             sparsify(model, 0.0, "uniform")
 
     def _targets(self, model):
-        if not dynamic_targets(model):
-            sparsify(model, 0.0, "uniform")
-        return super()._targets(model)
+        self._start(model)
+        targets = super()._targets(model)
+        for n_m in {n_m_of(t.constraint) for t in targets}:
+            if n_m is not None:
+                self._check_n_m(n_m)
+        return targets
+
+    def _check_n_m(self, n_m: tuple[int, int]) -> None:
+        """Refuses a final sparsity or a distribution that contradicts N:M masks."""
+        who = type(self).__name__
+        implied = 1.0 - n_m[0] / n_m[1]
+        if abs(self.final_sparsity - implied) > 1e-6:
+            raise ValueError(
+                f"{who}: N:M {n_m} masks end with {n_m[0]} of every {n_m[1]} connections, "
+                f"sparsity {implied:g}; received final_sparsity={self.final_sparsity!r}. "
+                f"Pass final_sparsity={implied:g}."
+            )
+        if self.distribution != "uniform":
+            raise ValueError(
+                f"{who}: N:M {n_m} masks give every weight the same sparsity, so "
+                f"distribution={self.distribution!r} contradicts them. Pass "
+                "distribution='uniform'."
+            )
 
     def bind(self, model: keras.Model, total_steps: int | None = None, first_step: int = 0,
              optimizer: keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:

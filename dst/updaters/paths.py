@@ -15,7 +15,7 @@ import numpy as np
 
 from dst import _select, backend
 from dst.backend import host_call
-from dst.blocks import kit_for
+from dst.nm import kit_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable

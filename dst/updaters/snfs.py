@@ -104,6 +104,9 @@ class SNFS(SET):
 
     needs_gradients = True
     supports_blocks = False
+    #: Redistributing the regrowth across weights changes each weight's count,
+    #: which N:M masks fix.
+    supports_n_m = False
 
     def __init__(self, *, update_freq: int = 100, drop_fraction: float = 0.3,
                  drop_fraction_schedule: str | Callable[[int], float] = "cosine",

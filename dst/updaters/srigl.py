@@ -46,7 +46,10 @@ class SRigL(RigL):
     weight's count is unchanged except at an ablation, where it becomes
     units × floor(n / units) (it loses fewer than `units` connections).
     Grown connections start at 0.0 with fresh optimizer slots. Block masks
-    are not supported.
+    are not supported. N:M masks (`dst.sparsify(..., n_m=)`) are, with
+    `gamma_sal=0.0` only: exact N:M gives every unit the same fan-in, N/M of
+    its inputs, and each group regrows what it lost (see `dst.nm`); with
+    ablation `bind` refuses them.
 
     Args:
         update_freq: steps between updates. Defaults to 100.
@@ -115,6 +118,17 @@ class SRigL(RigL):
         return fraction_units(self.drop_fraction_at(step))
 
     supports_blocks = False
+
+    @property
+    def supports_n_m(self) -> bool:  # type: ignore[override]
+        """N:M masks only without ablation (`gamma_sal=0.0`): exact N:M is then
+        constant fan-in by construction."""
+        return self.gamma_sal == 0.0
+
+    def _n_m_refusal(self) -> str:
+        return (f" with gamma_sal={self.gamma_sal} (an ablated unit would empty its "
+                "groups; pass gamma_sal=0.0, and every unit keeps fan-in N/M of its "
+                "inputs)")
 
     def new_mask(self, kit: Kit, weight: Array, mask: Array, grad: Array | None, value: Any,
                  salt: Callable[[int], Any]) -> Array:
