@@ -165,3 +165,18 @@ def test_export_refuses_keras_quantized_layers(mode):
                        rf"Keras' model.quantize: \{{'fc': '{mode}', 'ed': '{mode}'\}} of "
                        r"model 'm' .* dst.export.convert\(model, quantize='int8'"):
         dst.export.convert(model, format="npz")
+
+
+def test_int8_embedding_under_mixed_bfloat16_keeps_masks_and_zeros():
+    x = keras.Input((5,), dtype="int32")
+    y = keras.layers.Embedding(20, 8, name="emb", dtype="mixed_bfloat16")(x)
+    y = keras.layers.Dense(4, name="fc", dtype="mixed_bfloat16")(y)
+    model = dst.sparsify(keras.Model(x, y), 0.75, "uniform", seed=0)
+    masks = dst.get_masks(model)
+    quantize(model, "int8")
+    assert model.get_layer("emb").embeddings.dtype == "int8"
+    assert all(np.array_equal(dst.get_masks(model)[p], masks[p]) for p in masks)
+    rows = model.get_layer("emb")(np.arange(20)[None])[0]
+    rows = keras.ops.convert_to_numpy(keras.ops.cast(rows, "float32"))
+    assert np.all(rows[~masks["emb/embeddings"]] == 0.0)
+    assert np.count_nonzero(rows[masks["emb/embeddings"]]) >= 0.9 * masks["emb/embeddings"].sum()
