@@ -179,8 +179,9 @@ def find_targets(model: keras.Model, *, frozen: bool = False) -> list[Target]:
     declared, covered = _declared(layers)
     seen, targets = set(), []
     for layer in layers:
-        # Created trainable, frozen since or not.
-        own = _compat.own_trainable_variables(layer)
+        # Created trainable, frozen since or not; and the integer kernels that
+        # `model.quantize("int8")` put in place of masked weights.
+        own = _compat.own_trainable_variables(layer) + _quantized_kernels(layer)
         if isinstance(layer, _NORMALIZATION) and not any(id(v) in declared for v in own):
             continue
         for var in own:
@@ -210,6 +211,45 @@ def find_targets(model: keras.Model, *, frozen: bool = False) -> list[Target]:
             if targets[-1].constraint is not None:
                 bind(targets[-1], targets[-1].constraint)
     return targets
+
+
+def _quantized_kernels(layer) -> list:
+    """The masked weights of `layer` that Keras' `model.quantize` replaced.
+
+    `quantize("int8")` deletes a Dense, EinsumDense or Embedding kernel and
+    creates a frozen int8 variable of the same shape and path, without the
+    weight's constraint; the layer's constraint attribute still holds the
+    `MaskConstraint` (so its config, saving and cloning carry the mask). The
+    mask is put back on the int8 variable here. Symmetric absmax quantization
+    maps 0.0 to 0, so masked entries stay exactly 0 (dequantized: 0 / scale).
+    "float8" keeps the float kernel and its constraint: nothing to do. Other
+    modes store the weight in another layout (int4 packs two entries per
+    byte; GPTQ and AWQ keep a separate quantized tensor), which a mask cannot
+    follow: refused.
+    """
+    mode = getattr(layer, "quantization_mode", None)
+    if mode is None or mode == "float8" or _compat.flatten_layers(layer):
+        return []
+    found = []
+    for var in layer.weights:
+        carrier = layer.__dict__.get(_carrier(layer, var.name)[0])
+        member = (carrier.member_for(var.path) if isinstance(carrier, MaskGroup)
+                  else carrier)
+        if not isinstance(member, MaskConstraint) or member.mask is None:
+            continue
+        if mode != "int8" or tuple(var.shape) != tuple(member.mask.shape):
+            raise ValueError(
+                f"dst: {type(layer).__name__} '{layer.name}' was quantized with "
+                f"model.quantize({mode!r}) after its weight '{var.path}' was masked. "
+                "dst keeps masks on 'int8' and 'float8' quantized layers only: "
+                f"{mode!r} stores the weight in another layout (int4 packs two entries "
+                "per byte), which the mask cannot follow. Quantize with 'int8' or "
+                "'float8', or quantize a plain copy made with dst.strip(model) before "
+                "model.quantize (its zeros are kept, its masks are gone)."
+            )
+        var.constraint = member
+        found.append(var)
+    return found
 
 
 def _declared(layers: list) -> tuple[set[int], set[int]]:
@@ -286,6 +326,29 @@ def dynamic_targets(model: keras.Model) -> list[Target]:
     """
     return [t for t in masked_targets(model)
             if not t.mask_constraint.fixed and t.variable.trainable]
+
+
+def no_masks_error(where: str, model: keras.Model) -> ValueError:
+    """The error of a dst callback for a model without masks it may change.
+
+    Names the int8 kernels of `model.quantize("int8")` when those are why:
+    they are frozen integers that no optimizer updates.
+    """
+    frozen = [t.path for t in masked_targets(model)
+              if getattr(t.layer, "quantization_mode", None) == "int8"]
+    if frozen:
+        return ValueError(
+            f"{where}: the masked weights {frozen} of model '{model.name}' are int8 "
+            "kernels of model.quantize('int8'), frozen integers that no optimizer "
+            "updates, so dynamic sparse training cannot change them. Train with dst "
+            "before model.quantize, quantize with 'float8' (float kernels, masks kept "
+            "by every optimizer step), or fine-tune the int8 model without a dst "
+            "callback (its kernels stay as they are, zeros included)."
+        )
+    return ValueError(
+        f"{where} needs a sparsified model, but model '{model.name}' has no masks. "
+        "Call dst.sparsify(model, sparsity) first."
+    )
 
 
 def count_active(targets: list[Target], where: str) -> list[int]:

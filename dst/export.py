@@ -85,7 +85,8 @@ def convert(
         The file's content as bytes.
 
     Raises:
-        ValueError: an unknown `format` or `quantize`, a layer the "npz"
+        ValueError: an unknown `format` or `quantize`, layers quantized by
+            Keras' `model.quantize` (named), a layer the "npz"
             format cannot run (named), `quantize="int8"` without
             `representative_data`, with empty data, with batches of another
             shape than the model's input, or on a model with several inputs,
@@ -107,6 +108,7 @@ def convert(
         True
     """
     check_keras3_model(model, "dst.export.convert")
+    _check_not_quantized(model)
     if format not in FORMATS:
         raise ValueError(
             f"`format` must be one of {list(FORMATS)} for dst.export. "
@@ -274,6 +276,23 @@ class _MaskedValues:
         for variable, value in self.saved:
             variable.assign(value)
         return False
+
+
+def _check_not_quantized(model) -> None:
+    """Refuses layers quantized by Keras' `model.quantize`: TFLite's converter
+    has no kernel for their int8 matmul or float8 casts, and the "npz" format
+    would read int8 kernels as floats, without their scales."""
+    quantized = {layer.name: layer.quantization_mode
+                 for layer in _compat.flatten_layers(model)
+                 if getattr(layer, "quantization_mode", None) is not None}
+    if quantized:
+        raise ValueError(
+            f"dst.export cannot convert layers quantized by Keras' model.quantize: "
+            f"{quantized} of model '{model.name}' (TFLite's converter has no kernel for "
+            "Keras' int8 matmul or float8 casts). Export the float model and let the "
+            "converter quantize it: dst.export.convert(model, quantize='int8', "
+            "representative_data=...), or quantize='dynamic' or 'float16'."
+        )
 
 
 def _calibration_batches(data, limit: int) -> list[np.ndarray]:

@@ -67,8 +67,24 @@ def strip(model: keras.Model, *, inplace: bool = False) -> keras.Model:
     finally:
         for t, c in zip(targets, constraints):
             install(t, c)
-    clone.set_weights(weights)
+    _copy_weights(model, weights, clone)
     return clone
+
+
+def _copy_weights(model, weights: list, clone) -> None:
+    """`weights` (of `model.weights`) into the clone, matched by path.
+
+    A quantized layer's clone may create its weights in another order than
+    the original holds them (`model.quantize("float8")` adds its scales after
+    the kernel; a layer built from its float8 config creates them first), so
+    position alone would pair a kernel with a scale.
+    """
+    values = {w.path: value for w, value in zip(model.weights, weights)}
+    if len(values) == len(clone.weights) and all(w.path in values for w in clone.weights):
+        for w in clone.weights:
+            w.assign(values[w.path])
+    else:
+        clone.set_weights(weights)
 
 
 def _plain_layer(layer):

@@ -289,6 +289,170 @@ def csr_table(args) -> str:
     return "\n".join(lines)
 
 
+TFMOT_BLOCKS = [(1, 1), (1, 16), (16, 1)]
+
+
+def same_pruned_pair(block, args):
+    """A tf_keras MLP pruned by TF-MOT and the Keras 3 MLP with the same weights
+    pruned by `dst.tfmot`, both stripped: one `prune_low_magnitude` call each with
+    `ConstantSparsity(args.shape_sparsity, 0, frequency=1)` and `block_size=block`
+    (the 10-unit output layer is left dense), one SGD step at learning rate 0 with
+    `UpdatePruningStep`, then `strip_pruning`. Returns them with the number of
+    kernel entries where the two differ: TF-MOT keeps every weight tied with the
+    k-th largest magnitude, dst exactly k, so a tie at the threshold keeps one
+    more weight in TF-MOT's file (asserted to be under 0.01% of the entries)."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    import dst.tfmot as dst_tfmot
+
+    theirs_api = tfmot.sparsity.keras
+    tf_keras.utils.set_random_seed(args.seed)
+    base = tf_keras.Sequential([tf_keras.Input((28, 28, 1)),
+                                *build("mlp", tf_keras.layers, args.small)])
+    ours = keras_model("mlp", args.small)
+    ours.set_weights(base.get_weights())
+    x = np.random.default_rng(args.seed).random((32, 28, 28, 1)).astype("float32")
+    y = np.zeros((32, 10), "float32")
+
+    def theirs_prune(layer):
+        if layer.name in ("fc1", "fc2"):
+            return theirs_api.prune_low_magnitude(
+                layer, theirs_api.ConstantSparsity(args.shape_sparsity, 0, frequency=1),
+                block_size=block)
+        return layer
+
+    theirs = tf_keras.models.clone_model(base, clone_function=theirs_prune)
+    theirs.compile(tf_keras.optimizers.SGD(0.0), "mse")
+    theirs.fit(x, y, batch_size=32, epochs=1, verbose=0,
+               callbacks=[theirs_api.UpdatePruningStep()])
+    schedule = dst_tfmot.ConstantSparsity(args.shape_sparsity, 0, frequency=1)
+
+    def ours_prune(layer):
+        if layer.name in ("fc1", "fc2"):
+            return dst_tfmot.prune_low_magnitude(layer, pruning_schedule=schedule,
+                                                 block_size=block)
+        return layer
+
+    pruned = keras.models.clone_model(ours, clone_function=ours_prune)
+    pruned.compile(keras.optimizers.SGD(0.0), "mse")
+    pruned.fit(x, y, batch_size=32, epochs=1, verbose=0,
+               callbacks=[dst_tfmot.UpdatePruningStep()])
+    theirs, ours = theirs_api.strip_pruning(theirs), dst_tfmot.strip_pruning(pruned)
+    differ = sum(int(np.sum(a != b)) for a, b in zip(theirs.get_weights(), ours.get_weights()))
+    assert differ <= 1e-4 * ours.count_params(), differ
+    return theirs, ours, differ
+
+
+def blocked_latencies(runners, x, rounds, rng, calls=10):
+    """Seconds per call, (rounds, runners): in each round the runners take turns
+    in a new random order, each making one untimed call and then `calls` timed
+    calls in a row (the median is kept), as a deployed model is called. A fixed
+    order, one call each, times a file by what ran before it: a runner after a
+    tiny file finds its weights in cache, one after a large file does not (the
+    same bytes measured 0.7x to 1.9x in two positions of one round)."""
+    times = np.zeros((rounds, len(runners)))
+    for i in range(rounds):
+        for j in rng.permutation(len(runners)):
+            runners[j](x)
+            one = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                runners[j](x)
+                one.append(time.perf_counter() - t0)
+            times[i, j] = np.median(one)
+    return times
+
+
+def op_names(content: bytes) -> list[str]:
+    """The ops of a TFLite flatbuffer, in the file's order."""
+    from ai_edge_litert import interpreter as litert
+
+    interpreter = litert.Interpreter(
+        model_content=content,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return [op["op_name"] for op in interpreter._get_ops_details()]
+
+
+def flat_reshape(model):
+    """`model` with each Flatten replaced by one reshape to (-1, n): Keras 3's
+    Flatten reads the batch size from the input's shape at run time."""
+    def replace(layer):
+        if isinstance(layer, keras.layers.Flatten):
+            n = int(np.prod(layer.input.shape[1:]))
+            return keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, n)), name=layer.name)
+        return layer
+
+    return keras.models.clone_model(model, clone_function=replace)
+
+
+def tfmot_table(args) -> str:
+    """dst.tfmot vs TF-MOT after export, on the same weights and masks: size, ops
+    and batch-1 latency, with the Flatten of each framework on its own."""
+    import tensorflow as tf
+    import tf_keras
+
+    def tf_keras_file(model):
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        dst.export.configure_converter(converter, None, [])
+        return converter.convert()
+
+    files, differ = {}, {}
+    for block in TFMOT_BLOCKS:
+        theirs, ours, differ[block] = quiet(same_pruned_pair, block, args)
+        files[f"TF-MOT {block}"] = quiet(tf_keras_file, theirs)
+        # The same bytes in a second interpreter: how much two runners of one file differ.
+        files[f"TF-MOT {block} again"] = files[f"TF-MOT {block}"]
+        files[f"dst.tfmot {block}"] = quiet(dst.export.convert, ours)
+        files[f"dst.tfmot {block}, reshape(-1, n)"] = quiet(dst.export.convert,
+                                                            flat_reshape(ours))
+    files["tf_keras Flatten only"] = quiet(tf_keras_file, tf_keras.Sequential(
+        [tf_keras.Input((28, 28, 1)), tf_keras.layers.Flatten()]))
+    files["Keras 3 Flatten only"] = quiet(dst.export.convert, keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten()]))
+    names = list(files)
+    x = np.random.default_rng(args.seed).random((1, 28, 28, 1)).astype("float32")
+    runs = []
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.repeats):  # new interpreters in every run
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runners = [dst.export.load(files[n]) for n in names]
+        outputs = {n: r(x) for n, r in zip(names, runners)}
+        for block in TFMOT_BLOCKS:
+            for n in (f"dst.tfmot {block}", f"dst.tfmot {block}, reshape(-1, n)"):
+                np.testing.assert_allclose(outputs[n], outputs[f"TF-MOT {block}"],
+                                           rtol=1e-4, atol=1e-4)
+        runs.append(blocked_latencies(runners, x, args.calls, rng))
+    runs = np.concatenate(runs)  # (rounds of every run, files)
+    med = np.median(runs, axis=0)
+
+    def reference(name):  # the TF-MOT file (or tf_keras Flatten) of the same row group
+        if "Flatten" in name:
+            return names.index("tf_keras Flatten only")
+        block = name[name.index("("):name.index(")") + 1]
+        return names.index(f"TF-MOT {block}")
+
+    lines = [f"### MLP {'64' if args.small else '1000'}x2, {args.shape_sparsity:g} on fc1 and fc2 "
+             "(one prune_low_magnitude step on the same weights; output layer dense), float32, "
+             f"batch 1: {args.repeats} runs of {args.calls} rounds (10 calls in a row per file "
+             "and round, files in a random order), new interpreters in each run; medians and "
+             "ratios over all rounds; "
+             "weights that differ between "
+             f"the TF-MOT and dst.tfmot files (ties at the threshold): "
+             + ", ".join(f"{b}: {n}" for b, n in differ.items()), "",
+             "| file | KB | ops | b1 µs (median) | b1 time / TF-MOT's (median) | "
+             "25–75th percentile |", "|---|---|---|---|---|---|"]
+    for j, name in enumerate(names):
+        ratios = runs[:, j] / runs[:, reference(name)]
+        ops = op_names(files[name])
+        counts = ", ".join(f"{op} {ops.count(op)}" for op in dict.fromkeys(ops))
+        lines.append(f"| {name} | {len(files[name]) / 1e3:.1f} | {len(ops)}: {counts} | "
+                     f"{med[j] * 1e6:.0f} | {np.median(ratios):.3f} | "
+                     f"{np.percentile(ratios, 25):.3f}–{np.percentile(ratios, 75):.3f} |")
+    return "\n".join(lines)
+
+
 def gz(content: bytes) -> int:
     return len(gzip.compress(content, compresslevel=9))
 
@@ -311,6 +475,10 @@ def main(argv=None) -> str:
                    help="only the block-shape table (random masks, no training)")
     p.add_argument("--csr", action="store_true",
                    help="only the npz (scipy CSR) vs dense Keras table (random masks)")
+    p.add_argument("--tfmot-api", action="store_true",
+                   help="only dst.tfmot vs TF-MOT on the same weights and masks (no training)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="runs of the latency rounds for --tfmot-api")
     p.add_argument("--shape-sparsity", type=float, default=0.95)
     p.add_argument("--out", default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
@@ -324,9 +492,10 @@ def main(argv=None) -> str:
         except ImportError:
             print("TF-MOT is not installed: its path is left out.", file=sys.stderr)
             args.no_tfmot = True
-    if args.shapes or args.csr:
+    if args.shapes or args.csr or args.tfmot_api:
         tables = [shapes_table(args)] if args.shapes else []
         tables += [csr_table(args)] if args.csr else []
+        tables += [tfmot_table(args)] if args.tfmot_api else []
         return _finish(tables, args, argv)
     data = data_lib.load("fashion_mnist", data_dir=args.data_dir,
                          max_train_samples=2000 if args.small else None,

@@ -14,11 +14,16 @@ every step, its own algorithm's cost. On TensorFlow it also times one mask
 update through the public updater API, as a fraction of 100 dense steps
 (target <= 0.02). `--jit` compiles every model with `jit_compile=True`;
 `--resnet50` times one update of ResNet50 (weights=None, 32x32 inputs, 90%
-ERK) instead. `--backend` picks the Keras backend (default: KERAS_BACKEND,
-else tensorflow).
+ERK) instead. `--tfmot` (TensorFlow) times `dst.tfmot` (prune_low_magnitude +
+UpdatePruningStep) against dst's MagnitudePruning and against TF-MOT's own
+wrappers on tf_keras, on the same architecture in the same process, with one
+mask update per 100-step epoch in each, and prints their ratios to each other
+and to each framework's dense model. `--backend` picks the Keras backend
+(default: KERAS_BACKEND, else tensorflow).
 
     python -m experiments.bench_overhead [--backend jax] [--rounds 8] [--epochs 2] [--steps 100] [--jit]
     python -m experiments.bench_overhead --resnet50 [--jit]
+    python -m experiments.bench_overhead --tfmot [--rounds 8] [--no-cnn]
 """
 
 from __future__ import annotations
@@ -139,6 +144,102 @@ def bench(name, build, x, y, rounds, epochs, jit=False):
                   f"{len(ms)}) = {cost:.3f} of 100 dense steps")
 
 
+def tfmot_variants(build_layers, jit):
+    """{variant: (framework, model, callbacks factory)} for `--tfmot`: the same
+    architecture, 90% sparse (uniform, every prunable layer), one mask update
+    per 100 steps in each pruning variant, dense baselines in both frameworks."""
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    import dst.tfmot as dst_tfmot
+
+    theirs_api = tfmot.sparsity.keras
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    variants = {}
+    for name in ("dense", "dst MagnitudePruning", "dst.tfmot"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(build_layers(keras))
+        callbacks = list
+        if name == "dst MagnitudePruning":
+            dst.sparsify(model, 0.9, "uniform", seed=0)
+            callbacks = lambda: [dst.callbacks.MagnitudePruning(  # noqa: E731
+                0.9, initial_sparsity=0.9, update_freq=100, end_step=1.0)]
+        elif name == "dst.tfmot":
+            model = dst_tfmot.prune_low_magnitude(
+                model, dst_tfmot.ConstantSparsity(0.9, 0, frequency=100))
+            callbacks = lambda: [dst_tfmot.UpdatePruningStep()]  # noqa: E731
+        model.compile("adam", loss, jit_compile=True if jit else "auto")
+        variants[name] = ("keras", model, callbacks)
+    for name in ("tf_keras dense", "TF-MOT"):
+        tf_keras.utils.set_random_seed(0)
+        model = tf_keras.Sequential(build_layers(tf_keras))
+        callbacks = list
+        if name == "TF-MOT":
+            model = theirs_api.prune_low_magnitude(
+                model, pruning_schedule=theirs_api.ConstantSparsity(0.9, 0, frequency=100))
+            callbacks = lambda: [theirs_api.UpdatePruningStep()]  # noqa: E731
+        model.compile("adam", tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=jit)
+        variants[name] = ("tf_keras", model, callbacks)
+    return variants
+
+
+def mlp_layers(api):
+    return [api.Input((784,)), api.layers.Dense(1000, activation="relu"),
+            api.layers.Dense(1000, activation="relu"), api.layers.Dense(10)]
+
+
+def cnn_layers(api):
+    return [api.Input((28, 28, 1)), api.layers.Conv2D(32, 3, activation="relu"),
+            api.layers.MaxPooling2D(), api.layers.Conv2D(64, 3, activation="relu"),
+            api.layers.MaxPooling2D(), api.layers.Flatten(),
+            api.layers.Dense(128, activation="relu"), api.layers.Dense(10)]
+
+
+# (variant, reference): the ratios `--tfmot` prints.
+TFMOT_RATIOS = [("dst MagnitudePruning", "dense"), ("dst.tfmot", "dense"),
+                ("TF-MOT", "tf_keras dense"), ("tf_keras dense", "dense"),
+                ("dst.tfmot", "dst MagnitudePruning"), ("dst.tfmot", "TF-MOT")]
+
+
+def bench_tfmot(name, build_layers, x, y, rounds, epochs, jit=False):
+    """dst.tfmot against dst's MagnitudePruning and TF-MOT's wrappers (tf_keras),
+    in one process, variants alternating round by round; medians over rounds of
+    per-round ratios of epoch times (the first epoch of each fit, which traces,
+    is dropped)."""
+    import tf_keras
+
+    class TfKerasTimer(tf_keras.callbacks.Callback):
+        on_train_begin = EpochTimer.on_train_begin
+        on_epoch_begin = EpochTimer.on_epoch_begin
+        on_epoch_end = EpochTimer.on_epoch_end
+
+    variants = tfmot_variants(build_layers, jit)
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    for r in range(rounds):
+        order = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for variant in order:
+            framework, model, callbacks = variants[variant]
+            timer = EpochTimer() if framework == "keras" else TfKerasTimer()
+            model.fit(x, y, batch_size=128, epochs=epochs, verbose=0,
+                      callbacks=[timer, *callbacks()])
+            wall[variant].append(statistics.median(timer.times[1:]))
+            cpu[variant].append(statistics.median(timer.cpu[1:]))
+    print(f"\n{name} (jit_compile={jit}) on tensorflow, 90% uniform, one mask update per "
+          f"100-step epoch: {rounds} rounds; medians of the per-round ratios (wall time, "
+          "process CPU time)")
+    print(f"{'variant':<22}{'s/epoch':>9}")
+    for variant in variants:
+        print(f"{variant:<22}{statistics.median(wall[variant]):>9.3f}")
+    print(f"{'ratio':<44}{'wall':>7}{'min':>7}{'max':>7}{'cpu':>7}{'min':>7}{'max':>7}")
+    for a, b in TFMOT_RATIOS:
+        rs = [p / q for p, q in zip(wall[a], wall[b])]
+        cs = [p / q for p, q in zip(cpu[a], cpu[b])]
+        print(f"{a + ' / ' + b:<44}{statistics.median(rs):>7.3f}{min(rs):>7.3f}"
+              f"{max(rs):>7.3f}{statistics.median(cs):>7.3f}{min(cs):>7.3f}{max(cs):>7.3f}")
+
+
 def time_update(updater, model, jit, repeats=8):
     """Wall times (ms) of one full mask update through `updater.update`.
 
@@ -194,6 +295,8 @@ def main():
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--jit", action="store_true", help="compile with jit_compile=True")
     parser.add_argument("--resnet50", action="store_true", help="time one ResNet50 update")
+    parser.add_argument("--tfmot", action="store_true",
+                        help="dst.tfmot vs dst MagnitudePruning vs TF-MOT (tf_keras)")
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="Keras backend (default: KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--cnn", action=argparse.BooleanOptionalAction, default=True,
@@ -201,12 +304,23 @@ def main():
     args = parser.parse_args()
     if args.resnet50 and keras.backend.backend() != "tensorflow":
         parser.error("--resnet50 times the update through tf.function: TensorFlow only")
+    if args.tfmot and keras.backend.backend() != "tensorflow":
+        parser.error("--tfmot compares with TF-MOT, which runs on tf_keras: TensorFlow only")
     if args.resnet50:
         bench_resnet50(args.jit)
         return
     rng = np.random.default_rng(0)
     n = 128 * args.steps
     y = rng.integers(0, 10, n)
+    if args.tfmot:
+        bench_tfmot("MLP 784-1000-1000-10", mlp_layers,
+                    rng.normal(size=(n, 784)).astype("float32"), y, args.rounds, args.epochs,
+                    args.jit)
+        if args.cnn:
+            bench_tfmot("CNN (2 conv + 2 dense)", cnn_layers,
+                        rng.normal(size=(n, 28, 28, 1)).astype("float32"), y, args.rounds,
+                        args.epochs, args.jit)
+        return
     bench("MLP 784-1000-1000-10", mlp, rng.normal(size=(n, 784)).astype("float32"), y,
           args.rounds, args.epochs, args.jit)
     if args.cnn:

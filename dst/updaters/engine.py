@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING
 import keras
 
 from dst import _compat, _select, backend
-from dst._model import Target, check_keras3_model, dynamic_targets, masked_targets
+from dst._model import (
+    Target,
+    check_keras3_model,
+    dynamic_targets,
+    masked_targets,
+    no_masks_error,
+)
 from dst._select import Array
 from dst._validate import as_int
 from dst.backend import no_autograph, step_hook, variable_key
@@ -165,11 +171,7 @@ class Engine(MaskPaths):
     def _targets(self, model) -> list[Target]:
         targets = dynamic_targets(model)
         if not targets:
-            raise ValueError(
-                f"{type(self).__name__} needs a sparsified model, but model "
-                f"'{model.name}' has no masks. Call dst.sparsify(model, "
-                "sparsity) first."
-            )
+            raise no_masks_error(type(self).__name__, model)
         blocked = [t.path for t in targets if block_of(t.constraint) is not None]
         if blocked and not getattr(self, "supports_blocks", True):
             raise ValueError(
