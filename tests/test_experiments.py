@@ -383,7 +383,7 @@ def test_int8_export_of_a_tiny_run(tmp_path):
 # -- bad configs --------------------------------------------------------------------
 BAD = [
     ({"methods": ["dense", "lottery"]}, r"methods\.1: unknown method 'lottery'; known methods: "
-     r"dense, static, magnitude, tfmot, set, rigl, rigl_2x, granet, srigl, snfs, fixed"),
+     r"dense, static, magnitude, tfmot, set, rigl, rigl_2x, granet, srigl, snfs, cht, fixed"),
     ({"lr_schedule": "linear"},
      r"lr_schedule: Input should be 'constant', 'cosine' or 'step'; got 'linear'"),
     ({"dataset": "imagenet"}, r"dataset: Input should be 'digits', 'teacher', "

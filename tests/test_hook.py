@@ -18,8 +18,10 @@ import dst
 
 
 def _no_update_callback():
-    # Hooked into the optimizer, but no mask changes during these steps.
-    return dst.callbacks.SET(update_freq=1, begin_step=1000, end_step=2000, seed=0)
+    # Hooked into the optimizer, but no mask changes during these steps (the
+    # schedule counts from the optimizer's step 0, so a fit may end before it).
+    return dst.callbacks.SET(update_freq=1, begin_step=1000, end_step=2000, seed=0,
+                             steps_from="optimizer")
 
 
 def _mse(y):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # type checkers see the generated classes as DSTCallback subc
     class RigL(SET): ...
     class SNFS(SET): ...
     class SRigL(RigL): ...
+    class CHT(SET): ...
 else:
     FixedMasks = callback_class(updaters.FixedMasks)
     MagnitudePruning = callback_class(updaters.MagnitudePruning)
@@ -30,6 +31,7 @@ else:
     RigL = callback_class(updaters.RigL)
     SNFS = callback_class(updaters.SNFS)
     SRigL = callback_class(updaters.SRigL)
+    CHT = callback_class(updaters.CHT)
 
 
 def __getattr__(name: str) -> type[DSTCallback]:
@@ -94,5 +96,5 @@ def get(identifier: str | dict | DSTCallback, **kwargs: Any) -> DSTCallback:
     return callback_class(updater)(**kwargs)
 
 
-__all__ = ["DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL",
+__all__ = ["CHT", "DSTCallback", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL",
            "get"]

@@ -27,6 +27,7 @@ import importlib
 import pkgutil
 
 from dst.updaters.base import Updater
+from dst.updaters.cht import CHT
 from dst.updaters.fixed import FixedMasks
 from dst.updaters.granet import GraNet
 from dst.updaters.magnitude import MagnitudePruning
@@ -51,5 +52,5 @@ def __getattr__(name: str) -> type[Updater]:
     raise AttributeError(f"module 'dst.updaters' has no attribute {name!r}")
 
 
-__all__ = ["FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL", "Updater",
+__all__ = ["CHT", "FixedMasks", "GraNet", "MagnitudePruning", "RigL", "SET", "SNFS", "SRigL", "Updater",
            "get", "register"]
