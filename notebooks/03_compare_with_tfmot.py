@@ -205,6 +205,40 @@ compile_model(tf_keras, tfmot_model)
 record("tfmot", tfmot_model, timer)
 
 # %% [markdown]
+# ## The same TF-MOT code on Keras 3: `dst.tfmot`
+#
+# `dst.tfmot` has TF-MOT's pruning API on Keras 3 (the [Coming from TF-MOT](../docs/guides/from-tfmot.md)
+# guide goes idiom by idiom). Below is that guide's main example, TF-MOT's recommended pattern, on
+# this notebook's MLP and schedule: `prune_low_magnitude` applied to the Dense layers inside
+# `keras.models.clone_model`, then `fit` with `UpdatePruningStep` and `PruningSummaries`, then
+# `strip_pruning`. Only the imports differ from TF-MOT's code: `keras` for `tf.keras` and
+# `dst.tfmot` for `tfmot.sparsity.keras`. There are no wrapper layers, so the stripped model is the
+# same Keras model with zeros in its kernels.
+
+# %%
+import dst.tfmot as tfmot_sparsity  # in TF-MOT: tfmot.sparsity.keras
+
+keras.utils.set_random_seed(0)
+schedule = tfmot_sparsity.PolynomialDecay(0.0, SPARSITY, 0, END_STEP, frequency=UPDATE_FREQ)
+
+
+def apply_pruning(layer):
+    if isinstance(layer, keras.layers.Dense):
+        return tfmot_sparsity.prune_low_magnitude(layer, pruning_schedule=schedule)
+    return layer
+
+
+pruned_k3 = keras.models.clone_model(build_mlp(keras, "dst_tfmot"), clone_function=apply_pruning)
+compile_model(keras, pruned_k3)
+timer = epoch_timer(keras)
+pruned_k3.fit(x_train, y_train, epochs=EPOCHS, batch_size=BATCH_SIZE, verbose=0, callbacks=[
+    tfmot_sparsity.UpdatePruningStep(),
+    tfmot_sparsity.PruningSummaries(log_dir=os.path.join(TMP, "logs")), timer])
+final = tfmot_sparsity.strip_pruning(pruned_k3)
+compile_model(keras, final)
+record("dst.tfmot", final, timer)
+
+# %% [markdown]
 # ## dst: `MagnitudePruning` on the Keras 3 model
 #
 # The same schedule (dst's is tested equal to TF-MOT's `PolynomialDecay`), as a callback on the
@@ -250,14 +284,14 @@ for name, r in results.items():
 table = "\n".join(lines)
 print(table)
 
-for name in ["tfmot", "magnitude", "rigl"]:
+for name in ["tfmot", "dst.tfmot", "magnitude", "rigl"]:
     assert results[name]["sparsity"] >= SPARSITY - 0.01, (name, results[name]["sparsity"])
 
 # %%
 metrics = [("accuracy", "test accuracy"), ("sparsity", "kernel sparsity"),
            ("sec_per_epoch", "seconds / epoch (median)"), ("gzip_kb", "gzip'd .keras (KiB)")]
 names = list(results)
-colors = ["grey", "silver", "tab:red", "tab:blue", "tab:green"]
+colors = ["grey", "silver", "tab:red", "tab:orange", "tab:blue", "tab:green"]
 fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
 for ax, (key, title) in zip(axes, metrics):
     ax.bar(names, [results[n][key] for n in names], color=colors)
@@ -269,7 +303,7 @@ plt.show()
 # %% [markdown]
 # How to read it:
 #
-# - **Sparsity**: all three sparse methods reach 90% of zeros in the kernels (TF-MOT can end slightly
+# - **Sparsity**: all four sparse methods reach 90% of zeros in the kernels (TF-MOT can end slightly
 #   above the target when weights tie with the threshold; dst hits the count exactly).
 # - **Size**: the saved `.keras` file is as big as the dense one (zeros are stored as float32), but
 #   gzip compresses the zeros away: that is where a sparse model saves disk and download size.
@@ -289,6 +323,8 @@ plt.show()
 # - **TF-MOT** if your model already is a `tf_keras` (Keras 2) model, or you need its deployment
 #   path (e.g. pruning-preserving quantization-aware training, TFLite). It does not work on Keras 3
 #   models.
+# - **`dst.tfmot`** to move TF-MOT pruning code to Keras 3 (any backend) by changing its imports:
+#   the same schedules and pruning rule, no wrapper layers.
 # - **`dst.callbacks.MagnitudePruning`** for the same gradual magnitude pruning on a Keras 3 model,
 #   with no wrapper layers to strip and no model rebuild: you train a dense model and end sparse.
 # - **`dst.sparsify` + `RigL`/`SET`** when the network should be sparse *during* training too
